@@ -1,0 +1,282 @@
+//! The local HTTP API (JSON) that the CLI and, later, the web page use:
+//! chargers and their live state, the journal with filters, and a stream of
+//! new events (Server-Sent Events). Bound to loopback by default; a token,
+//! when configured, is required on every request.
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query as UrlQuery, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::journal::Query;
+use crate::server::{constant_time_eq, Ctx};
+use crate::state::ChargerState;
+
+/// Query parameters of the journal endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventParams {
+    pub charger: Option<String>,
+    /// Comma-separated event kinds.
+    pub kind: Option<String>,
+    /// `2h`, `30m`, `1d`, an RFC 3339 time, or milliseconds since the epoch.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+    pub token: Option<String>,
+}
+
+/// One charger in the status answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChargerView {
+    pub state: ChargerState,
+    /// Whether a session for it is live right now.
+    pub connected: bool,
+    /// Whether it is listed in the config.
+    pub known: bool,
+}
+
+/// The status answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub gateway: String,
+    pub version: String,
+    pub upstream: Option<String>,
+    pub journal_records: u64,
+    pub journal_last_seq: u64,
+    pub journal_alarm: Option<String>,
+    pub chargers: Vec<ChargerView>,
+}
+
+#[derive(Serialize)]
+struct ApiError {
+    error: String,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: msg.into() })).into_response()
+}
+
+/// Serve the API until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Ctx) {
+    let mut shutdown = ctx.shutdown.clone();
+    let app = router(ctx);
+    let graceful = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await
+    {
+        log::error!("api server failed: {e}");
+    }
+}
+
+fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/chargers/{id}", get(charger))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/events/stream", get(stream))
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .with_state(ctx)
+}
+
+async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let Some(token) = ctx.cfg.api_token.as_deref() else {
+        return next.run(req).await;
+    };
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(|t| {
+                percent_encoding::percent_decode_str(t)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+    });
+    match bearer.or(from_query) {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token (Authorization: Bearer TOKEN)",
+        ),
+    }
+}
+
+fn view(ctx: &Ctx) -> Status {
+    let state = ctx.journal.state();
+    let connected = ctx.registry.connected();
+    let mut chargers: Vec<ChargerView> = state
+        .chargers
+        .into_values()
+        .map(|s| ChargerView {
+            connected: connected.contains(&s.id),
+            known: ctx.cfg.chargers.contains_key(&s.id),
+            state: s,
+        })
+        .collect();
+    for id in ctx.cfg.chargers.keys() {
+        if !chargers.iter().any(|c| &c.state.id == id) {
+            chargers.push(ChargerView {
+                state: ChargerState {
+                    id: id.clone(),
+                    ..Default::default()
+                },
+                connected: false,
+                known: true,
+            });
+        }
+    }
+    chargers.sort_by(|a, b| a.state.id.cmp(&b.state.id));
+    let (records, last) = ctx.journal.stats().unwrap_or((0, 0));
+    Status {
+        gateway: ctx.cfg.gateway_id.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        upstream: ctx.cfg.upstream.as_ref().map(|u| u.url.clone()),
+        journal_records: records,
+        journal_last_seq: last,
+        journal_alarm: ctx.journal.alarm(),
+        chargers,
+    }
+}
+
+async fn status(State(ctx): State<Ctx>) -> Response {
+    Json(view(&ctx)).into_response()
+}
+
+async fn charger(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    match view(&ctx).chargers.into_iter().find(|c| c.state.id == id) {
+        Some(c) => Json(c).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}")),
+    }
+}
+
+fn to_query(p: &EventParams) -> Result<Query, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let time = |s: &Option<String>, name: &str| -> Result<Option<i64>, String> {
+        s.as_deref()
+            .map(|s| parse_time(s, now).map_err(|e| format!("{name}: {e}")))
+            .transpose()
+    };
+    Ok(Query {
+        charger: p.charger.clone().filter(|c| !c.is_empty()),
+        kinds: p
+            .kind
+            .as_deref()
+            .map(|k| {
+                k.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        since_ms: time(&p.since, "since")?,
+        until_ms: time(&p.until, "until")?,
+        after_seq: p.after,
+        limit: p.limit.unwrap_or(200).min(100_000),
+    })
+}
+
+async fn events(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> Response {
+    let q = match to_query(&p) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match ctx.journal.query(&q) {
+        Ok(records) => Json(records).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn stream(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> Response {
+    let q = match to_query(&p) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let rx = ctx.journal.subscribe();
+    let s = futures_util::stream::unfold((rx, q), |(mut rx, q)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(rec) => {
+                    let charger_ok = q.charger.is_none() || rec.charger == q.charger;
+                    let kind_ok = q.kinds.is_empty()
+                        || q.kinds
+                            .iter()
+                            .any(|k| k.eq_ignore_ascii_case(rec.event.kind()));
+                    if charger_ok && kind_ok {
+                        let data = serde_json::to_string(&*rec).unwrap_or_default();
+                        let ev = SseEvent::default().id(rec.seq.to_string()).data(data);
+                        return Some((Ok::<_, Infallible>(ev), (rx, q)));
+                    }
+                }
+                // A slow reader missed some: it can fetch them by sequence number.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = SseEvent::default().event("lagged").data(n.to_string());
+                    return Some((Ok(ev), (rx, q)));
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Parse `2h` / `30m` / `45s` / `7d` (that long ago), an RFC 3339 time, or
+/// milliseconds since the epoch.
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Some(unit) = s.chars().last() {
+        let mult = match unit {
+            's' => Some(1_000),
+            'm' => Some(60_000),
+            'h' => Some(3_600_000),
+            'd' => Some(86_400_000),
+            _ => None,
+        };
+        if let (Some(mult), Ok(n)) = (mult, s[..s.len() - 1].parse::<i64>()) {
+            return Ok(now_ms - n * mult);
+        }
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| {
+            format!("expected 2h, 30m, 1d, an RFC 3339 time or epoch milliseconds, found {s:?}")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_specs() {
+        assert_eq!(parse_time("2h", 10_000_000), Ok(10_000_000 - 7_200_000));
+        assert_eq!(parse_time("30m", 3_600_000), Ok(1_800_000));
+        assert_eq!(parse_time("1700000000000", 0), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2026-01-01T00:00:00Z", 0), Ok(1_767_225_600_000));
+        assert!(parse_time("yesterday", 0).is_err());
+        assert!(parse_time("h", 0).is_err());
+    }
+}

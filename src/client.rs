@@ -1,0 +1,187 @@
+//! The CLI's side of the local API: `chargegate status` and `chargegate log`
+//! fetch JSON from the running daemon and print it for people.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+
+use crate::api::Status;
+use crate::journal::Record;
+
+/// Where the daemon's API is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl ApiClient {
+    /// GET a path and decode its JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> anyhow::Result<T> {
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("the daemon's API at {} did not answer", self.addr))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the daemon's API at {}: {e} (is chargegate running?)",
+                    self.addr
+                )
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::get(path_and_query).header("host", self.addr.to_string());
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = sender
+            .send_request(req.body(Empty::<Bytes>::new())?)
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("API error {status}: {msg}");
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+}
+
+fn ago(ms: Option<i64>, now: i64) -> String {
+    let Some(ms) = ms else { return "never".into() };
+    let s = ((now - ms) / 1000).max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h{}m ago", s / 3600, s % 3600 / 60),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The status table.
+pub fn format_status(s: &Status) -> String {
+    let now = now_ms();
+    let mut out = format!(
+        "gateway {} (chargegate {}), cloud: {}, journal: {} records{}\n\n",
+        s.gateway,
+        s.version,
+        s.upstream.as_deref().unwrap_or("none (standalone)"),
+        s.journal_records,
+        s.journal_alarm
+            .as_ref()
+            .map(|a| format!(", ALARM: {a}"))
+            .unwrap_or_default()
+    );
+    if s.chargers.is_empty() {
+        out.push_str(
+            "no chargers yet: point a charger (or `chargegate sim`) at ws://GATEWAY:PORT/ocpp/ID\n",
+        );
+        return out;
+    }
+    let rows: Vec<[String; 6]> = s
+        .chargers
+        .iter()
+        .map(|c| {
+            let st = &c.state;
+            let link = |up: bool, since: Option<i64>| {
+                if since.is_none() {
+                    "-".to_string()
+                } else if up {
+                    format!("up {}", ago(since, now))
+                } else {
+                    format!("down {}", ago(since, now))
+                }
+            };
+            let connectors = st
+                .connectors
+                .iter()
+                .map(|(n, c)| format!("{n}:{}", c.status))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let tx = st
+                .transactions
+                .values()
+                .map(|t| {
+                    format!(
+                        "{}@{}",
+                        t.transaction_id
+                            .map(|i| i.to_string())
+                            .unwrap_or("?".into()),
+                        t.connector
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            [
+                st.id.clone(),
+                link(c.connected && st.charger_link.up, st.charger_link.since_ms),
+                if s.upstream.is_some() {
+                    link(st.cloud_link.up, st.cloud_link.since_ms)
+                } else {
+                    "standalone".into()
+                },
+                if connectors.is_empty() {
+                    "-".into()
+                } else {
+                    connectors
+                },
+                if tx.is_empty() { "-".into() } else { tx },
+                ago(st.last_event_ms, now),
+            ]
+        })
+        .collect();
+    let header = [
+        "CHARGER",
+        "CHARGER LINK",
+        "CLOUD LINK",
+        "CONNECTORS",
+        "TRANSACTION",
+        "LAST EVENT",
+    ];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (c, w) in cells.iter().zip(widths) {
+            l.push_str(&format!("{c:<w$}  "));
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(&header.map(String::from)));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// One journal record as a log line.
+pub fn format_record(r: &Record) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(r.time_ms as i128 * 1_000_000)
+        .map(crate::session::format_ms)
+        .unwrap_or_else(|_| r.time_ms.to_string());
+    format!(
+        "{t}  {:<12} {:<18} {}",
+        r.charger.as_deref().unwrap_or("(gateway)"),
+        r.event.kind(),
+        r.event.summary()
+    )
+}

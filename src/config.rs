@@ -1,0 +1,620 @@
+//! Configuration: TOML in, a validated `Config` out, before any socket opens.
+//! Every problem is reported at once, each naming the file, the key and
+//! what was expected, so an installer fixes the file in one go.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::ocpp::local::{AuthPolicy, Policy};
+
+/// The example config, which is also what `chargegate` runs when no config
+/// file is given.
+pub const EMBEDDED: &str = include_str!("../config/chargegate.toml");
+/// Name used for the embedded config in messages.
+pub const EMBEDDED_NAME: &str = "(embedded default config)";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub expected: String,
+}
+
+/// All problems found in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {}: {}: {}", self.file, p.key, p.expected)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One known charger.
+#[derive(Debug, Clone)]
+pub struct ChargerConfig {
+    pub id: String,
+    /// OCPP Security Profile 1 password the charger must present.
+    pub password: Option<String>,
+    /// Password to present to the cloud instead of passing the charger's on.
+    pub upstream_password: Option<String>,
+}
+
+/// The cloud side.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL; the charge point id is appended as a path segment.
+    pub url: String,
+    /// Extra CA certificate (PEM) trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    pub log_level: log::LevelFilter,
+    pub listen: SocketAddr,
+    pub path_prefix: String,
+    pub allow_unknown: bool,
+    pub max_message_size: usize,
+    pub ping_interval: Duration,
+    pub call_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub policy: Policy,
+    pub upstream: Option<UpstreamConfig>,
+    pub api_listen: SocketAddr,
+    pub api_token: Option<String>,
+    pub journal_max_age: Duration,
+    pub journal_max_bytes: u64,
+    pub chargers: BTreeMap<String, ChargerConfig>,
+}
+
+/// Walks a TOML table, collecting problems instead of stopping at the first.
+struct Reader<'a> {
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, key: &str, expected: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            expected: expected.into(),
+        });
+    }
+
+    fn table<'t>(&mut self, root: &'t Table, key: &str) -> Option<&'t Table> {
+        match root.get(key) {
+            None => None,
+            Some(Value::Table(t)) => Some(t),
+            Some(_) => {
+                self.problem(key, "expected a table ([section])");
+                None
+            }
+        }
+    }
+
+    fn unknown_keys(&mut self, t: &Table, section: &str, known: &[&str]) {
+        for k in t.keys() {
+            if !known.contains(&k.as_str()) {
+                let full = if section.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{section}.{k}")
+                };
+                self.problem(
+                    &full,
+                    format!("unknown key (known keys here: {})", known.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn string(
+        &mut self,
+        t: Option<&Table>,
+        section: &str,
+        key: &str,
+        default: Option<&str>,
+    ) -> Option<String> {
+        match t.and_then(|t| t.get(key)) {
+            None => default.map(str::to_string),
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.problem(
+                    &format!("{section}.{key}"),
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                default.map(str::to_string)
+            }
+        }
+    }
+
+    fn int(
+        &mut self,
+        t: Option<&Table>,
+        section: &str,
+        key: &str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> i64 {
+        match t.and_then(|t| t.get(key)) {
+            None => default,
+            Some(Value::Integer(i)) if (min..=max).contains(i) => *i,
+            Some(v) => {
+                self.problem(
+                    &format!("{section}.{key}"),
+                    format!("expected an integer from {min} to {max}, found {v}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn boolean(&mut self, t: Option<&Table>, section: &str, key: &str, default: bool) -> bool {
+        match t.and_then(|t| t.get(key)) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(v) => {
+                self.problem(
+                    &format!("{section}.{key}"),
+                    format!("expected true or false, found {v}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, t: Option<&Table>, section: &str, key: &str, default: &str) -> SocketAddr {
+        let s = self
+            .string(t, section, key, Some(default))
+            .unwrap_or_default();
+        s.parse().unwrap_or_else(|_| {
+            self.problem(
+                &format!("{section}.{key}"),
+                format!("expected an address like \"0.0.0.0:8887\", found {s:?}"),
+            );
+            default.parse().expect("default address is valid")
+        })
+    }
+}
+
+const TOP: &[&str] = &[
+    "gateway", "ocpp", "offline", "upstream", "api", "journal", "charger",
+];
+
+impl Config {
+    /// Parse and validate a config file's text. `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let root: Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+            file: file.to_string(),
+            problems: vec![Problem {
+                key: "(syntax)".into(),
+                expected: e.to_string().trim().replace('\n', " "),
+            }],
+        })?;
+        let mut problems = Vec::new();
+        let cfg = Self::read(
+            &root,
+            &mut Reader {
+                problems: &mut problems,
+            },
+        );
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError {
+                file: file.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Read a config file from disk.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                expected: format!("a readable file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// The embedded default config.
+    pub fn embedded() -> Config {
+        Self::parse(EMBEDDED, EMBEDDED_NAME)
+            .expect("the embedded config is valid (a unit test checks it)")
+    }
+
+    fn read(root: &Table, r: &mut Reader) -> Config {
+        r.unknown_keys(root, "", TOP);
+        let g = r.table(root, "gateway");
+        if let Some(g) = g {
+            r.unknown_keys(g, "gateway", &["id", "data_dir", "log_level"]);
+        }
+        let gateway_id = r
+            .string(g, "gateway", "id", Some("chargegate"))
+            .unwrap_or_default();
+        let data_dir = PathBuf::from(
+            r.string(g, "gateway", "data_dir", Some("./chargegate-data"))
+                .unwrap_or_default(),
+        );
+        let level = r
+            .string(g, "gateway", "log_level", Some("info"))
+            .unwrap_or_default();
+        let log_level = level.parse().unwrap_or_else(|_| {
+            r.problem(
+                "gateway.log_level",
+                format!("expected one of off, error, warn, info, debug, trace; found {level:?}"),
+            );
+            log::LevelFilter::Info
+        });
+
+        let o = r.table(root, "ocpp");
+        if let Some(o) = o {
+            r.unknown_keys(
+                o,
+                "ocpp",
+                &[
+                    "listen",
+                    "path_prefix",
+                    "allow_unknown_chargers",
+                    "max_message_size",
+                    "ping_interval_secs",
+                    "call_timeout_secs",
+                    "handshake_timeout_secs",
+                    "heartbeat_interval_secs",
+                ],
+            );
+        }
+        let listen = r.addr(o, "ocpp", "listen", "127.0.0.1:8887");
+        let mut path_prefix = r
+            .string(o, "ocpp", "path_prefix", Some("/ocpp"))
+            .unwrap_or_default();
+        if !path_prefix.starts_with('/') {
+            r.problem(
+                "ocpp.path_prefix",
+                format!("expected a path starting with '/', found {path_prefix:?}"),
+            );
+        }
+        while path_prefix.ends_with('/') {
+            path_prefix.pop();
+        }
+        let allow_unknown = r.boolean(o, "ocpp", "allow_unknown_chargers", false);
+        let max_message_size =
+            r.int(o, "ocpp", "max_message_size", 65_536, 1024, 16 << 20) as usize;
+        let ping_interval =
+            Duration::from_secs(r.int(o, "ocpp", "ping_interval_secs", 60, 0, 86_400) as u64);
+        let call_timeout =
+            Duration::from_secs(r.int(o, "ocpp", "call_timeout_secs", 30, 1, 3600) as u64);
+        let handshake_timeout =
+            Duration::from_secs(r.int(o, "ocpp", "handshake_timeout_secs", 10, 1, 300) as u64);
+        let heartbeat_interval = r.int(o, "ocpp", "heartbeat_interval_secs", 300, 1, 86_400) as u32;
+
+        let off = r.table(root, "offline");
+        if let Some(t) = off {
+            r.unknown_keys(t, "offline", &["authorize", "id_tags"]);
+        }
+        let auth = r
+            .string(off, "offline", "authorize", Some("local_list"))
+            .unwrap_or_default();
+        let authorize = match auth.as_str() {
+            "accept_all" => AuthPolicy::AcceptAll,
+            "local_list" => AuthPolicy::LocalList,
+            "reject_unknown" => AuthPolicy::RejectUnknown,
+            other => {
+                r.problem("offline.authorize", format!("expected \"accept_all\", \"local_list\" or \"reject_unknown\", found {other:?}"));
+                AuthPolicy::LocalList
+            }
+        };
+        let mut id_tags = HashMap::new();
+        match off.and_then(|t| t.get("id_tags")) {
+            None => {}
+            Some(Value::Array(a)) => {
+                for (i, v) in a.iter().enumerate() {
+                    match v.as_str() {
+                        Some(s) if !s.is_empty() && s.len() <= 20 => {
+                            id_tags.insert(s.to_string(), "Accepted".to_string());
+                        }
+                        _ => r.problem(
+                            &format!("offline.id_tags[{i}]"),
+                            "expected an id tag of 1 to 20 characters",
+                        ),
+                    }
+                }
+            }
+            Some(_) => r.problem(
+                "offline.id_tags",
+                "expected a list of id tags, e.g. [\"04A2B3C4\"]",
+            ),
+        }
+        let policy = Policy {
+            authorize,
+            id_tags,
+            heartbeat_interval,
+        };
+
+        let upstream = r.table(root, "upstream").and_then(|u| read_upstream(u, r));
+
+        let a = r.table(root, "api");
+        if let Some(t) = a {
+            r.unknown_keys(t, "api", &["listen", "token"]);
+        }
+        let api_listen = r.addr(a, "api", "listen", "127.0.0.1:8180");
+        let api_token = r.string(a, "api", "token", None).filter(|t| !t.is_empty());
+        if !api_listen.ip().is_loopback() && api_token.is_none() {
+            r.problem(
+                "api.token",
+                format!("expected a token: the API listens on {api_listen}, which is not loopback"),
+            );
+        }
+
+        let j = r.table(root, "journal");
+        if let Some(t) = j {
+            r.unknown_keys(t, "journal", &["max_age_days", "max_size_mb"]);
+        }
+        let journal_max_age =
+            Duration::from_secs(r.int(j, "journal", "max_age_days", 90, 1, 3650) as u64 * 86_400);
+        let journal_max_bytes =
+            r.int(j, "journal", "max_size_mb", 256, 1, 1 << 20) as u64 * 1024 * 1024;
+
+        let chargers = read_chargers(root, r);
+        Config {
+            gateway_id,
+            data_dir,
+            log_level,
+            listen,
+            path_prefix,
+            allow_unknown,
+            max_message_size,
+            ping_interval,
+            call_timeout,
+            handshake_timeout,
+            policy,
+            upstream,
+            api_listen,
+            api_token,
+            journal_max_age,
+            journal_max_bytes,
+            chargers,
+        }
+    }
+}
+
+fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
+    r.unknown_keys(
+        u,
+        "upstream",
+        &[
+            "url",
+            "ca_file",
+            "connect_timeout_secs",
+            "backoff_min_secs",
+            "backoff_max_secs",
+        ],
+    );
+    let url = r.string(Some(u), "upstream", "url", None);
+    let url = match url {
+        None => {
+            r.problem("upstream.url", "expected the cloud's OCPP URL, e.g. \"wss://csms.example.com/ocpp\" (or remove [upstream] to run standalone)");
+            return None;
+        }
+        Some(s) if !(s.starts_with("ws://") || s.starts_with("wss://")) || s.len() < 8 => {
+            r.problem(
+                "upstream.url",
+                format!("expected a ws:// or wss:// URL, found {s:?}"),
+            );
+            return None;
+        }
+        Some(s) => s.trim_end_matches('/').to_string(),
+    };
+    let ca_file = r
+        .string(Some(u), "upstream", "ca_file", None)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            r.problem(
+                "upstream.ca_file",
+                format!(
+                    "expected a readable PEM file, {} does not exist",
+                    ca.display()
+                ),
+            );
+        }
+    }
+    let connect_timeout =
+        Duration::from_secs(r.int(Some(u), "upstream", "connect_timeout_secs", 10, 1, 300) as u64);
+    let backoff_min = Duration::from_millis(
+        (r.int(Some(u), "upstream", "backoff_min_secs", 1, 0, 3600) * 1000).max(100) as u64,
+    );
+    let backoff_max =
+        Duration::from_secs(r.int(Some(u), "upstream", "backoff_max_secs", 60, 1, 86_400) as u64);
+    Some(UpstreamConfig {
+        url,
+        ca_file,
+        connect_timeout,
+        backoff_min,
+        backoff_max,
+    })
+}
+
+fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig> {
+    let mut chargers = BTreeMap::new();
+    let list = match root.get("charger") {
+        None => return chargers,
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            r.problem("charger", "expected [[charger]] entries");
+            return chargers;
+        }
+    };
+    for (i, v) in list.iter().enumerate() {
+        let section = format!("charger[{i}]");
+        let Some(t) = v.as_table() else {
+            r.problem(&section, "expected a table");
+            continue;
+        };
+        r.unknown_keys(t, &section, &["id", "password", "upstream_password"]);
+        let Some(id) = r.string(Some(t), &section, "id", None) else {
+            r.problem(
+                &format!("{section}.id"),
+                "expected the charge point id, e.g. \"CP-0001\"",
+            );
+            continue;
+        };
+        if let Err(why) = check_charger_id(&id) {
+            r.problem(&format!("{section}.id"), why);
+        }
+        let password = r
+            .string(Some(t), &section, "password", None)
+            .filter(|p| !p.is_empty());
+        let upstream_password = r
+            .string(Some(t), &section, "upstream_password", None)
+            .filter(|p| !p.is_empty());
+        if chargers
+            .insert(
+                id.clone(),
+                ChargerConfig {
+                    id: id.clone(),
+                    password,
+                    upstream_password,
+                },
+            )
+            .is_some()
+        {
+            r.problem(
+                &format!("{section}.id"),
+                format!("expected a unique id; {id:?} appears twice"),
+            );
+        }
+    }
+    chargers
+}
+
+/// Charge point ids: 1–48 printable characters without '/' (OCPP 2.0.1's
+/// identity string; also covers 1.6's chargeBoxIdentity).
+pub fn check_charger_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 48 {
+        return Err(format!(
+            "expected 1 to 48 characters, found {} in {id:?}",
+            id.len()
+        ));
+    }
+    if id
+        .chars()
+        .any(|c| c == '/' || c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "expected no '/', spaces or control characters in {id:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_config_is_valid_and_standalone() {
+        let c = Config::embedded();
+        assert!(c.upstream.is_none());
+        assert!(c.api_listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            bogus = 1
+            [ocpp]
+            listen = "nowhere"
+            max_message_size = 5
+            [offline]
+            authorize = "maybe"
+            [upstream]
+            url = "http://cloud"
+            [api]
+            listen = "0.0.0.0:8180"
+            [[charger]]
+            id = "CP/1"
+            [[charger]]
+            password = "x"
+        "#;
+        let e = Config::parse(text, "site.toml").unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "bogus",
+            "ocpp.listen",
+            "ocpp.max_message_size",
+            "offline.authorize",
+            "upstream.url",
+            "api.token",
+            "charger[0].id",
+            "charger[1].id",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        let shown = e.to_string();
+        assert!(
+            shown.contains("site.toml: ocpp.listen: expected an address"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let e = Config::parse("[ocpp\nlisten=", "bad.toml").unwrap_err();
+        assert_eq!(e.file, "bad.toml");
+        assert_eq!(e.problems[0].key, "(syntax)");
+    }
+
+    #[test]
+    fn chargers_and_upstream_are_read() {
+        let c = Config::parse(
+            r#"
+            [upstream]
+            url = "wss://csms.example.com/ocpp/"
+            [[charger]]
+            id = "CP-1"
+            password = "0123456789abcdef"
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.upstream.unwrap().url, "wss://csms.example.com/ocpp");
+        assert_eq!(
+            c.chargers["CP-1"].password.as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert!(!c.allow_unknown);
+    }
+}

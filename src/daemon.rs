@@ -1,0 +1,162 @@
+//! The daemon's lifecycle: open the journal, bind the listeners, serve, and
+//! on shutdown drain every session and flush the journal. Tests start the
+//! same thing in-process through `start`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::journal::{self, Journal, JournalConfig};
+use crate::server::{self, Ctx, Registry};
+use crate::upstream::Connector;
+
+/// How long sessions get to close cleanly on shutdown.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A running daemon.
+pub struct Running {
+    pub ocpp_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub journal: Journal,
+    pub registry: Registry,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Open storage, bind both listeners and start serving.
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    let cfg = Arc::new(cfg);
+    let journal = Journal::open(JournalConfig {
+        path: journal::path_in(&cfg.data_dir),
+        max_age: cfg.journal_max_age,
+        max_bytes: cfg.journal_max_bytes,
+    })?;
+    let connector = match &cfg.upstream {
+        Some(u) => Some(Arc::new(Connector::new(
+            u,
+            server::ws_config(cfg.max_message_size),
+        )?)),
+        None => None,
+    };
+    let ocpp = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.listen,
+            what: "ocpp.listen",
+            source,
+        })?;
+    let api = TcpListener::bind(cfg.api_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.api_listen,
+            what: "api.listen",
+            source,
+        })?;
+    let ocpp_addr = ocpp.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.listen,
+        what: "ocpp.listen",
+        source,
+    })?;
+    let api_addr = api.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.api_listen,
+        what: "api.listen",
+        source,
+    })?;
+    journal
+        .record_durable(
+            None,
+            Event::GatewayStarted {
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+        )
+        .await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let registry = Registry::default();
+    let ctx = Ctx {
+        cfg: cfg.clone(),
+        journal: journal.clone(),
+        connector,
+        registry: registry.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+    let mut tasks = vec![tokio::spawn(server::serve(ocpp, ctx.clone()))];
+    tasks.push(tokio::spawn(crate::api::serve(api, ctx)));
+    match &cfg.upstream {
+        Some(u) => log::info!(
+            "ocpp on ws://{ocpp_addr}{}/{{id}}, cloud {}",
+            cfg.path_prefix,
+            u.url
+        ),
+        None => log::info!(
+            "ocpp on ws://{ocpp_addr}{}/{{id}}, standalone (no [upstream])",
+            cfg.path_prefix
+        ),
+    }
+    log::info!("api on http://{api_addr}");
+    Ok(Running {
+        ocpp_addr,
+        api_addr,
+        journal,
+        registry,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stop accepting, close every session (each journals its disconnect),
+    /// then flush and close the journal.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+        while !self.registry.connected().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self
+            .journal
+            .record_durable(None, Event::GatewayStopping)
+            .await;
+        self.journal.close().await;
+    }
+}
+
+/// Run until SIGTERM or SIGINT. Prints one `READY` line on stdout with the
+/// bound addresses, which scripts and tests read.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    crate::bench::raise_fd_limit();
+    let running = start(cfg).await?;
+    println!("READY ocpp={} api={}", running.ocpp_addr, running.api_addr);
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+    running.stop().await;
+    Ok(())
+}

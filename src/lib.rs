@@ -1,0 +1,37 @@
+//! ChargeGate: an edge site controller for EV charging sites. One daemon
+//! between every charger at a site and the operator's cloud (CSMS): it
+//! relays OCPP-J both ways, keeps a durable journal of everything that
+//! happens, and answers chargers itself when the cloud is unreachable.
+//!
+//! # Layout
+//!
+//! The path of a frame: [`server`] accepts a charger → [`session`] relays
+//! its frames, journaling them through [`journal`], to the cloud socket
+//! opened by [`upstream`] (or answers locally with [`ocpp::local`]).
+//!
+//! - [`ocpp`]: pure protocol code (framing, payloads, local answers).
+//! - [`event`]: the journal's vocabulary and the OCPP → event mapping.
+//! - [`journal`]: redb storage, group commit, retention, live stream.
+//! - [`state`]: live state of every charger, a fold of the journal.
+//! - [`config`]: TOML → validated [`config::Config`].
+//! - [`daemon`]: start, serve, drain on shutdown.
+//! - [`api`] and [`client`]: the local HTTP API and the CLI's use of it.
+//! - [`sim`]: simulated chargers; [`bench`]: the relay benchmark.
+//! - [`logging`]: journald or stderr.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod journal;
+pub mod logging;
+pub mod ocpp;
+pub mod server;
+pub mod session;
+pub mod sim;
+pub mod state;
+pub mod upstream;

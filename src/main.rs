@@ -1,0 +1,271 @@
+//! The `chargegate` binary: the daemon and the installer's CLI. Thin: it
+//! parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chargegate::api::Status;
+use chargegate::client::{self, ApiClient};
+use chargegate::config::{Config, ConfigError, EMBEDDED_NAME};
+use chargegate::journal::Record;
+use clap::{Parser, Subcommand};
+
+/// Exit code for a bad config (EX_USAGE), so systemd does not restart.
+const EXIT_CONFIG: u8 = 64;
+/// Where the Debian package puts the config.
+const SYSTEM_CONFIG: &str = "/etc/chargegate/chargegate.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "chargegate",
+    version,
+    about = "Edge site controller for EV charging sites (OCPP proxy with a durable journal)"
+)]
+struct Cli {
+    /// Config file. Default: $CHARGEGATE_CONFIG, else /etc/chargegate/chargegate.toml
+    /// if it exists, else the embedded default (standalone, loopback only).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (the default when no command is given).
+    Run,
+    /// Check a config file; prints every problem and exits 64 if there are any.
+    CheckConfig { file: PathBuf },
+    /// Show every charger: links, connectors, transactions, last event.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the journal.
+    Log {
+        #[arg(long)]
+        charger: Option<String>,
+        /// Event kinds, comma-separated (e.g. StartTransaction,StopTransaction).
+        #[arg(long)]
+        kind: Option<String>,
+        /// 2h, 30m, 1d, or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Keep printing new events.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Simulate OCPP 1.6 chargers against a gateway (or any CSMS).
+    Sim {
+        /// Base URL; the charger id is appended.
+        #[arg(long, default_value = "ws://127.0.0.1:8887/ocpp")]
+        url: String,
+        #[arg(long, default_value_t = 3)]
+        chargers: usize,
+        #[arg(long, default_value = "SIM-")]
+        prefix: String,
+        #[arg(long)]
+        password: Option<String>,
+        #[arg(long, default_value = "SIMTAG01")]
+        id_tag: String,
+        /// Seconds between heartbeats.
+        #[arg(long, default_value_t = 60.0)]
+        heartbeat: f64,
+        /// Seconds between meter values while charging.
+        #[arg(long, default_value_t = 5.0)]
+        meter_interval: f64,
+        #[arg(long, default_value_t = 6)]
+        meter_values: u32,
+        /// Seconds idle between sessions.
+        #[arg(long, default_value_t = 10.0)]
+        idle: f64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Measure the relay: latency through the gateway vs direct, memory, journal rate.
+    Bench(chargegate::bench::BenchArgs),
+}
+
+fn load_config(explicit: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    let path = explicit
+        .cloned()
+        .or_else(|| std::env::var_os("CHARGEGATE_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let p = PathBuf::from(SYSTEM_CONFIG);
+            p.is_file().then_some(p)
+        });
+    match path {
+        Some(p) => Config::load(&p),
+        None => Config::parse(chargegate::config::EMBEDDED, EMBEDDED_NAME),
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.01))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chargegate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(Cmd::Run);
+    if let Cmd::CheckConfig { file } = &command {
+        return match Config::load(file) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} chargers, {})",
+                    file.display(),
+                    c.chargers.len(),
+                    c.upstream
+                        .as_ref()
+                        .map_or("standalone".into(), |u| format!("cloud {}", u.url))
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    let cfg = match load_config(cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("chargegate: bad config: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = rt.block_on(async move {
+        match command {
+            Cmd::Run => {
+                chargegate::logging::init(cfg.log_level);
+                chargegate::daemon::run(cfg).await
+            }
+            Cmd::CheckConfig { .. } => Ok(()),
+            Cmd::Status { json } => {
+                let api = ApiClient {
+                    addr: cfg.api_listen,
+                    token: cfg.api_token.clone(),
+                };
+                let s: Status = api.get("/api/v1/status").await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", client::format_status(&s));
+                }
+                Ok(())
+            }
+            Cmd::Log {
+                charger,
+                kind,
+                since,
+                limit,
+                follow,
+                json,
+            } => {
+                let api = ApiClient {
+                    addr: cfg.api_listen,
+                    token: cfg.api_token.clone(),
+                };
+                log_command(&api, charger, kind, since, limit, follow, json).await
+            }
+            Cmd::Sim {
+                url,
+                chargers,
+                prefix,
+                password,
+                id_tag,
+                heartbeat,
+                meter_interval,
+                meter_values,
+                idle,
+                duration,
+            } => {
+                chargegate::logging::init(log::LevelFilter::Info);
+                let opts = chargegate::sim::SimOptions {
+                    url,
+                    chargers,
+                    prefix,
+                    password,
+                    id_tag,
+                    heartbeat: secs(heartbeat),
+                    meter_interval: secs(meter_interval),
+                    meter_values_per_session: meter_values.max(1),
+                    idle: secs(idle),
+                    duration: duration.map(secs),
+                };
+                let stats = chargegate::sim::run(opts).await;
+                println!("{stats:?}");
+                Ok(())
+            }
+            Cmd::Bench(args) => chargegate::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chargegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn log_command(
+    api: &ApiClient,
+    charger: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    limit: usize,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let mut base = String::new();
+    if let Some(c) = &charger {
+        base.push_str(&format!("&charger={}", enc(c)));
+    }
+    if let Some(k) = &kind {
+        base.push_str(&format!("&kind={}", enc(k)));
+    }
+    let mut url = format!("/api/v1/events?limit={limit}{base}");
+    if let Some(s) = &since {
+        url.push_str(&format!("&since={}", enc(s)));
+    }
+    let mut last = 0;
+    loop {
+        let records: Vec<Record> = api.get(&url).await?;
+        for r in &records {
+            if json {
+                println!("{}", serde_json::to_string(r)?);
+            } else {
+                println!("{}", client::format_record(r));
+            }
+            last = last.max(r.seq);
+        }
+        if !follow {
+            return Ok(());
+        }
+        if last == 0 {
+            let s: Status = api.get("/api/v1/status").await?;
+            last = s.journal_last_seq;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        url = format!("/api/v1/events?limit=10000&after={last}{base}");
+    }
+}

@@ -1,0 +1,257 @@
+//! The OCPP 1.6 payloads the gateway reads: charger requests it journals or
+//! answers itself, and the parts of the cloud's answers it remembers. Pure.
+//!
+//! Only the fields the gateway needs are typed; everything else is relayed
+//! untouched, so a vendor extension never breaks the proxy.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// `BootNotification.req`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootNotification {
+    pub charge_point_vendor: String,
+    pub charge_point_model: String,
+    #[serde(default)]
+    pub charge_point_serial_number: Option<String>,
+    #[serde(default)]
+    pub firmware_version: Option<String>,
+}
+
+/// `StatusNotification.req`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusNotification {
+    pub connector_id: u32,
+    pub error_code: String,
+    pub status: String,
+    #[serde(default)]
+    pub info: Option<String>,
+    #[serde(default)]
+    pub vendor_error_code: Option<String>,
+}
+
+/// The connector statuses of OCPP 1.6 §7.7.
+pub const STATUSES: &[&str] = &[
+    "Available",
+    "Preparing",
+    "Charging",
+    "SuspendedEVSE",
+    "SuspendedEV",
+    "Finishing",
+    "Reserved",
+    "Unavailable",
+    "Faulted",
+];
+
+/// `Authorize.req`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorize {
+    pub id_tag: String,
+}
+
+/// `StartTransaction.req`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartTransaction {
+    pub connector_id: u32,
+    pub id_tag: String,
+    pub meter_start: i64,
+    pub timestamp: String,
+}
+
+/// `StopTransaction.req`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopTransaction {
+    pub transaction_id: i64,
+    pub meter_stop: i64,
+    pub timestamp: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub id_tag: Option<String>,
+}
+
+/// `MeterValues.req`
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterValues {
+    pub connector_id: u32,
+    #[serde(default)]
+    pub transaction_id: Option<i64>,
+    pub meter_value: Vec<MeterValue>,
+}
+
+/// One timestamped set of sampled values.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterValue {
+    pub timestamp: String,
+    pub sampled_value: Vec<SampledValue>,
+}
+
+/// One sampled value; 1.6 sends numbers as strings.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SampledValue {
+    pub value: String,
+    #[serde(default)]
+    pub measurand: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub phase: Option<String>,
+}
+
+/// What the gateway keeps of a MeterValues message: the latest reading of
+/// each quantity it shows.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MeterSummary {
+    pub energy_wh: Option<f64>,
+    pub power_w: Option<f64>,
+    pub current_a: Option<f64>,
+}
+
+impl MeterValues {
+    /// Reduce to energy register (Wh), active power (W) and the highest phase
+    /// current (A), from the last sample that carries each.
+    pub fn summary(&self) -> MeterSummary {
+        let mut s = MeterSummary::default();
+        for mv in &self.meter_value {
+            let mut current: Option<f64> = None;
+            for sv in &mv.sampled_value {
+                let Ok(v) = sv.value.trim().parse::<f64>() else {
+                    continue;
+                };
+                if !v.is_finite() {
+                    continue;
+                }
+                let kilo = sv.unit.as_deref().is_some_and(|u| u.starts_with('k'));
+                let scaled = if kilo { v * 1000.0 } else { v };
+                match sv
+                    .measurand
+                    .as_deref()
+                    .unwrap_or("Energy.Active.Import.Register")
+                {
+                    "Energy.Active.Import.Register" => s.energy_wh = Some(scaled),
+                    "Power.Active.Import" => s.power_w = Some(scaled),
+                    "Current.Import" if sv.phase.as_deref() != Some("N") => {
+                        current = Some(current.map_or(v, |c: f64| c.max(v)))
+                    }
+                    _ => {}
+                }
+            }
+            if current.is_some() {
+                s.current_a = current;
+            }
+        }
+        s
+    }
+}
+
+/// `IdTagInfo`, found in the answers to Authorize, StartTransaction and
+/// StopTransaction.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdTagInfo {
+    pub status: String,
+}
+
+/// The parts of the cloud's answers the gateway reads.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerFields {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub transaction_id: Option<i64>,
+    #[serde(default)]
+    pub id_tag_info: Option<IdTagInfo>,
+    #[serde(default)]
+    pub interval: Option<i64>,
+}
+
+impl AnswerFields {
+    /// Read an answer payload; an answer the gateway cannot read still
+    /// relays, it just journals no fields.
+    pub fn read(payload: &RawValue) -> AnswerFields {
+        serde_json::from_str(payload.get()).unwrap_or_default()
+    }
+
+    /// The status a person reads: the top-level one, else the id tag's.
+    pub fn status(&self) -> Option<String> {
+        self.status
+            .clone()
+            .or_else(|| self.id_tag_info.as_ref().map(|i| i.status.clone()))
+    }
+}
+
+/// Decode a request payload, naming what is wrong when it does not fit.
+pub fn decode<'a, T: Deserialize<'a>>(payload: &'a RawValue) -> Result<T, String> {
+    serde_json::from_str(payload.get()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn meter_summary_reads_energy_power_and_current() {
+        let p = raw(
+            r#"{"connectorId":1,"transactionId":5,"meterValue":[{"timestamp":"2026-01-01T00:00:00Z","sampledValue":[
+            {"value":"12.5","measurand":"Energy.Active.Import.Register","unit":"kWh"},
+            {"value":"7200","measurand":"Power.Active.Import","unit":"W"},
+            {"value":"15.5","measurand":"Current.Import","phase":"L1"},
+            {"value":"16.0","measurand":"Current.Import","phase":"L2"},
+            {"value":"99","measurand":"Current.Import","phase":"N"}]}]}"#,
+        );
+        let mv: MeterValues = decode(&p).unwrap();
+        let s = mv.summary();
+        assert_eq!(s.energy_wh, Some(12500.0));
+        assert_eq!(s.power_w, Some(7200.0));
+        assert_eq!(s.current_a, Some(16.0));
+    }
+
+    #[test]
+    fn default_measurand_is_the_energy_register() {
+        let p = raw(
+            r#"{"connectorId":1,"meterValue":[{"timestamp":"t","sampledValue":[{"value":"100"}]}]}"#,
+        );
+        let mv: MeterValues = decode(&p).unwrap();
+        assert_eq!(mv.summary().energy_wh, Some(100.0));
+    }
+
+    #[test]
+    fn unreadable_values_are_skipped_not_fatal() {
+        let p = raw(
+            r#"{"connectorId":1,"meterValue":[{"timestamp":"t","sampledValue":[{"value":"NaN"},{"value":"x"}]}]}"#,
+        );
+        let mv: MeterValues = decode(&p).unwrap();
+        assert_eq!(mv.summary(), MeterSummary::default());
+    }
+
+    #[test]
+    fn decode_names_the_problem() {
+        let e = decode::<StartTransaction>(&raw(r#"{"connectorId":"one"}"#)).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = decode::<StartTransaction>(&raw(r#"{"connectorId":1}"#)).unwrap_err();
+        assert!(e.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn answer_fields_read_status_from_id_tag_info() {
+        let a = AnswerFields::read(&raw(
+            r#"{"transactionId":42,"idTagInfo":{"status":"Blocked"}}"#,
+        ));
+        assert_eq!(a.transaction_id, Some(42));
+        assert_eq!(a.status().as_deref(), Some("Blocked"));
+        assert!(AnswerFields::read(&raw("{}")).status().is_none());
+    }
+}

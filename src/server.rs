@@ -1,0 +1,423 @@
+//! The charger side: accepts WebSocket connections on
+//! `ws://LISTEN{prefix}/{chargePointId}`, decides at the handshake who may
+//! connect (path, subprotocol, OCPP Security Profile 1 Basic auth, known
+//! chargers) and hands each accepted connection to its own session task.
+//! Also the registry of live sessions, through which other parts of the
+//! gateway reach a charger.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use percent_encoding::percent_decode_str;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::{check_charger_id, Config};
+use crate::event::Event;
+use crate::journal::Journal;
+use crate::ocpp::Protocol;
+use crate::session::{self, Command};
+use crate::upstream::Connector;
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub journal: Journal,
+    pub connector: Option<Arc<Connector>>,
+    pub registry: Registry,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// WebSocket settings for both sides: small buffers, because a gateway
+/// holds hundreds of connections (tungstenite's defaults reserve 128 KiB
+/// of read buffer per connection).
+pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message_size * 4)
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+}
+
+/// What `register` hands a new session: its connection number, command
+/// receiver, done signal, and the session it replaces (if any).
+type Registration = (
+    u64,
+    mpsc::Receiver<Command>,
+    watch::Sender<bool>,
+    Option<(mpsc::Sender<Command>, watch::Receiver<bool>)>,
+);
+
+/// A live session as seen from outside.
+struct Handle {
+    conn: u64,
+    cmd: mpsc::Sender<Command>,
+    done: watch::Receiver<bool>,
+}
+
+/// Live sessions by charge point id.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<HashMap<String, Handle>>>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl Registry {
+    /// Register a new connection for `id`; returns its connection number, its
+    /// command receiver, its done signal, and the session it replaces.
+    fn register(&self, id: &str) -> Registration {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        let (cmd, rx) = mpsc::channel(64);
+        let (done_tx, done) = watch::channel(false);
+        let old = self
+            .lock()
+            .insert(id.to_string(), Handle { conn, cmd, done });
+        (conn, rx, done_tx, old.map(|h| (h.cmd, h.done)))
+    }
+
+    /// Forget a session, unless a newer connection already took its place.
+    pub(crate) fn unregister(&self, id: &str, conn: u64) {
+        let mut map = self.lock();
+        if map.get(id).is_some_and(|h| h.conn == conn) {
+            map.remove(id);
+        }
+    }
+
+    /// The command channel of a connected charger.
+    pub fn get(&self, id: &str) -> Option<mpsc::Sender<Command>> {
+        self.lock().get(id).map(|h| h.cmd.clone())
+    }
+
+    /// Ids of connected chargers.
+    pub fn connected(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connection the handshake accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: String,
+    pub proto: Protocol,
+    /// The charger's own `Authorization` header, to pass through upstream.
+    pub authorization: Option<String>,
+}
+
+/// A connection the handshake refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: String,
+    /// The charge point id, when it is a known charger.
+    pub known_id: Option<String>,
+}
+
+fn refuse(status: StatusCode, reason: impl Into<String>, known_id: Option<&str>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+        known_id: known_id.map(str::to_string),
+    }
+}
+
+/// Decide whether a handshake request may connect. Pure.
+pub fn check_request(req: &Request, cfg: &Config) -> Result<Accepted, Refusal> {
+    let path = req.uri().path();
+    let rest = path
+        .strip_prefix(cfg.path_prefix.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                format!("path {path:?} is not under {}/", cfg.path_prefix),
+                None,
+            )
+        })?;
+    let id = percent_decode_str(rest)
+        .decode_utf8()
+        .map_err(|_| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "charge point id is not valid UTF-8",
+                None,
+            )
+        })?
+        .into_owned();
+    check_charger_id(&id).map_err(|why| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("bad charge point id: {why}"),
+            None,
+        )
+    })?;
+    let known = cfg.chargers.get(&id);
+    if known.is_none() && !cfg.allow_unknown {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("unknown charge point {id:?}"),
+            None,
+        ));
+    }
+    let offered = req
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let proto = Protocol::negotiate(offered).ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("no supported subprotocol offered ({offered:?}); offer ocpp1.6 or ocpp2.0.1"),
+            known.map(|c| c.id.as_str()),
+        )
+    })?;
+    let authorization = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(expected) = known.and_then(|c| c.password.as_deref()) {
+        let ok = authorization
+            .as_deref()
+            .and_then(parse_basic)
+            .is_some_and(|(user, pass)| {
+                // Both compared in full, so timing does not tell which was wrong.
+                let u = constant_time_eq(user.as_bytes(), id.as_bytes());
+                let p = constant_time_eq(&pass, expected.as_bytes());
+                u & p
+            });
+        if !ok {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong Basic auth credentials",
+                Some(&id),
+            ));
+        }
+    }
+    Ok(Accepted {
+        id,
+        proto,
+        authorization,
+    })
+}
+
+/// Split an `Authorization: Basic …` value into user and password bytes.
+fn parse_basic(header: &str) -> Option<(String, Vec<u8>)> {
+    let b64 = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let colon = raw.iter().position(|&b| b == b':')?;
+    let user = String::from_utf8(raw[..colon].to_vec()).ok()?;
+    Some((user, raw[colon + 1..].to_vec()))
+}
+
+/// Compare without an early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+/// Accept chargers until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Ctx) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    tokio::spawn(handle_connection(stream, addr, ctx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    log::error!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+async fn handle_connection(stream: TcpStream, addr: SocketAddr, ctx: Ctx) {
+    let _ = stream.set_nodelay(true);
+    let mut outcome: Option<Result<Accepted, Refusal>> = None;
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        match check_request(req, &ctx.cfg) {
+            Ok(acc) => {
+                resp.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    HeaderValue::from_static(acc.proto.as_str()),
+                );
+                outcome = Some(Ok(acc));
+                Ok(resp)
+            }
+            Err(refusal) => {
+                let mut r = ErrorResponse::new(Some(format!("{}\n", refusal.reason)));
+                *r.status_mut() = refusal.status;
+                if refusal.status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(
+                        "WWW-Authenticate",
+                        HeaderValue::from_static("Basic realm=\"chargegate\""),
+                    );
+                }
+                outcome = Some(Err(refusal));
+                Err(r)
+            }
+        }
+    };
+    let cfg = ws_config(ctx.cfg.max_message_size);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(cfg));
+    let result = tokio::time::timeout(ctx.cfg.handshake_timeout, handshake).await;
+    match (result, outcome) {
+        (Ok(Ok(ws)), Some(Ok(acc))) => {
+            let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id);
+            log::info!(target: "chargegate::session", charger_id = acc.id.as_str(); "charger {} connected from {addr} ({})", acc.id, acc.proto.as_str());
+            session::run(ctx, acc, addr, ws, conn, cmd_rx, done, old).await;
+        }
+        (_, Some(Err(refusal))) => {
+            log::warn!(
+                "refused {addr}: {} (HTTP {})",
+                refusal.reason,
+                refusal.status.as_u16()
+            );
+            let ev = Event::Refused {
+                reason: refusal.reason,
+                remote: addr.to_string(),
+            };
+            ctx.journal.record(refusal.known_id.as_deref(), ev).await;
+        }
+        (Err(_), _) => log::debug!("{addr}: WebSocket handshake not finished in time, closed"),
+        (Ok(Err(e)), _) => log::debug!("{addr}: WebSocket handshake failed: {e}"),
+        (Ok(Ok(_)), None) => log::error!("{addr}: handshake finished without a decision"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::basic_auth;
+
+    fn cfg(allow_unknown: bool) -> Config {
+        let text = format!(
+            "[ocpp]\nallow_unknown_chargers = {allow_unknown}\n[[charger]]\nid = \"CP-1\"\npassword = \"secret-secret-16\"\n[[charger]]\nid = \"CPé2\"\n"
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    }
+
+    fn req(path: &str, proto: Option<&str>, auth: Option<&str>) -> Request {
+        let mut b = Request::builder().uri(path);
+        if let Some(p) = proto {
+            b = b.header("Sec-WebSocket-Protocol", p);
+        }
+        if let Some(a) = auth {
+            b = b.header("Authorization", a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn known_charger_with_password() {
+        let c = cfg(false);
+        let good = basic_auth("CP-1", "secret-secret-16");
+        let acc = check_request(&req("/ocpp/CP-1", Some("ocpp1.6"), Some(&good)), &c).unwrap();
+        assert_eq!((acc.id.as_str(), acc.proto), ("CP-1", Protocol::Ocpp16));
+        let r = check_request(
+            &req(
+                "/ocpp/CP-1",
+                Some("ocpp1.6"),
+                Some(&basic_auth("CP-1", "wrong")),
+            ),
+            &c,
+        )
+        .unwrap_err();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.known_id.as_deref(), Some("CP-1"));
+        let r = check_request(
+            &req(
+                "/ocpp/CP-1",
+                Some("ocpp1.6"),
+                Some(&basic_auth("CP-2", "secret-secret-16")),
+            ),
+            &c,
+        )
+        .unwrap_err();
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "user must be the charge point id"
+        );
+        let r = check_request(&req("/ocpp/CP-1", Some("ocpp1.6"), None), &c).unwrap_err();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn ids_are_percent_decoded_and_unknown_ones_refused() {
+        let c = cfg(false);
+        assert_eq!(
+            check_request(&req("/ocpp/CP%C3%A92", Some("ocpp1.6"), None), &c)
+                .unwrap()
+                .id,
+            "CPé2"
+        );
+        let r = check_request(&req("/ocpp/CP-9", Some("ocpp1.6"), None), &c).unwrap_err();
+        assert_eq!((r.status, r.known_id), (StatusCode::NOT_FOUND, None));
+        assert!(check_request(&req("/ocpp/CP-9", Some("ocpp1.6"), None), &cfg(true)).is_ok());
+        assert_eq!(
+            check_request(&req("/other/CP-1", Some("ocpp1.6"), None), &c)
+                .unwrap_err()
+                .status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            check_request(&req("/ocpp/a%2Fb", Some("ocpp1.6"), None), &cfg(true))
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            check_request(&req("/ocpp/", Some("ocpp1.6"), None), &cfg(true))
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn subprotocol_is_required() {
+        let c = cfg(true);
+        let r = check_request(&req("/ocpp/X", Some("ocpp1.5"), None), &c).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.reason.contains("ocpp1.6"));
+        assert_eq!(
+            check_request(&req("/ocpp/X", Some("ocpp2.0.1"), None), &c)
+                .unwrap()
+                .proto,
+            Protocol::Ocpp201
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"\xff"));
+    }
+}

@@ -1,0 +1,890 @@
+//! One charger's session: owns the charger's WebSocket and its upstream
+//! WebSocket, relays frames between them byte for byte, journals what they
+//! mean, and answers the charger itself whenever the cloud cannot.
+//!
+//! The path of a frame: charger socket → `on_charger_text` → journal →
+//! upstream socket (or `answer_locally`), and back through
+//! `on_upstream_text`. Calls toward the charger keep OCPP-J's rule of one
+//! outstanding CALL: the gateway's own calls wait behind the cloud's and
+//! the cloud's behind the gateway's.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::event::{self, Event, Link, Source};
+use crate::ocpp::frame::{self, Frame};
+use crate::ocpp::{local, Protocol};
+use crate::server::{Accepted, Ctx};
+use crate::upstream::{basic_auth, Backoff, UpStream};
+
+/// What other parts of the gateway can ask a session to do.
+pub enum Command {
+    /// A newer connection with the same id took over.
+    Replace,
+    /// Send a call of the gateway's own to the charger.
+    Call {
+        action: String,
+        payload: Value,
+        source: Source,
+        reply: oneshot::Sender<CallOutcome>,
+    },
+}
+
+/// How a gateway-originated call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    Result(Value),
+    Error { code: String, description: String },
+    Timeout,
+    Disconnected,
+}
+
+type Connecting = tokio::task::JoinHandle<Result<UpStream, String>>;
+
+enum UpLink {
+    /// No cloud configured.
+    Standalone,
+    /// A connection attempt is running; `first` holds the charger's frames
+    /// back so that its BootNotification reaches the cloud.
+    Connecting {
+        first: bool,
+    },
+    Up,
+    /// Waiting to retry.
+    Down {
+        retry_at: Instant,
+    },
+}
+
+struct PendingUp {
+    action: String,
+    payload: Box<RawValue>,
+    sent: Instant,
+}
+
+struct PendingDown {
+    action: String,
+    request: Value,
+    source: Source,
+    reply: Option<oneshot::Sender<CallOutcome>>,
+    sent: Instant,
+}
+
+/// A call toward the charger that waits for its turn.
+enum Queued {
+    Cloud {
+        text: String,
+        id: String,
+        action: String,
+        request: Value,
+    },
+    Local {
+        action: String,
+        payload: Value,
+        source: Source,
+        reply: oneshot::Sender<CallOutcome>,
+    },
+}
+
+/// Why a session ends.
+struct End {
+    reason: String,
+    /// Close frame to send the charger, if its socket is still open.
+    close: Option<(CloseCode, &'static str)>,
+    code: Option<u16>,
+}
+
+impl End {
+    fn new(reason: impl Into<String>, close: Option<(CloseCode, &'static str)>) -> End {
+        End {
+            reason: reason.into(),
+            close,
+            code: None,
+        }
+    }
+}
+
+struct Session {
+    ctx: Ctx,
+    id: String,
+    proto: Protocol,
+    authorization: Option<String>,
+    charger: WebSocketStream<TcpStream>,
+    upstream: Option<UpStream>,
+    link: UpLink,
+    connecting: Option<Connecting>,
+    backoff: Option<Backoff>,
+    last_connect_error: Option<String>,
+    pending_up: HashMap<String, PendingUp>,
+    pending_down: HashMap<String, PendingDown>,
+    queue_down: VecDeque<Queued>,
+    local_ids: u64,
+    last_rx: Instant,
+    last_ping: Instant,
+}
+
+/// Run a charger's session until either side ends it.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    ctx: Ctx,
+    acc: Accepted,
+    remote: SocketAddr,
+    ws: WebSocketStream<TcpStream>,
+    conn: u64,
+    mut cmd_rx: mpsc::Receiver<Command>,
+    done: watch::Sender<bool>,
+    old: Option<(mpsc::Sender<Command>, watch::Receiver<bool>)>,
+) {
+    if let Some((old_cmd, mut old_done)) = old {
+        // Close the old connection first, so the cloud never sees two.
+        let _ = old_cmd.send(Command::Replace).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), old_done.wait_for(|d| *d)).await;
+    }
+    let cfg = ctx.cfg.clone();
+    let authorization = match cfg
+        .chargers
+        .get(&acc.id)
+        .and_then(|c| c.upstream_password.as_deref())
+    {
+        Some(pw) => Some(basic_auth(&acc.id, pw)),
+        None => acc.authorization.clone(),
+    };
+    let now = Instant::now();
+    let mut s = Session {
+        backoff: ctx.connector.as_ref().map(|c| c.backoff()),
+        link: UpLink::Standalone,
+        ctx,
+        id: acc.id.clone(),
+        proto: acc.proto,
+        authorization,
+        charger: ws,
+        upstream: None,
+        connecting: None,
+        last_connect_error: None,
+        pending_up: HashMap::new(),
+        pending_down: HashMap::new(),
+        queue_down: VecDeque::new(),
+        local_ids: 0,
+        last_rx: now,
+        last_ping: now,
+    };
+    let connect_ev = Event::Connect {
+        link: Link::Charger,
+        remote: Some(remote.to_string()),
+        protocol: Some(acc.proto.as_str().into()),
+    };
+    s.journal(connect_ev).await;
+    if s.ctx.connector.is_some() {
+        s.start_connect(true);
+    }
+    let end = s.run_loop(&mut cmd_rx).await;
+    s.finish(end).await;
+    s.ctx.registry.unregister(&s.id, conn);
+    let _ = done.send(true);
+}
+
+async fn next_upstream(up: &mut Option<UpStream>) -> Option<Result<Message, WsError>> {
+    match up {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connected(c: &mut Option<Connecting>) -> Result<UpStream, String> {
+    match c {
+        Some(f) => f
+            .await
+            .unwrap_or_else(|e| Err(format!("connect task failed: {e}"))),
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn run_loop(&mut self, cmd_rx: &mut mpsc::Receiver<Command>) -> End {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            let hold_charger = matches!(self.link, UpLink::Connecting { first: true });
+            let retry_at = match self.link {
+                UpLink::Down { retry_at } => Some(retry_at),
+                _ => None,
+            };
+            let step = tokio::select! {
+                msg = self.charger.next(), if !hold_charger => self.on_charger_msg(msg).await,
+                msg = next_upstream(&mut self.upstream) => self.on_upstream_msg(msg).await,
+                res = connected(&mut self.connecting) => {
+                    self.connecting = None;
+                    self.on_connected(res).await
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    self.start_connect(false);
+                    Ok(())
+                }
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(Command::Replace) | None => Err(End::new("replaced by a new connection", Some((CloseCode::Normal, "replaced by a new connection")))),
+                    Some(Command::Call { action, payload, source, reply }) => {
+                        self.queue_down.push_back(Queued::Local { action, payload, source, reply });
+                        self.pump_down().await
+                    }
+                },
+                _ = tick.tick() => self.on_tick().await,
+                _ = shutdown.changed() => Err(End::new("gateway shutting down", Some((CloseCode::Away, "gateway shutting down")))),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn journal(&self, ev: Event) {
+        self.ctx.journal.record(Some(&self.id), ev).await;
+    }
+
+    async fn send_charger(&mut self, text: String) -> Result<(), End> {
+        self.charger
+            .send(Message::text(text))
+            .await
+            .map_err(|e| End::new(format!("write to charger failed: {e}"), None))
+    }
+
+    // ---- charger → gateway ----
+
+    async fn on_charger_msg(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
+        self.last_rx = Instant::now();
+        match msg {
+            Some(Ok(Message::Text(t))) => self.on_charger_text(t.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                self.protocol_error(
+                    Link::Charger,
+                    "ProtocolError",
+                    "binary frames are not OCPP-J",
+                    "",
+                )
+                .await;
+                Ok(())
+            }
+            Some(Ok(Message::Close(f))) => {
+                let code = f.as_ref().map(|f| u16::from(f.code));
+                let why = f
+                    .as_ref()
+                    .map(|f| f.reason.to_string())
+                    .filter(|r| !r.is_empty());
+                Err(End {
+                    reason: why.unwrap_or_else(|| "charger closed the connection".into()),
+                    close: None,
+                    code,
+                })
+            }
+            Some(Ok(_)) => Ok(()), // ping/pong: tungstenite answers pings itself
+            Some(Err(WsError::Capacity(e))) => Err(End::new(
+                format!("charger sent too large a message: {e}"),
+                Some((CloseCode::Size, "message too big")),
+            )),
+            Some(Err(e)) => Err(End::new(format!("connection lost: {e}"), None)),
+            None => Err(End::new("connection lost", None)),
+        }
+    }
+
+    async fn on_charger_text(&mut self, text: &str) -> Result<(), End> {
+        let frame = match frame::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.protocol_error(Link::Charger, e.error_code(self.proto), &e.detail, text)
+                    .await;
+                if e.wants_reply() {
+                    let reply =
+                        frame::call_error(e.reply_id(), e.error_code(self.proto), &e.detail);
+                    self.send_charger(reply).await?;
+                }
+                return Ok(());
+            }
+        };
+        match frame {
+            Frame::Call {
+                id,
+                action,
+                payload,
+            } => {
+                if matches!(self.link, UpLink::Up) {
+                    if self.proto == Protocol::Ocpp16 && event::journal_on_request(&action) {
+                        if let Some(ev) =
+                            event::for_charger_call(&action, &payload, None, Source::Charger)
+                        {
+                            self.journal(ev).await;
+                        }
+                    }
+                    if self.send_upstream(text).await {
+                        self.pending_up.insert(
+                            id,
+                            PendingUp {
+                                action,
+                                payload,
+                                sent: Instant::now(),
+                            },
+                        );
+                        return Ok(());
+                    }
+                    self.link_down("write to cloud failed".into(), None).await?;
+                }
+                self.answer_locally(&id, &action, &payload).await
+            }
+            Frame::CallResult { id, payload } => {
+                let result = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                self.on_charger_answer(&id, CallOutcome::Result(result), text)
+                    .await
+            }
+            Frame::CallError {
+                id,
+                code,
+                description,
+            } => {
+                self.on_charger_answer(&id, CallOutcome::Error { code, description }, text)
+                    .await
+            }
+        }
+    }
+
+    /// The gateway answers a charger's CALL itself, after the event that
+    /// the answer acknowledges is on disk.
+    async fn answer_locally(
+        &mut self,
+        id: &str,
+        action: &str,
+        payload: &RawValue,
+    ) -> Result<(), End> {
+        if self.proto != Protocol::Ocpp16 {
+            let reply = frame::call_error(
+                id,
+                "InternalError",
+                "cloud unreachable; ocpp2.0.1 is relayed only",
+            );
+            return self.send_charger(reply).await;
+        }
+        let now = now_rfc3339();
+        let journal = self.ctx.journal.clone();
+        let answer = local::answer(action, payload, &now, &self.ctx.cfg.policy, &mut || {
+            journal.next_local_tx_id()
+        });
+        let reply = match answer {
+            Ok(ans) => {
+                let raw = RawValue::from_string(ans.to_string())
+                    .expect("serde_json output is valid JSON");
+                if let Some(ev) =
+                    event::for_charger_call(action, payload, Some(&raw), Source::Gateway)
+                {
+                    if let Err(e) = self.ctx.journal.record_durable(Some(&self.id), ev).await {
+                        // Never acknowledge what is not stored: the charger keeps
+                        // the message and retries.
+                        log::error!(charger_id = self.id.as_str(); "cannot store {action}: {e}");
+                        let reply = frame::call_error(
+                            id,
+                            "InternalError",
+                            "gateway storage unavailable; retry later",
+                        );
+                        return self.send_charger(reply).await;
+                    }
+                }
+                frame::call_result(id, &ans)
+            }
+            Err(le) => {
+                self.protocol_error(
+                    Link::Charger,
+                    le.code,
+                    &format!("{action}: {}", le.description),
+                    payload.get(),
+                )
+                .await;
+                frame::call_error(id, le.code, &le.description)
+            }
+        };
+        self.send_charger(reply).await
+    }
+
+    async fn on_charger_answer(
+        &mut self,
+        id: &str,
+        outcome: CallOutcome,
+        text: &str,
+    ) -> Result<(), End> {
+        let Some(p) = self.pending_down.remove(id) else {
+            self.protocol_error(
+                Link::Charger,
+                "ProtocolError",
+                "answer to a call that is not outstanding",
+                text,
+            )
+            .await;
+            return Ok(());
+        };
+        self.journal_remote_action(&p, &outcome).await;
+        match p.reply {
+            Some(reply) => {
+                let _ = reply.send(outcome);
+            }
+            None if self.upstream.is_some() => {
+                if !self.send_upstream(text).await {
+                    self.link_down("write to cloud failed".into(), None).await?;
+                }
+            }
+            None => {
+                log::warn!(charger_id = self.id.as_str(); "answer to the cloud's {} dropped: cloud link is down", p.action)
+            }
+        }
+        self.pump_down().await
+    }
+
+    async fn journal_remote_action(&self, p: &PendingDown, outcome: &CallOutcome) {
+        let (result, error) = match outcome {
+            CallOutcome::Result(v) => (Some(v.clone()), None),
+            CallOutcome::Error { code, description } => {
+                (None, Some(format!("{code}: {description}")))
+            }
+            CallOutcome::Timeout => (
+                None,
+                Some("timeout: the charger did not answer".to_string()),
+            ),
+            CallOutcome::Disconnected => (
+                None,
+                Some("charger disconnected before answering".to_string()),
+            ),
+        };
+        let ev = Event::RemoteAction {
+            action: p.action.clone(),
+            source: p.source,
+            request: p.request.clone(),
+            result,
+            error,
+        };
+        self.journal(ev).await;
+    }
+
+    // ---- cloud → gateway ----
+
+    async fn on_upstream_msg(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
+        match msg {
+            Some(Ok(Message::Text(t))) => self.on_upstream_text(t.as_str()).await,
+            Some(Ok(Message::Close(f))) => {
+                let code = f.as_ref().map(|f| u16::from(f.code));
+                let why = f.map(|f| f.reason.to_string()).filter(|r| !r.is_empty());
+                self.link_down(
+                    why.unwrap_or_else(|| "cloud closed the connection".into()),
+                    code,
+                )
+                .await
+            }
+            Some(Ok(Message::Binary(_))) => {
+                self.protocol_error(
+                    Link::Cloud,
+                    "ProtocolError",
+                    "binary frames are not OCPP-J",
+                    "",
+                )
+                .await;
+                Ok(())
+            }
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => self.link_down(format!("connection lost: {e}"), None).await,
+            None => self.link_down("connection lost".into(), None).await,
+        }
+    }
+
+    async fn on_upstream_text(&mut self, text: &str) -> Result<(), End> {
+        let frame = match frame::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.protocol_error(Link::Cloud, e.error_code(self.proto), &e.detail, text)
+                    .await;
+                if e.wants_reply() {
+                    let reply =
+                        frame::call_error(e.reply_id(), e.error_code(self.proto), &e.detail);
+                    if !self.send_upstream(&reply).await {
+                        self.link_down("write to cloud failed".into(), None).await?;
+                    }
+                }
+                return Ok(());
+            }
+        };
+        match frame {
+            Frame::Call {
+                id,
+                action,
+                payload,
+            } => {
+                let request = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                self.queue_down.push_back(Queued::Cloud {
+                    text: text.to_string(),
+                    id,
+                    action,
+                    request,
+                });
+                self.pump_down().await
+            }
+            Frame::CallResult { id, payload } => {
+                let Some(p) = self.pending_up.remove(&id) else {
+                    self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text).await;
+                    return Ok(());
+                };
+                self.send_charger(text.to_string()).await?;
+                if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
+                    if let Some(ev) =
+                        self.event_for(&p.action, &p.payload, Some(&payload), Source::Cloud)
+                    {
+                        self.journal(ev).await;
+                    }
+                }
+                Ok(())
+            }
+            Frame::CallError {
+                id,
+                code,
+                description,
+            } => {
+                let Some(p) = self.pending_up.remove(&id) else {
+                    self.protocol_error(
+                        Link::Cloud,
+                        "ProtocolError",
+                        "error for a call that is not outstanding",
+                        text,
+                    )
+                    .await;
+                    return Ok(());
+                };
+                self.send_charger(text.to_string()).await?;
+                self.protocol_error(
+                    Link::Cloud,
+                    &code,
+                    &format!("cloud rejected {}: {description}", p.action),
+                    "",
+                )
+                .await;
+                Ok(())
+            }
+        }
+    }
+
+    fn event_for(
+        &self,
+        action: &str,
+        payload: &RawValue,
+        answer: Option<&RawValue>,
+        by: Source,
+    ) -> Option<Event> {
+        if self.proto == Protocol::Ocpp16 {
+            return event::for_charger_call(action, payload, answer, by);
+        }
+        if action == "Heartbeat" {
+            return None;
+        }
+        let status = answer.and_then(|a| crate::ocpp::messages::AnswerFields::read(a).status());
+        Some(Event::ChargerCall {
+            action: action.to_string(),
+            status,
+            answered_by: by,
+        })
+    }
+
+    /// Send the next call toward the charger when none is outstanding.
+    /// Cloud calls are relayed even while another cloud call is out (the
+    /// cloud's own business), but never while a gateway call is.
+    async fn pump_down(&mut self) -> Result<(), End> {
+        while let Some(next) = self.queue_down.front() {
+            let local_busy = self.pending_down.values().any(|p| p.reply.is_some());
+            let ok = match next {
+                Queued::Cloud { .. } => !local_busy,
+                Queued::Local { .. } => self.pending_down.is_empty(),
+            };
+            if !ok {
+                return Ok(());
+            }
+            match self.queue_down.pop_front().expect("front exists") {
+                Queued::Cloud {
+                    text,
+                    id,
+                    action,
+                    request,
+                } => {
+                    self.pending_down.insert(
+                        id,
+                        PendingDown {
+                            action,
+                            request,
+                            source: Source::Cloud,
+                            reply: None,
+                            sent: Instant::now(),
+                        },
+                    );
+                    self.send_charger(text).await?;
+                }
+                Queued::Local {
+                    action,
+                    payload,
+                    source,
+                    reply,
+                } => {
+                    self.local_ids += 1;
+                    // Prefixed so they never collide with the cloud's ids.
+                    let id = format!("cg-{}-{}", self.local_ids, fastrand::u32(..));
+                    let text = frame::call(&id, &action, &payload);
+                    self.pending_down.insert(
+                        id,
+                        PendingDown {
+                            action,
+                            request: payload,
+                            source,
+                            reply: Some(reply),
+                            sent: Instant::now(),
+                        },
+                    );
+                    self.send_charger(text).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- upstream link ----
+
+    fn start_connect(&mut self, first: bool) {
+        let Some(connector) = self.ctx.connector.clone() else {
+            return;
+        };
+        let (id, proto, auth) = (self.id.clone(), self.proto, self.authorization.clone());
+        self.connecting = Some(tokio::spawn(async move {
+            connector.connect(&id, proto, auth.as_deref()).await
+        }));
+        self.link = UpLink::Connecting { first };
+    }
+
+    async fn on_connected(&mut self, res: Result<UpStream, String>) -> Result<(), End> {
+        let first = matches!(self.link, UpLink::Connecting { first: true });
+        match res {
+            Ok(ws) => {
+                self.upstream = Some(ws);
+                self.link = UpLink::Up;
+                self.last_connect_error = None;
+                if let Some(b) = self.backoff.as_mut() {
+                    b.reset();
+                }
+                let url = self.ctx.connector.as_ref().map(|c| c.url_for(&self.id));
+                log::info!(charger_id = self.id.as_str(); "{}: cloud link up", self.id);
+                self.journal(Event::Connect {
+                    link: Link::Cloud,
+                    remote: url,
+                    protocol: Some(self.proto.as_str().into()),
+                })
+                .await;
+                Ok(())
+            }
+            Err(e) => {
+                if self.last_connect_error.as_ref() != Some(&e) {
+                    log::warn!(charger_id = self.id.as_str(); "{}: cloud connect failed: {e}", self.id);
+                    self.journal(Event::Disconnect {
+                        link: Link::Cloud,
+                        reason: format!("connect failed: {e}"),
+                        code: None,
+                    })
+                    .await;
+                    self.last_connect_error = Some(e);
+                }
+                self.schedule_retry();
+                if first && self.proto == Protocol::Ocpp201 {
+                    return Err(End::new(
+                        "cloud unreachable",
+                        Some((CloseCode::Again, "cloud unreachable")),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self) {
+        let delay = self
+            .backoff
+            .as_mut()
+            .map_or(Duration::from_secs(5), |b| b.next_delay());
+        self.link = UpLink::Down {
+            retry_at: Instant::now() + delay,
+        };
+    }
+
+    /// The cloud link went down: answer whatever the charger still waits
+    /// for, and retry later.
+    async fn link_down(&mut self, reason: String, code: Option<u16>) -> Result<(), End> {
+        self.upstream = None;
+        log::warn!(charger_id = self.id.as_str(); "{}: cloud link down: {reason}", self.id);
+        self.journal(Event::Disconnect {
+            link: Link::Cloud,
+            reason: reason.clone(),
+            code,
+        })
+        .await;
+        self.last_connect_error = None;
+        self.schedule_retry();
+        if self.proto == Protocol::Ocpp201 {
+            return Err(End::new(
+                format!("cloud link down: {reason}"),
+                Some((CloseCode::Again, "cloud unreachable")),
+            ));
+        }
+        self.answer_pending_locally(|_| true).await
+    }
+
+    async fn answer_pending_locally(
+        &mut self,
+        which: impl Fn(&PendingUp) -> bool,
+    ) -> Result<(), End> {
+        let mut due: Vec<(String, PendingUp)> = Vec::new();
+        let ids: Vec<String> = self
+            .pending_up
+            .iter()
+            .filter(|(_, p)| which(p))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            if let Some(p) = self.pending_up.remove(&id) {
+                due.push((id, p));
+            }
+        }
+        due.sort_by_key(|(_, p)| p.sent);
+        for (id, p) in due {
+            self.answer_locally(&id, &p.action, &p.payload).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_upstream(&mut self, text: &str) -> bool {
+        match self.upstream.as_mut() {
+            Some(up) => up.send(Message::text(text.to_string())).await.is_ok(),
+            None => false,
+        }
+    }
+
+    // ---- housekeeping ----
+
+    async fn on_tick(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        let timeout = self.ctx.cfg.call_timeout;
+        self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout)
+            .await?;
+        let expired: Vec<String> = self
+            .pending_down
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.sent) >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending_down.remove(&id) {
+                self.journal_remote_action(&p, &CallOutcome::Timeout).await;
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(CallOutcome::Timeout);
+                }
+            }
+        }
+        self.pump_down().await?;
+        let interval = self.ctx.cfg.ping_interval;
+        if !interval.is_zero() {
+            if now.duration_since(self.last_rx) > interval * 2 + Duration::from_secs(5) {
+                return Err(End::new(
+                    "no answer to pings",
+                    Some((CloseCode::Away, "no answer to pings")),
+                ));
+            }
+            if now.duration_since(self.last_ping) >= interval {
+                self.last_ping = now;
+                self.charger
+                    .send(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|e| End::new(format!("ping failed: {e}"), None))?;
+                if let Some(up) = self.upstream.as_mut() {
+                    let _ = up.send(Message::Ping(Default::default())).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn protocol_error(&self, from: Link, code: &str, detail: &str, text: &str) {
+        log::warn!(charger_id = self.id.as_str(); "{}: protocol error from {from:?}: {code}: {detail}", self.id);
+        let ev = Event::ProtocolError {
+            from,
+            code: code.to_string(),
+            detail: detail.to_string(),
+            frame: event::excerpt(text, 200),
+        };
+        self.journal(ev).await;
+    }
+
+    async fn finish(&mut self, end: End) {
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+        log::info!(charger_id = self.id.as_str(); "{}: charger disconnected: {}", self.id, end.reason);
+        if let Some((code, why)) = end.close {
+            let frame = CloseFrame {
+                code,
+                reason: why.into(),
+            };
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.charger.close(Some(frame))).await;
+        }
+        let ev = Event::Disconnect {
+            link: Link::Charger,
+            reason: end.reason,
+            code: end.code,
+        };
+        if let Err(e) = self.ctx.journal.record_durable(Some(&self.id), ev).await {
+            log::error!(charger_id = self.id.as_str(); "cannot journal disconnect: {e}");
+        }
+        if let Some(mut up) = self.upstream.take() {
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "charger disconnected".into(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), up.close(Some(frame))).await;
+            self.journal(Event::Disconnect {
+                link: Link::Cloud,
+                reason: "charger disconnected".into(),
+                code: Some(1000),
+            })
+            .await;
+        }
+        for (_, p) in self.pending_down.drain() {
+            if let Some(reply) = p.reply {
+                let _ = reply.send(CallOutcome::Disconnected);
+            }
+        }
+        for q in self.queue_down.drain(..) {
+            if let Queued::Local { reply, .. } = q {
+                let _ = reply.send(CallOutcome::Disconnected);
+            }
+        }
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds, as OCPP timestamps are written.
+pub fn now_rfc3339() -> String {
+    format_ms(time::OffsetDateTime::now_utc())
+}
+
+/// A UTC time as `2026-01-01T12:00:00.000Z`.
+pub fn format_ms(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&f)
+        .unwrap_or_default()
+}

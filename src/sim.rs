@@ -1,0 +1,365 @@
+//! `chargegate sim`: N simulated OCPP 1.6 chargers, for installers trying a
+//! site without hardware and for tests and benchmarks. Each one boots,
+//! heartbeats, reports status, runs charging sessions with meter values,
+//! and answers the cloud's calls as a real charger would (Reset reboots it,
+//! RemoteStart/Stop start and stop a transaction, TriggerMessage sends the
+//! message).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ocpp::frame::{self, Frame};
+use crate::session::now_rfc3339;
+use crate::upstream::basic_auth;
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Base URL; `/{prefix}{n}` is appended.
+    pub url: String,
+    pub chargers: usize,
+    pub prefix: String,
+    pub password: Option<String>,
+    pub id_tag: String,
+    pub heartbeat: Duration,
+    pub meter_interval: Duration,
+    pub meter_values_per_session: u32,
+    /// Time between sessions (and before the first).
+    pub idle: Duration,
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+}
+
+/// Counters across all simulated chargers.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub connects: AtomicU64,
+    pub calls_sent: AtomicU64,
+    pub results: AtomicU64,
+    pub errors: AtomicU64,
+    pub sessions: AtomicU64,
+    pub calls_answered: AtomicU64,
+}
+
+/// Run the simulation; returns the counters.
+pub async fn run(opts: SimOptions) -> Arc<SimStats> {
+    let stats = Arc::new(SimStats::default());
+    let mut tasks = Vec::new();
+    for n in 1..=opts.chargers {
+        let id = format!("{}{}", opts.prefix, n);
+        tasks.push(tokio::spawn(charger(id, opts.clone(), stats.clone())));
+    }
+    let all = futures_util::future::join_all(tasks);
+    match opts.duration {
+        Some(d) => {
+            let _ = tokio::time::timeout(d, all).await;
+        }
+        None => {
+            tokio::select! {
+                _ = all => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    }
+    stats
+}
+
+async fn charger(id: String, opts: SimOptions, stats: Arc<SimStats>) {
+    loop {
+        match SimCharger::connect(&id, &opts).await {
+            Ok(mut c) => {
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                let why = c.run(&opts, &stats).await;
+                log::info!("sim {id}: {why}");
+            }
+            Err(e) => log::warn!("sim {id}: cannot connect: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct SimCharger {
+    id: String,
+    ws: Ws,
+    outbox: VecDeque<(String, Value)>,
+    in_flight: Option<(String, String)>,
+    next_msg: u64,
+    booted: bool,
+    transaction: Option<i64>,
+    charging: bool,
+    meter_wh: i64,
+    meter_sent: u32,
+    reboot_at: Option<Instant>,
+}
+
+impl SimCharger {
+    async fn connect(id: &str, opts: &SimOptions) -> Result<SimCharger, String> {
+        let url = format!("{}/{}", opts.url.trim_end_matches('/'), id);
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("ocpp1.6"),
+        );
+        if let Some(pw) = &opts.password {
+            let v = HeaderValue::from_str(&basic_auth(id, pw)).map_err(|e| e.to_string())?;
+            req.headers_mut().insert("Authorization", v);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(SimCharger {
+            id: id.to_string(),
+            ws,
+            outbox: VecDeque::new(),
+            in_flight: None,
+            next_msg: 0,
+            booted: false,
+            transaction: None,
+            charging: false,
+            meter_wh: 0,
+            meter_sent: 0,
+            reboot_at: None,
+        })
+    }
+
+    fn queue(&mut self, action: &str, payload: Value) {
+        self.outbox.push_back((action.to_string(), payload));
+    }
+
+    fn status(&mut self, status: &str) {
+        let p = json!({"connectorId": 1, "errorCode": "NoError", "status": status, "timestamp": now_rfc3339()});
+        self.queue("StatusNotification", p);
+    }
+
+    fn start(&mut self, id_tag: &str) {
+        self.status("Preparing");
+        let p = json!({"connectorId": 1, "idTag": id_tag, "meterStart": self.meter_wh, "timestamp": now_rfc3339()});
+        self.queue("StartTransaction", p);
+    }
+
+    fn stop(&mut self, reason: &str) {
+        if let Some(tx) = self.transaction.take() {
+            self.charging = false;
+            let p = json!({"transactionId": tx, "meterStop": self.meter_wh, "timestamp": now_rfc3339(), "reason": reason});
+            self.queue("StopTransaction", p);
+            self.status("Finishing");
+            self.status("Available");
+        }
+    }
+
+    fn meter_values(&self) -> Value {
+        let mut p = json!({"connectorId": 1, "meterValue": [{"timestamp": now_rfc3339(), "sampledValue": [
+            {"value": self.meter_wh.to_string(), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+            {"value": if self.charging { "7360" } else { "0" }, "measurand": "Power.Active.Import", "unit": "W"},
+            {"value": if self.charging { "32.0" } else { "0" }, "measurand": "Current.Import", "unit": "A", "phase": "L1"}
+        ]}]});
+        if let Some(tx) = self.transaction {
+            p["transactionId"] = json!(tx);
+        }
+        p
+    }
+
+    async fn send_next(&mut self, stats: &SimStats) -> Result<(), String> {
+        if self.in_flight.is_some() {
+            return Ok(());
+        }
+        if let Some((action, payload)) = self.outbox.pop_front() {
+            self.next_msg += 1;
+            let id = format!("{}-{}", self.id, self.next_msg);
+            self.ws
+                .send(Message::text(frame::call(&id, &action, &payload)))
+                .await
+                .map_err(|e| e.to_string())?;
+            stats.calls_sent.fetch_add(1, Ordering::Relaxed);
+            self.in_flight = Some((id, action));
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, opts: &SimOptions, stats: &SimStats) -> String {
+        self.queue("BootNotification", json!({"chargePointVendor": "ChargeGate", "chargePointModel": "Simulator", "firmwareVersion": env!("CARGO_PKG_VERSION"), "chargePointSerialNumber": self.id}));
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + opts.heartbeat, opts.heartbeat);
+        let mut meter =
+            tokio::time::interval_at(Instant::now() + opts.meter_interval, opts.meter_interval);
+        let mut next_session = Instant::now() + opts.idle;
+        loop {
+            if let Err(e) = self.send_next(stats).await {
+                return format!("send failed: {e}");
+            }
+            let reboot_at = self.reboot_at;
+            tokio::select! {
+                msg = self.ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Err(e) = self.on_text(t.as_str(), opts, stats).await {
+                            return e;
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => return format!("closed by the gateway: {f:?}"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return format!("connection lost: {e}"),
+                    None => return "connection lost".into(),
+                },
+                _ = heartbeat.tick(), if self.booted => self.queue("Heartbeat", json!({})),
+                _ = meter.tick(), if self.booted && self.charging => {
+                    self.meter_wh += (7360.0 * opts.meter_interval.as_secs_f64() / 3600.0).max(1.0) as i64;
+                    self.queue("MeterValues", self.meter_values());
+                    self.meter_sent += 1;
+                    if self.meter_sent >= opts.meter_values_per_session {
+                        self.stop("Local");
+                        next_session = Instant::now() + opts.idle;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_session), if self.booted && self.transaction.is_none() && self.outbox.is_empty() && self.in_flight.is_none() => {
+                    self.queue("Authorize", json!({"idTag": opts.id_tag}));
+                    self.start(&opts.id_tag.clone());
+                    next_session = Instant::now() + Duration::from_secs(86_400);
+                }
+                _ = tokio::time::sleep_until(reboot_at.unwrap_or_else(Instant::now)), if reboot_at.is_some() => {
+                    let _ = self.ws.close(None).await;
+                    return "rebooting (Reset)".into();
+                }
+            }
+        }
+    }
+
+    async fn on_text(
+        &mut self,
+        text: &str,
+        opts: &SimOptions,
+        stats: &SimStats,
+    ) -> Result<(), String> {
+        let frame = frame::parse(text).map_err(|e| format!("gateway sent a bad frame: {e}"))?;
+        match frame {
+            Frame::CallResult { id, payload } => {
+                let Some((_, action)) = self.in_flight.take_if(|(i, _)| *i == id) else {
+                    return Ok(());
+                };
+                stats.results.fetch_add(1, Ordering::Relaxed);
+                let v: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                match action.as_str() {
+                    "BootNotification" if v["status"] == "Accepted" => {
+                        self.booted = true;
+                        self.status("Available");
+                    }
+                    "BootNotification" => self.queue(
+                        "BootNotification",
+                        json!({"chargePointVendor": "ChargeGate", "chargePointModel": "Simulator"}),
+                    ),
+                    "StartTransaction" => {
+                        self.transaction = v["transactionId"].as_i64();
+                        if v["idTagInfo"]["status"] == "Accepted" {
+                            self.charging = true;
+                            self.meter_sent = 0;
+                            stats.sessions.fetch_add(1, Ordering::Relaxed);
+                            self.status("Charging");
+                        } else {
+                            self.stop("DeAuthorized");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Frame::CallError { id, .. } => {
+                if self.in_flight.take_if(|(i, _)| *i == id).is_some() {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Frame::Call {
+                id,
+                action,
+                payload,
+            } => {
+                stats.calls_answered.fetch_add(1, Ordering::Relaxed);
+                let req: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                let answer = self.answer(&action, &req, opts);
+                let reply = match answer {
+                    Some(v) => frame::call_result(&id, &v),
+                    None => frame::call_error(
+                        &id,
+                        "NotImplemented",
+                        &format!("simulator does not implement {action}"),
+                    ),
+                };
+                self.ws
+                    .send(Message::text(reply))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, action: &str, req: &Value, opts: &SimOptions) -> Option<Value> {
+        Some(match action {
+            "Reset" => {
+                self.stop(if req["type"] == "Hard" {
+                    "HardReset"
+                } else {
+                    "SoftReset"
+                });
+                self.reboot_at = Some(Instant::now() + Duration::from_millis(500));
+                json!({"status": "Accepted"})
+            }
+            "RemoteStartTransaction" if self.transaction.is_none() => {
+                let tag = req["idTag"].as_str().unwrap_or(&opts.id_tag).to_string();
+                self.start(&tag);
+                json!({"status": "Accepted"})
+            }
+            "RemoteStartTransaction" => json!({"status": "Rejected"}),
+            "RemoteStopTransaction"
+                if self.transaction.is_some()
+                    && req["transactionId"].as_i64() == self.transaction =>
+            {
+                self.stop("Remote");
+                json!({"status": "Accepted"})
+            }
+            "RemoteStopTransaction" => json!({"status": "Rejected"}),
+            "TriggerMessage" => {
+                match req["requestedMessage"].as_str() {
+                    Some("StatusNotification") => self.status(if self.charging {
+                        "Charging"
+                    } else {
+                        "Available"
+                    }),
+                    Some("Heartbeat") => self.queue("Heartbeat", json!({})),
+                    Some("MeterValues") => self.queue("MeterValues", self.meter_values()),
+                    Some("BootNotification") => self.queue(
+                        "BootNotification",
+                        json!({"chargePointVendor": "ChargeGate", "chargePointModel": "Simulator"}),
+                    ),
+                    _ => return Some(json!({"status": "NotImplemented"})),
+                }
+                json!({"status": "Accepted"})
+            }
+            "ChangeAvailability"
+            | "ChangeConfiguration"
+            | "SetChargingProfile"
+            | "ClearChargingProfile"
+            | "ClearCache" => json!({"status": "Accepted"}),
+            "UnlockConnector" => json!({"status": "Unlocked"}),
+            "GetConfiguration" => json!({"configurationKey": [
+                {"key": "HeartbeatInterval", "readonly": false, "value": opts.heartbeat.as_secs().to_string()},
+                {"key": "MeterValueSampleInterval", "readonly": false, "value": opts.meter_interval.as_secs().to_string()}
+            ], "unknownKey": []}),
+            "GetDiagnostics" => json!({"fileName": format!("{}-diagnostics.log", self.id)}),
+            "DataTransfer" => json!({"status": "UnknownVendorId"}),
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,335 @@
+//! Live state of every charger: a fold of the journal. Applying the same
+//! records in the same order always gives the same state, which is how the
+//! state is rebuilt on start. Pure: no IO.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Link};
+use crate::journal::Record;
+
+/// One link's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LinkState {
+    pub up: bool,
+    /// Milliseconds since the Unix epoch of the last change.
+    pub since_ms: Option<i64>,
+    /// Why it went down, when it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What the charger told us at boot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BootInfo {
+    pub vendor: String,
+    pub model: String,
+    pub firmware: Option<String>,
+    pub serial: Option<String>,
+    pub time_ms: i64,
+}
+
+/// One connector.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectorState {
+    pub status: String,
+    pub error_code: String,
+    pub since_ms: i64,
+}
+
+/// A running transaction.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Transaction {
+    pub connector: u32,
+    pub transaction_id: Option<i64>,
+    pub id_tag: String,
+    pub meter_start: i64,
+    pub started: String,
+}
+
+/// Last meter reading.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Meter {
+    pub energy_wh: Option<f64>,
+    pub power_w: Option<f64>,
+    pub current_a: Option<f64>,
+    pub time_ms: Option<i64>,
+}
+
+/// Everything the gateway shows about one charger.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChargerState {
+    pub id: String,
+    pub charger_link: LinkState,
+    pub cloud_link: LinkState,
+    /// Time of the last journaled event about this charger.
+    pub last_event_ms: Option<i64>,
+    pub last_event: Option<String>,
+    pub boot: Option<BootInfo>,
+    pub connectors: BTreeMap<u32, ConnectorState>,
+    /// Running transactions by connector.
+    pub transactions: BTreeMap<u32, Transaction>,
+    pub meter: Meter,
+    pub protocol_errors: u64,
+}
+
+/// All chargers' state, plus the last sequence number folded in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiveState {
+    pub chargers: BTreeMap<String, ChargerState>,
+    pub last_seq: u64,
+}
+
+impl LiveState {
+    /// Fold one committed record into the state.
+    pub fn apply(&mut self, rec: &Record) {
+        self.last_seq = rec.seq;
+        if let Event::GatewayStarted { .. } = rec.event {
+            // Nothing survives a restart: every link starts down.
+            for c in self.chargers.values_mut() {
+                for l in [&mut c.charger_link, &mut c.cloud_link] {
+                    if l.up {
+                        *l = LinkState {
+                            up: false,
+                            since_ms: Some(rec.time_ms),
+                            reason: Some("gateway restarted".into()),
+                        };
+                    }
+                }
+            }
+            return;
+        }
+        let Some(id) = &rec.charger else { return };
+        let c = self
+            .chargers
+            .entry(id.clone())
+            .or_insert_with(|| ChargerState {
+                id: id.clone(),
+                ..Default::default()
+            });
+        c.last_event_ms = Some(rec.time_ms);
+        c.last_event = Some(rec.event.kind().to_string());
+        let t = rec.time_ms;
+        match &rec.event {
+            Event::Connect { link, .. } => {
+                *link_of(c, *link) = LinkState {
+                    up: true,
+                    since_ms: Some(t),
+                    reason: None,
+                };
+            }
+            Event::Disconnect { link, reason, .. } => {
+                let l = link_of(c, *link);
+                if l.up || l.since_ms.is_none() {
+                    *l = LinkState {
+                        up: false,
+                        since_ms: Some(t),
+                        reason: Some(reason.clone()),
+                    };
+                } else {
+                    // A failed reconnect attempt: keep "down since" as it was.
+                    l.reason = Some(reason.clone());
+                }
+            }
+            Event::BootNotification {
+                vendor,
+                model,
+                firmware,
+                serial,
+                ..
+            } => {
+                c.boot = Some(BootInfo {
+                    vendor: vendor.clone(),
+                    model: model.clone(),
+                    firmware: firmware.clone(),
+                    serial: serial.clone(),
+                    time_ms: t,
+                });
+            }
+            Event::StatusNotification {
+                connector,
+                status,
+                error_code,
+                ..
+            } => {
+                let changed = c
+                    .connectors
+                    .get(connector)
+                    .is_none_or(|s| s.status != *status);
+                let since_ms = if changed {
+                    t
+                } else {
+                    c.connectors[connector].since_ms
+                };
+                c.connectors.insert(
+                    *connector,
+                    ConnectorState {
+                        status: status.clone(),
+                        error_code: error_code.clone(),
+                        since_ms,
+                    },
+                );
+            }
+            Event::StartTransaction {
+                connector,
+                id_tag,
+                meter_start,
+                transaction_id,
+                timestamp,
+                ..
+            } => {
+                c.transactions.insert(
+                    *connector,
+                    Transaction {
+                        connector: *connector,
+                        transaction_id: *transaction_id,
+                        id_tag: id_tag.clone(),
+                        meter_start: *meter_start,
+                        started: timestamp.clone(),
+                    },
+                );
+            }
+            Event::StopTransaction { transaction_id, .. } => {
+                c.transactions
+                    .retain(|_, tx| tx.transaction_id != Some(*transaction_id));
+            }
+            Event::MeterValues {
+                energy_wh,
+                power_w,
+                current_a,
+                ..
+            } => {
+                let m = &mut c.meter;
+                m.energy_wh = energy_wh.or(m.energy_wh);
+                m.power_w = power_w.or(m.power_w);
+                m.current_a = current_a.or(m.current_a);
+                m.time_ms = Some(t);
+            }
+            Event::ProtocolError { .. } => c.protocol_errors += 1,
+            _ => {}
+        }
+    }
+}
+
+fn link_of(c: &mut ChargerState, link: Link) -> &mut LinkState {
+    match link {
+        Link::Charger => &mut c.charger_link,
+        Link::Cloud => &mut c.cloud_link,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Source;
+
+    fn rec(seq: u64, charger: Option<&str>, event: Event) -> Record {
+        Record {
+            seq,
+            time_ms: seq as i64 * 1000,
+            charger: charger.map(str::to_string),
+            event,
+        }
+    }
+
+    #[test]
+    fn a_session_folds_into_state() {
+        let mut s = LiveState::default();
+        let evs = vec![
+            Event::Connect {
+                link: Link::Charger,
+                remote: None,
+                protocol: Some("ocpp1.6".into()),
+            },
+            Event::Connect {
+                link: Link::Cloud,
+                remote: None,
+                protocol: None,
+            },
+            Event::StatusNotification {
+                connector: 1,
+                status: "Charging".into(),
+                error_code: "NoError".into(),
+                info: None,
+            },
+            Event::StartTransaction {
+                connector: 1,
+                id_tag: "T".into(),
+                meter_start: 5,
+                transaction_id: Some(9),
+                status: Some("Accepted".into()),
+                timestamp: "x".into(),
+                answered_by: Source::Cloud,
+            },
+            Event::MeterValues {
+                connector: 1,
+                transaction_id: Some(9),
+                energy_wh: Some(100.0),
+                power_w: None,
+                current_a: None,
+            },
+        ];
+        for (i, e) in evs.into_iter().enumerate() {
+            s.apply(&rec(i as u64 + 1, Some("CP1"), e));
+        }
+        let c = &s.chargers["CP1"];
+        assert!(c.charger_link.up && c.cloud_link.up);
+        assert_eq!(c.connectors[&1].status, "Charging");
+        assert_eq!(c.transactions[&1].transaction_id, Some(9));
+        assert_eq!(c.meter.energy_wh, Some(100.0));
+        assert_eq!(s.last_seq, 5);
+
+        s.apply(&rec(
+            6,
+            Some("CP1"),
+            Event::StopTransaction {
+                transaction_id: 9,
+                meter_stop: 200,
+                reason: None,
+                timestamp: "y".into(),
+                answered_by: Source::Cloud,
+            },
+        ));
+        assert!(s.chargers["CP1"].transactions.is_empty());
+
+        s.apply(&rec(
+            7,
+            None,
+            Event::GatewayStarted {
+                version: "t".into(),
+            },
+        ));
+        let c = &s.chargers["CP1"];
+        assert!(!c.charger_link.up && !c.cloud_link.up);
+        assert_eq!(c.charger_link.since_ms, Some(7000));
+    }
+
+    #[test]
+    fn failed_reconnects_keep_the_down_since_time() {
+        let mut s = LiveState::default();
+        s.apply(&rec(
+            1,
+            Some("A"),
+            Event::Disconnect {
+                link: Link::Cloud,
+                reason: "refused".into(),
+                code: None,
+            },
+        ));
+        s.apply(&rec(
+            2,
+            Some("A"),
+            Event::Disconnect {
+                link: Link::Cloud,
+                reason: "timeout".into(),
+                code: None,
+            },
+        ));
+        let l = &s.chargers["A"].cloud_link;
+        assert_eq!(
+            (l.since_ms, l.reason.as_deref()),
+            (Some(1000), Some("timeout"))
+        );
+    }
+}

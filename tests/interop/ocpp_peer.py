@@ -1,0 +1,124 @@
+"""An OCPP 1.6 peer built on the independent Python `ocpp` package, which
+validates every message against the official JSON schemas. Used by the
+interop test as a charger and as a CSMS on either side of the gateway.
+
+    python3 ocpp_peer.py csms             # prints "PORT n", then one JSON line per event
+    python3 ocpp_peer.py charger URL ID   # runs a session, prints one JSON line per result
+"""
+
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+
+import websockets
+from ocpp.routing import after, on
+from ocpp.v16 import ChargePoint, call, call_result
+from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus, ResetStatus
+
+
+def out(**kv):
+    print(json.dumps(kv, default=str), flush=True)
+
+
+def now():
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Csms(ChargePoint):
+    @on(Action.boot_notification)
+    def on_boot(self, charge_point_vendor, charge_point_model, **kw):
+        out(csms_got="BootNotification", vendor=charge_point_vendor, id=self.id)
+        return call_result.BootNotification(current_time=now(), interval=300, status=RegistrationStatus.accepted)
+
+    @after(Action.boot_notification)
+    async def after_boot(self, **kw):
+        # A remote action from the cloud: reboot the charger.
+        result = await self.call(call.Reset(type="Soft"))
+        out(reset_result=result.status)
+
+    @on(Action.heartbeat)
+    def on_heartbeat(self):
+        out(csms_got="Heartbeat")
+        return call_result.Heartbeat(current_time=now())
+
+    @on(Action.authorize)
+    def on_authorize(self, id_tag):
+        out(csms_got="Authorize", id_tag=id_tag)
+        return call_result.Authorize(id_tag_info={"status": AuthorizationStatus.accepted})
+
+    @on(Action.status_notification)
+    def on_status(self, connector_id, error_code, status, **kw):
+        out(csms_got="StatusNotification", status=status)
+        return call_result.StatusNotification()
+
+    @on(Action.start_transaction)
+    def on_start(self, connector_id, id_tag, meter_start, timestamp, **kw):
+        out(csms_got="StartTransaction", meter_start=meter_start)
+        return call_result.StartTransaction(transaction_id=777, id_tag_info={"status": AuthorizationStatus.accepted})
+
+    @on(Action.meter_values)
+    def on_meter(self, connector_id, meter_value, **kw):
+        out(csms_got="MeterValues", transaction_id=kw.get("transaction_id"))
+        return call_result.MeterValues()
+
+    @on(Action.stop_transaction)
+    def on_stop(self, meter_stop, timestamp, transaction_id, **kw):
+        out(csms_got="StopTransaction", transaction_id=transaction_id, meter_stop=meter_stop)
+        return call_result.StopTransaction()
+
+
+async def csms():
+    async def handler(ws):
+        cp_id = ws.request.path.rstrip("/").split("/")[-1]
+        out(csms_connected=cp_id, subprotocol=ws.subprotocol)
+        try:
+            await Csms(cp_id, ws).start()
+        except websockets.exceptions.ConnectionClosed:
+            out(csms_disconnected=cp_id)
+
+    server = await websockets.serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"])
+    port = list(server.sockets)[0].getsockname()[1]
+    print(f"PORT {port}", flush=True)
+    await server.serve_forever()
+
+
+class Charger(ChargePoint):
+    reset = None
+
+    @on(Action.reset)
+    def on_reset(self, type):
+        out(charger_got="Reset", type=type)
+        self.reset.set()
+        return call_result.Reset(status=ResetStatus.accepted)
+
+
+async def charger(url, cp_id):
+    async with websockets.connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"]) as ws:
+        cp = Charger(cp_id, ws)
+        cp.reset = asyncio.Event()
+        runner = asyncio.create_task(cp.start())
+        r = await cp.call(call.BootNotification(charge_point_model="PyModel", charge_point_vendor="PyVendor", firmware_version="py-1"))
+        out(result="BootNotification", status=r.status, interval=r.interval)
+        r = await cp.call(call.Heartbeat())
+        out(result="Heartbeat", current_time=r.current_time)
+        r = await cp.call(call.Authorize(id_tag="PYTAG"))
+        out(result="Authorize", status=r.id_tag_info["status"])
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
+        r = await cp.call(call.StartTransaction(connector_id=1, id_tag="PYTAG", meter_start=100, timestamp=now()))
+        tx = r.transaction_id
+        out(result="StartTransaction", transaction_id=tx)
+        mv = [{"timestamp": now(), "sampledValue": [{"value": "150", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=mv))
+        await cp.call(call.StopTransaction(meter_stop=200, timestamp=now(), transaction_id=tx, reason="Local"))
+        out(result="StopTransaction")
+        await asyncio.wait_for(cp.reset.wait(), 10)
+        runner.cancel()
+        out(done=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "csms":
+        asyncio.run(csms())
+    else:
+        asyncio.run(charger(sys.argv[2], sys.argv[3]))

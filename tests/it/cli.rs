@@ -1,0 +1,116 @@
+//! The installer's CLI against a real daemon: check-config, status, log.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[test]
+fn check_config_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_config(
+        dir.path(),
+        "[ocpp]\nlisten = \"everywhere\"\nfoo = 1\n[api]\nlisten = \"0.0.0.0:80\"\n",
+    );
+    let (code, _, err) = cli(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    let file = bad.display().to_string();
+    for key in ["ocpp.listen", "ocpp.foo", "api.token"] {
+        assert!(
+            err.contains(&format!("{file}: {key}:")),
+            "{key} not reported:\n{err}"
+        );
+    }
+    let (code, out, _) = cli(&[
+        "check-config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/chargegate.toml"),
+    ]);
+    assert_eq!(code, 0, "the example config is valid");
+    assert!(out.contains("OK"));
+    // The daemon refuses to start on a bad config, with the same exit code.
+    let (code, _, err) = cli(&["--config", bad.to_str().unwrap(), "run"]);
+    assert_eq!(code, 64, "{err}");
+}
+
+#[tokio::test]
+async fn status_and_log_show_what_happened() {
+    let token = "test-token-1234";
+    // A daemon with a token, and the CLI pointed at it through a config file.
+    let dir = tempfile::tempdir().unwrap();
+    let api0 = "[api]\nlisten = \"127.0.0.1:0\"\n";
+    let base = config_text(&dir.path().join("data"), None, "");
+    let text = base.replace(api0, &format!("{api0}token = \"{token}\"\n"));
+    let cfg_path = write_config(dir.path(), &text);
+    let p = Process::spawn(&cfg_path).await;
+    let mut cp = Charger::connect(&format!("ws://{}/ocpp/CP-CLI", p.ocpp)).await;
+    cp.call("BootNotification", boot()).await;
+    cp.call(
+        "StatusNotification",
+        json!({"connectorId": 1, "errorCode": "NoError", "status": "SuspendedEVSE"}),
+    )
+    .await;
+
+    // The CLI reads the API address from the config; here the port is 0, so
+    // point it at the bound one.
+    let cli_dir = tempfile::tempdir().unwrap();
+    let cli_text = text.replace(api0, &format!("[api]\nlisten = \"{}\"\n", p.api));
+    let cli_cfg = write_config(cli_dir.path(), &cli_text);
+    let c = cli_cfg.to_str().unwrap().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || cli(&["--config", &c, "status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("CP-CLI") && out.contains("1:SuspendedEVSE") && out.contains("standalone"),
+        "{out}"
+    );
+    let c = cli_cfg.to_str().unwrap().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "--config",
+            &c,
+            "log",
+            "--charger",
+            "CP-CLI",
+            "--since",
+            "1h",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("BootNotification")
+            && out.contains("StatusNotification connector 1 SuspendedEVSE"),
+        "{out}"
+    );
+    let c = cli_cfg.to_str().unwrap().to_string();
+    let (_, out, _) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "--config",
+            &c,
+            "log",
+            "--json",
+            "--kind",
+            "BootNotification",
+        ])
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["vendor"].as_str()),
+        (Some("BootNotification"), Some("TestVendor"))
+    );
+
+    // Without the token the API refuses.
+    let no_token = base.replace(api0, &format!("[api]\nlisten = \"{}\"\n", p.api));
+    let nt_dir = tempfile::tempdir().unwrap();
+    let nt = write_config(nt_dir.path(), &no_token);
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || cli(&["--config", nt.to_str().unwrap(), "status"]))
+            .await
+            .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("401") && err.contains("token"), "{err}");
+    p.kill9().await;
+}

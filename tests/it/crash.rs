@@ -1,0 +1,80 @@
+//! The journal after the daemon is killed with SIGKILL: a real child
+//! process, killed right after the charger got its answers, restarted on
+//! the same data directory, several times.
+
+use serde_json::json;
+
+use chargegate::client::ApiClient;
+use chargegate::journal::Record;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn acknowledged_events_survive_kill_9_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &config_text(&dir.path().join("data"), None, ""));
+    let mut acknowledged: Vec<(String, i64)> = Vec::new(); // (kind, transaction id)
+    let mut tx_ids = Vec::new();
+    for cycle in 0..5 {
+        let p = Process::spawn(&cfg).await;
+        let mut cp = Charger::connect(&format!("ws://{}/ocpp/CP-K9", p.ocpp)).await;
+        assert_eq!(
+            cp.call("BootNotification", boot()).await[2]["status"],
+            "Accepted"
+        );
+        let a = cp.call("StartTransaction", json!({"connectorId": 1, "idTag": "T", "meterStart": cycle * 100, "timestamp": "2026-01-01T00:00:00Z"})).await;
+        let tx = a[2]["transactionId"].as_i64().unwrap();
+        acknowledged.push(("StartTransaction".into(), tx));
+        tx_ids.push(tx);
+        for k in 0..5 {
+            let mv = json!({"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": (cycle * 100 + k).to_string()}]}]});
+            assert_eq!(cp.call("MeterValues", mv).await[2], json!({}));
+            acknowledged.push(("MeterValues".into(), tx));
+        }
+        let a = cp.call("StopTransaction", json!({"transactionId": tx, "meterStop": cycle * 100 + 50, "timestamp": "2026-01-01T00:00:00Z"})).await;
+        assert_eq!(a[0], 3);
+        acknowledged.push(("StopTransaction".into(), tx));
+        // Killed at once, with the charger still connected: no clean shutdown.
+        p.kill9().await;
+
+        let p = Process::spawn(&cfg).await;
+        let api = ApiClient {
+            addr: p.api,
+            token: None,
+        };
+        let records: Vec<Record> = api
+            .get("/api/v1/events?charger=CP-K9&limit=100000")
+            .await
+            .unwrap();
+        let stored: Vec<(String, i64)> = records
+            .iter()
+            .filter_map(|r| {
+                let v = serde_json::to_value(r).unwrap();
+                v["transaction_id"]
+                    .as_i64()
+                    .map(|t| (r.event.kind().to_string(), t))
+            })
+            .collect();
+        assert_eq!(
+            stored, acknowledged,
+            "cycle {cycle}: every acknowledged message, in order, once"
+        );
+        let status: chargegate::api::Status = api.get("/api/v1/status").await.unwrap();
+        let c = status
+            .chargers
+            .iter()
+            .find(|c| c.state.id == "CP-K9")
+            .unwrap();
+        assert!(!c.state.charger_link.up, "links start down after a restart");
+        assert_eq!(c.state.boot.as_ref().unwrap().model, "TM-1");
+        p.kill9().await;
+    }
+    let mut unique = tx_ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        tx_ids.len(),
+        "local transaction ids are never reused across restarts: {tx_ids:?}"
+    );
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real daemon between real sockets. One test
+//! binary (one link step) with a small harness, ripgrep-style.
+
+mod cli;
+mod crash;
+mod harness;
+mod hostile;
+mod interop;
+mod proxy;
+mod standalone;

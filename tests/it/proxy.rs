@@ -1,0 +1,207 @@
+//! The relay between real chargers' sockets and a real CSMS socket.
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn frames_are_relayed_byte_for_byte_both_ways() {
+    let mut csms = Csms::start(Arc::new(|action: &str, _: &Value| match action {
+        "BootNotification" => None, // answered by hand below, with odd spacing
+        _ => Some(json!({})),
+    }))
+    .await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-1")).await;
+    let (id, proto, _) = csms.next_connect().await;
+    assert_eq!((id.as_str(), proto.as_deref()), ("CP-1", Some("ocpp1.6")));
+
+    let boot = r#"[2,  "b-1","BootNotification",{"chargePointVendor":"V\u00e9","chargePointModel":"M",  "firmwareVersion":"9.9"}]"#;
+    cp.send(boot).await;
+    assert_eq!(
+        csms.next_frame("CP-1").await,
+        boot,
+        "charger → cloud unchanged"
+    );
+    let answer =
+        r#"[3,"b-1",{ "status":"Accepted","currentTime":"2026-01-01T00:00:00Z","interval":  77 }]"#;
+    csms.send("CP-1", answer);
+    assert_eq!(cp.recv().await, answer, "cloud → charger unchanged");
+
+    let reset = r#"[2,"r-9","Reset",{"type":"Soft"} ]"#;
+    csms.send("CP-1", reset);
+    assert_eq!(cp.recv().await, reset);
+    let reset_ok = r#"[3,"r-9",{"status":"Accepted"}]"#;
+    cp.send(reset_ok).await;
+    assert_eq!(csms.next_frame("CP-1").await, reset_ok);
+
+    let ev = gw.wait_event("CP-1", "BootNotification", |_| true).await;
+    assert_eq!(
+        (
+            ev["vendor"].as_str(),
+            ev["firmware"].as_str(),
+            ev["status"].as_str()
+        ),
+        (Some("Vé"), Some("9.9"), Some("Accepted"))
+    );
+    assert_eq!(ev["answered_by"], "cloud");
+    let ev = gw.wait_event("CP-1", "RemoteAction", |_| true).await;
+    assert_eq!(
+        (ev["action"].as_str(), ev["source"].as_str()),
+        (Some("Reset"), Some("cloud"))
+    );
+    assert_eq!(ev["request"]["type"], "Soft");
+    assert_eq!(ev["result"]["status"], "Accepted");
+}
+
+#[tokio::test]
+async fn both_links_connect_and_disconnect_are_journaled_with_reasons() {
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-2")).await;
+    csms.next_connect().await;
+    cp.call("BootNotification", boot()).await;
+    gw.wait_event("CP-2", "Connect", |e| e["link"] == "charger")
+        .await;
+    gw.wait_event("CP-2", "Connect", |e| e["link"] == "cloud")
+        .await;
+
+    cp.close().await;
+    csms.next_close("CP-2").await; // the cloud sees the charger go
+    let ev = gw
+        .wait_event("CP-2", "Disconnect", |e| e["link"] == "charger")
+        .await;
+    assert_eq!(ev["code"], 1000);
+    assert_eq!(ev["reason"], "bye");
+    gw.wait_event("CP-2", "Disconnect", |e| {
+        e["link"] == "cloud" && e["reason"] == "charger disconnected"
+    })
+    .await;
+    let st = gw.journal().state();
+    assert!(!st.chargers["CP-2"].charger_link.up && !st.chargers["CP-2"].cloud_link.up);
+}
+
+#[tokio::test]
+async fn cloud_outage_is_answered_locally_and_the_link_comes_back() {
+    let mut csms = Csms::start(default_answers()).await;
+    let addr = csms.addr;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-3")).await;
+    csms.next_connect().await;
+    let a = cp.call("BootNotification", boot()).await;
+    assert_eq!(a[2]["interval"], 300, "the cloud's answer");
+
+    csms.kill();
+    gw.wait_event("CP-3", "Disconnect", |e| e["link"] == "cloud")
+        .await;
+    // The charger keeps working: the gateway answers.
+    let a = cp.call("StartTransaction", json!({"connectorId": 1, "idTag": "T1", "meterStart": 10, "timestamp": "2026-01-01T00:00:00Z"})).await;
+    let tx = a[2]["transactionId"].as_i64().unwrap();
+    assert!(tx < 0, "local transaction ids are negative: {a}");
+    let ev = gw.wait_event("CP-3", "StartTransaction", |_| true).await;
+    assert_eq!(
+        (ev["transaction_id"].as_i64(), ev["answered_by"].as_str()),
+        (Some(tx), Some("gateway"))
+    );
+
+    // The cloud returns on the same address; the gateway reconnects by itself.
+    let mut csms = Csms::start_on(&addr.to_string(), default_answers()).await;
+    let (id, _, _) = csms.next_connect().await;
+    assert_eq!(id, "CP-3");
+    gw.wait_event("CP-3", "Connect", |e| {
+        e["link"] == "cloud" && e["seq"].as_u64() > ev["seq"].as_u64()
+    })
+    .await;
+    let a = cp.call("Heartbeat", json!({})).await;
+    assert_eq!(
+        a[2]["currentTime"], "2026-01-01T00:00:00Z",
+        "answered by the cloud again"
+    );
+}
+
+#[tokio::test]
+async fn a_cloud_that_never_answers_is_covered_by_the_call_timeout() {
+    let mut csms = Csms::start(Arc::new(|_: &str, _: &Value| None)).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-4")).await;
+    csms.next_connect().await;
+    let a = cp.call("BootNotification", boot()).await;
+    assert_eq!(
+        a[2]["status"], "Accepted",
+        "the gateway answered after call_timeout: {a}"
+    );
+    let ev = gw.wait_event("CP-4", "BootNotification", |_| true).await;
+    assert_eq!(ev["answered_by"], "gateway");
+}
+
+#[tokio::test]
+async fn a_second_connection_replaces_the_first_cleanly() {
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut first = Charger::connect(&gw.url("CP-5")).await;
+    csms.next_connect().await;
+    let mut second = Charger::connect(&gw.url("CP-5")).await;
+    assert_eq!(first.closed().await, Some(1000));
+    csms.next_close("CP-5").await;
+    let (id, _, _) = csms.next_connect().await;
+    assert_eq!(
+        id, "CP-5",
+        "the new connection gets its own cloud link, after the old one closed"
+    );
+    let a = second.call("Heartbeat", json!({})).await;
+    assert_eq!(a[0], 3);
+    gw.wait_event("CP-5", "Disconnect", |e| {
+        e["reason"] == "replaced by a new connection"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn credentials_pass_through_or_come_from_the_config() {
+    let mut csms = Csms::start(default_answers()).await;
+    let extra = "[[charger]]\nid = \"CP-A\"\npassword = \"charger-pass-123\"\n[[charger]]\nid = \"CP-B\"\npassword = \"charger-pass-456\"\nupstream_password = \"cloud-pass-789\"\n";
+    let gw = Gateway::start(Some(&csms.url()), extra).await;
+    let basic = chargegate::upstream::basic_auth("CP-A", "charger-pass-123");
+    let _a = connect_status(&gw.url("CP-A"), Some("ocpp1.6"), Some(&basic))
+        .await
+        .unwrap();
+    let (_, _, auth) = csms.next_connect().await;
+    assert_eq!(auth.as_deref(), Some(basic.as_str()), "passed through");
+    let basic_b = chargegate::upstream::basic_auth("CP-B", "charger-pass-456");
+    let _b = connect_status(&gw.url("CP-B"), Some("ocpp1.6"), Some(&basic_b))
+        .await
+        .unwrap();
+    let (_, _, auth) = csms.next_connect().await;
+    assert_eq!(
+        auth,
+        Some(chargegate::upstream::basic_auth("CP-B", "cloud-pass-789")),
+        "from the config"
+    );
+}
+
+#[tokio::test]
+async fn ocpp201_is_relayed_as_is_and_closed_when_the_cloud_is_gone() {
+    let mut csms = Csms::start(Arc::new(|_: &str, _: &Value| {
+        Some(json!({"status": "Accepted", "currentTime": "2026-01-01T00:00:00Z", "interval": 60}))
+    }))
+    .await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = connect_status(&gw.url("CP-201"), Some("ocpp2.0.1"), None)
+        .await
+        .unwrap();
+    let (_, proto, _) = csms.next_connect().await;
+    assert_eq!(proto.as_deref(), Some("ocpp2.0.1"));
+    let boot = r#"[2,"u1","BootNotification",{"reason":"PowerUp","chargingStation":{"model":"M","vendorName":"V"}}]"#;
+    cp.send(boot).await;
+    assert_eq!(csms.next_frame("CP-201").await, boot);
+    let a: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(a[2]["status"], "Accepted");
+    csms.kill();
+    assert_eq!(
+        cp.closed().await,
+        Some(1013),
+        "2.0.1 chargers queue by themselves: Try Again Later"
+    );
+}
+
+use std::sync::Arc;

@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// Durable journal appends for the journal rate figures.
     #[arg(long, default_value_t = 5000)]
     pub journal_events: usize,
+    /// Worker threads of the gateway under test (default: tokio's, one per core).
+    #[arg(long)]
+    pub gateway_threads: Option<usize>,
     /// Skip the nginx baseline even if nginx is installed.
     #[arg(long)]
     pub no_nginx: bool,
@@ -95,8 +98,9 @@ async fn open(url: &str) -> anyhow::Result<Ws> {
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static("ocpp1.6"),
     );
-    let (ws, _) = tokio_tungstenite::connect_async(req)
+    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
         .await
+        .with_context(|| format!("connect {url}: timed out"))?
         .with_context(|| format!("connect {url}"))?;
     Ok(ws)
 }
@@ -104,18 +108,18 @@ async fn open(url: &str) -> anyhow::Result<Ws> {
 async fn call(ws: &mut Ws, n: usize) -> anyhow::Result<Duration> {
     let id = n.to_string();
     let t0 = Instant::now();
-    ws.send(Message::text(frame::call(
-        &id,
-        "Heartbeat",
-        &serde_json::json!({}),
-    )))
-    .await?;
+    ws.send(Message::text(frame::call(&id, "Heartbeat", &serde_json::json!({})))).await?;
+    tokio::time::timeout(Duration::from_secs(10), answer(ws, &id)).await.context("no answer within 10 s")??;
+    Ok(t0.elapsed())
+}
+
+async fn answer(ws: &mut Ws, id: &str) -> anyhow::Result<()> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 if let Ok(Frame::CallResult { id: got, .. }) = frame::parse(t.as_str()) {
                     if got == id {
-                        return Ok(t0.elapsed());
+                        return Ok(());
                     }
                 }
             }
@@ -194,14 +198,18 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn start_gateway(dir: &Path, sink: std::net::SocketAddr) -> anyhow::Result<(Child, String)> {
+async fn start_gateway(dir: &Path, sink: std::net::SocketAddr, threads: Option<usize>) -> anyhow::Result<(Child, String)> {
     let cfg = format!(
         "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n",
         dir.join("data")
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, cfg)?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    if let Some(t) = threads {
+        cmd.env("TOKIO_WORKER_THREADS", t.to_string());
+    }
+    let mut child = cmd
         .arg("--config")
         .arg(&path)
         .arg("run")
@@ -230,7 +238,7 @@ fn start_nginx(
         .local_addr()?
         .port();
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\nerror_log stderr error;\npid {dir}/nginx.pid;\nevents {{ worker_connections 8192; }}\nhttp {{\n access_log off;\n client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f; uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;\n server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://{sink};\n   proxy_http_version 1.1;\n   proxy_set_header Upgrade $http_upgrade;\n   proxy_set_header Connection \"upgrade\";\n   proxy_read_timeout 3600s;\n  }}\n }}\n}}\n",
+        "worker_processes 1;\nworker_rlimit_nofile 65536;\ndaemon off;\nerror_log stderr error;\npid {dir}/nginx.pid;\nevents {{ worker_connections 8192; }}\nhttp {{\n access_log off;\n client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f; uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;\n server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://{sink};\n   proxy_http_version 1.1;\n   proxy_set_header Upgrade $http_upgrade;\n   proxy_set_header Connection \"upgrade\";\n   proxy_read_timeout 3600s;\n  }}\n }}\n}}\n",
         dir = dir.display()
     );
     let path = dir.join("nginx.conf");
@@ -318,7 +326,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     let dir = tempfile_dir()?;
     let sink = sink().await?;
-    let (gw, gw_url) = start_gateway(&dir, sink).await?;
+    let (gw, gw_url) = start_gateway(&dir, sink, args.gateway_threads).await?;
     let gw_pid = gw.id().context("gateway pid")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kb(gw_pid);

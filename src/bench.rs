@@ -98,18 +98,28 @@ async fn open(url: &str) -> anyhow::Result<Ws> {
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static("ocpp1.6"),
     );
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
-        .await
-        .with_context(|| format!("connect {url}: timed out"))?
-        .with_context(|| format!("connect {url}"))?;
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .with_context(|| format!("connect {url}: timed out"))?
+    .with_context(|| format!("connect {url}"))?;
     Ok(ws)
 }
 
 async fn call(ws: &mut Ws, n: usize) -> anyhow::Result<Duration> {
     let id = n.to_string();
     let t0 = Instant::now();
-    ws.send(Message::text(frame::call(&id, "Heartbeat", &serde_json::json!({})))).await?;
-    tokio::time::timeout(Duration::from_secs(10), answer(ws, &id)).await.context("no answer within 10 s")??;
+    ws.send(Message::text(frame::call(
+        &id,
+        "Heartbeat",
+        &serde_json::json!({}),
+    )))
+    .await?;
+    tokio::time::timeout(Duration::from_secs(10), answer(ws, &id))
+        .await
+        .context("no answer within 10 s")??;
     Ok(t0.elapsed())
 }
 
@@ -198,7 +208,11 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn start_gateway(dir: &Path, sink: std::net::SocketAddr, threads: Option<usize>) -> anyhow::Result<(Child, String)> {
+async fn start_gateway(
+    dir: &Path,
+    sink: std::net::SocketAddr,
+    threads: Option<usize>,
+) -> anyhow::Result<(Child, String)> {
     let cfg = format!(
         "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n",
         dir.join("data")

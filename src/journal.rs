@@ -365,11 +365,16 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit(std::mem::take(&mut batch));
             }
-            if let Some(done) = closing.take() {
-                rx.close();
-                let _ = done.send(());
+            if closing.is_some() {
                 break;
             }
+        }
+        rx.close();
+        // Release the writer's handle on the database before saying it is
+        // closed, so a reopen right after `close` finds the file free.
+        drop(self);
+        if let Some(done) = closing {
+            let _ = done.send(());
         }
     }
 

@@ -42,6 +42,8 @@ pub struct ChargerView {
     pub connected: bool,
     /// Whether it is listed in the config.
     pub known: bool,
+    /// Transaction messages waiting for the cloud, and dead letters.
+    pub outbox: crate::outbox::Stats,
 }
 
 /// The status answer.
@@ -84,6 +86,7 @@ fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/chargers/{id}", get(charger))
+        .route("/api/v1/chargers/{id}/dead-letters", get(dead_letters))
         .route("/api/v1/events", get(events))
         .route("/api/v1/events/stream", get(stream))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
@@ -127,6 +130,7 @@ fn view(ctx: &Ctx) -> Status {
         .map(|s| ChargerView {
             connected: connected.contains(&s.id),
             known: ctx.cfg.chargers.contains_key(&s.id),
+            outbox: ctx.journal.outbox_stats(&s.id).unwrap_or_default(),
             state: s,
         })
         .collect();
@@ -139,6 +143,7 @@ fn view(ctx: &Ctx) -> Status {
                 },
                 connected: false,
                 known: true,
+                outbox: ctx.journal.outbox_stats(id).unwrap_or_default(),
             });
         }
     }
@@ -163,6 +168,13 @@ async fn charger(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
     match view(&ctx).chargers.into_iter().find(|c| c.state.id == id) {
         Some(c) => Json(c).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}")),
+    }
+}
+
+async fn dead_letters(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    match ctx.journal.dead_letters(&id) {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -93,7 +93,7 @@ pub fn format_status(s: &Status) -> String {
         );
         return out;
     }
-    let rows: Vec<[String; 6]> = s
+    let rows: Vec<[String; 7]> = s
         .chargers
         .iter()
         .map(|c| {
@@ -141,6 +141,11 @@ pub fn format_status(s: &Status) -> String {
                     connectors
                 },
                 if tx.is_empty() { "-".into() } else { tx },
+                match (c.outbox.depth, c.outbox.dead_letters) {
+                    (0, 0) => "-".into(),
+                    (d, 0) => format!("{d} (oldest {})", ago(c.outbox.oldest_ms, now)),
+                    (d, x) => format!("{d}, {x} DEAD"),
+                },
                 ago(st.last_event_ms, now),
             ]
         })

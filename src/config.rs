@@ -86,6 +86,10 @@ pub struct Config {
     pub call_timeout: Duration,
     pub handshake_timeout: Duration,
     pub policy: Policy,
+    /// OCPP 1.6 TransactionMessageAttempts: tries before a dead letter.
+    pub tx_attempts: u32,
+    /// OCPP 1.6 TransactionMessageRetryInterval (× attempts so far).
+    pub tx_retry_interval: Duration,
     pub upstream: Option<UpstreamConfig>,
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
@@ -321,7 +325,16 @@ impl Config {
 
         let off = r.table(root, "offline");
         if let Some(t) = off {
-            r.unknown_keys(t, "offline", &["authorize", "id_tags"]);
+            r.unknown_keys(
+                t,
+                "offline",
+                &[
+                    "authorize",
+                    "id_tags",
+                    "transaction_message_attempts",
+                    "transaction_message_retry_interval_secs",
+                ],
+            );
         }
         let auth = r
             .string(off, "offline", "authorize", Some("local_list"))
@@ -356,6 +369,15 @@ impl Config {
                 "expected a list of id tags, e.g. [\"04A2B3C4\"]",
             ),
         }
+        let tx_attempts = r.int(off, "offline", "transaction_message_attempts", 3, 1, 100) as u32;
+        let tx_retry_interval = Duration::from_secs(r.int(
+            off,
+            "offline",
+            "transaction_message_retry_interval_secs",
+            10,
+            0,
+            86_400,
+        ) as u64);
         let policy = Policy {
             authorize,
             id_tags,
@@ -399,6 +421,8 @@ impl Config {
             call_timeout,
             handshake_timeout,
             policy,
+            tx_attempts,
+            tx_retry_interval,
             upstream,
             api_listen,
             api_token,

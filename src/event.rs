@@ -130,6 +130,30 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A queued message the cloud answered after the gateway had answered
+    /// the charger itself (offline replay).
+    Replayed {
+        action: String,
+        queued_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local_transaction_id: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cloud_transaction_id: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+    },
+    /// The cloud refused a replayed message; it will be retried.
+    ReplayRetry {
+        action: String,
+        attempt: u32,
+        error: String,
+    },
+    /// The cloud refused a queued message too often: kept as a dead letter.
+    DeadLetter {
+        action: String,
+        queued_ms: i64,
+        error: String,
+    },
     /// A frame that broke the protocol, from either side.
     ProtocolError {
         from: Link,
@@ -157,6 +181,9 @@ impl Event {
             Event::MeterValues { .. } => "MeterValues",
             Event::ChargerCall { .. } => "ChargerCall",
             Event::RemoteAction { .. } => "RemoteAction",
+            Event::Replayed { .. } => "Replayed",
+            Event::ReplayRetry { .. } => "ReplayRetry",
+            Event::DeadLetter { .. } => "DeadLetter",
             Event::ProtocolError { .. } => "ProtocolError",
         }
     }
@@ -284,6 +311,29 @@ impl Event {
                 (Some(r), None) => format!("{action} from {source:?}: {r}"),
                 (None, None) => format!("{action} from {source:?}"),
             },
+            Event::Replayed {
+                action,
+                local_transaction_id,
+                cloud_transaction_id,
+                status,
+                ..
+            } => format!(
+                "{action} delivered to the cloud{}{}",
+                match (local_transaction_id, cloud_transaction_id) {
+                    (Some(l), Some(c)) => format!(", transaction {l} is {c} in the cloud"),
+                    _ => String::new(),
+                },
+                status
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            ),
+            Event::ReplayRetry {
+                action,
+                attempt,
+                error,
+            } => format!("{action} refused by the cloud (attempt {attempt}): {error}"),
+            Event::DeadLetter { action, error, .. } => format!("{action} given up: {error}"),
             Event::ProtocolError {
                 from, code, detail, ..
             } => format!("from {from:?}: {code}: {detail}"),

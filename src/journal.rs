@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::event::{Event, Source};
+use crate::outbox;
 use crate::state::LiveState;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -95,10 +96,23 @@ pub struct Query {
     pub limit: usize,
 }
 
+/// One write to the database: journal events and outbox operations that
+/// commit together.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Event {
+        charger: Option<String>,
+        event: Event,
+    },
+    Outbox(outbox::Op),
+}
+
+/// A batch of operations and who waits for them. The reply carries one
+/// number per operation: the sequence number of an event, the key of an
+/// outbox entry.
 struct Append {
-    charger: Option<String>,
-    event: Event,
-    done: Option<oneshot::Sender<Result<u64, JournalError>>>,
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<Vec<u64>, JournalError>>>,
 }
 
 enum Msg {
@@ -147,6 +161,9 @@ impl Journal {
             w.open_table(EVENTS)?;
             w.open_table(BY_CHARGER)?;
             w.open_table(META)?;
+            w.open_table(outbox::OUTBOX)?;
+            w.open_table(outbox::DEAD)?;
+            w.open_table(outbox::TXMAP)?;
             w.commit()?;
         }
         let (state, min_local_tx) = rebuild(&db)?;
@@ -180,11 +197,11 @@ impl Journal {
     /// Append an event without waiting for it to be on disk (relayed
     /// traffic: the cloud or the charger answers, not the gateway).
     pub async fn record(&self, charger: Option<&str>, event: Event) {
-        let msg = Msg::Append(Append {
+        let ops = vec![Op::Event {
             charger: charger.map(str::to_string),
             event,
-            done: None,
-        });
+        }];
+        let msg = Msg::Append(Append { ops, done: None });
         if self.inner.tx.send(msg).await.is_err() {
             log::warn!("journal closed; event dropped");
         }
@@ -196,10 +213,19 @@ impl Journal {
         charger: Option<&str>,
         event: Event,
     ) -> Result<u64, JournalError> {
-        let (done, rx) = oneshot::channel();
-        let msg = Msg::Append(Append {
+        let ops = vec![Op::Event {
             charger: charger.map(str::to_string),
             event,
+        }];
+        Ok(self.commit(ops).await?[0])
+    }
+
+    /// Write events and outbox operations in one transaction and wait until
+    /// it is committed. Returns one number per operation (see `Op`).
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<u64>, JournalError> {
+        let (done, rx) = oneshot::channel();
+        let msg = Msg::Append(Append {
+            ops,
             done: Some(done),
         });
         self.inner
@@ -208,6 +234,34 @@ impl Journal {
             .await
             .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// What is queued for a charger, oldest first.
+    pub fn outbox(&self, charger: &str) -> Result<Vec<(u64, outbox::Entry)>, JournalError> {
+        let r = self.inner.db.begin_read()?;
+        outbox::load(&r.open_table(outbox::OUTBOX)?, charger).map_err(JournalError::Storage)
+    }
+
+    /// A charger's dead letters, oldest first.
+    pub fn dead_letters(&self, charger: &str) -> Result<Vec<outbox::DeadLetter>, JournalError> {
+        let r = self.inner.db.begin_read()?;
+        outbox::load_dead(&r.open_table(outbox::DEAD)?, charger).map_err(JournalError::Storage)
+    }
+
+    /// A charger's map of local to cloud transaction ids.
+    pub fn tx_map(&self, charger: &str) -> Result<Vec<(i64, i64)>, JournalError> {
+        let r = self.inner.db.begin_read()?;
+        outbox::load_map(&r.open_table(outbox::TXMAP)?, charger).map_err(JournalError::Storage)
+    }
+
+    /// Outbox depth, oldest entry and dead letters of a charger.
+    pub fn outbox_stats(&self, charger: &str) -> Result<outbox::Stats, JournalError> {
+        let queued = self.outbox(charger)?;
+        Ok(outbox::Stats {
+            depth: queued.len() as u64,
+            oldest_ms: queued.first().map(|(_, e)| e.queued_ms),
+            dead_letters: self.dead_letters(charger)?.len() as u64,
+        })
     }
 
     /// Commit everything queued so far, then stop the writer. Later appends
@@ -380,17 +434,19 @@ impl Writer {
 
     fn commit(&self, batch: Vec<Append>) {
         match self.write(&batch) {
-            Ok(records) => {
+            Ok((records, results)) => {
                 if let Ok(mut a) = self.alarm.lock() {
                     a.take();
                 }
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                for (rec, append) in records.into_iter().zip(batch) {
+                for rec in records {
                     state.apply(&rec);
-                    let seq = rec.seq;
                     let _ = self.stream.send(Arc::new(rec));
+                }
+                drop(state);
+                for (res, append) in results.into_iter().zip(batch) {
                     if let Some(done) = append.done {
-                        let _ = done.send(Ok(seq));
+                        let _ = done.send(Ok(res));
                     }
                 }
             }
@@ -411,10 +467,17 @@ impl Writer {
         }
     }
 
-    fn write(&self, batch: &[Append]) -> Result<Vec<Record>, JournalError> {
+    #[allow(clippy::type_complexity)]
+    fn write(&self, batch: &[Append]) -> Result<(Vec<Record>, Vec<Vec<u64>>), JournalError> {
         let w = self.db.begin_write()?;
         let mut records = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
         {
+            let mut ob = outbox::Tables {
+                outbox: w.open_table(outbox::OUTBOX)?,
+                dead: w.open_table(outbox::DEAD)?,
+                txmap: w.open_table(outbox::TXMAP)?,
+            };
             let mut events = w.open_table(EVENTS)?;
             let mut idx = w.open_table(BY_CHARGER)?;
             let mut meta = w.open_table(META)?;
@@ -425,42 +488,59 @@ impl Writer {
                 .max(now_ms());
             let mut bytes = meta.get("bytes")?.map_or(0, |v| v.value());
             let mut min_local_tx = meta.get("min_local_tx")?.map_or(0, |v| v.value());
-            for a in batch {
-                seq += 1;
-                time = time.max(now_ms());
-                let stored = Stored {
-                    time_ms: time,
-                    charger: a.charger.clone(),
-                    event: a.event.clone(),
-                };
-                let value = serde_json::to_vec(&stored)?;
-                events.insert(seq, value.as_slice())?;
-                if let Some(c) = &a.charger {
-                    idx.insert((c.as_str(), seq), ())?;
+            let mut next_key = meta.get("outbox_key")?.map_or(0, |v| v.value()) as u64;
+            for append in batch {
+                let mut res = Vec::with_capacity(append.ops.len());
+                for op in &append.ops {
+                    let (charger, event) = match op {
+                        Op::Event { charger, event } => (charger, event),
+                        Op::Outbox(o) => {
+                            res.push(
+                                ob.apply(o, &mut next_key, time)
+                                    .map_err(JournalError::Storage)?,
+                            );
+                            continue;
+                        }
+                    };
+                    seq += 1;
+                    res.push(seq);
+                    time = time.max(now_ms());
+                    let stored = Stored {
+                        time_ms: time,
+                        charger: charger.clone(),
+                        event: event.clone(),
+                    };
+                    let value = serde_json::to_vec(&stored)?;
+                    events.insert(seq, value.as_slice())?;
+                    if let Some(c) = charger {
+                        idx.insert((c.as_str(), seq), ())?;
+                    }
+                    bytes += value.len() as i64 + RECORD_OVERHEAD;
+                    if let Event::StartTransaction {
+                        transaction_id: Some(id),
+                        answered_by: Source::Gateway,
+                        ..
+                    } = *event
+                    {
+                        min_local_tx = min_local_tx.min(id);
+                    }
+                    records.push(Record {
+                        seq,
+                        time_ms: time,
+                        charger: charger.clone(),
+                        event: event.clone(),
+                    });
                 }
-                bytes += value.len() as i64 + RECORD_OVERHEAD;
-                if let Event::StartTransaction {
-                    transaction_id: Some(id),
-                    answered_by: Source::Gateway,
-                    ..
-                } = a.event
-                {
-                    min_local_tx = min_local_tx.min(id);
-                }
-                records.push(Record {
-                    seq,
-                    time_ms: time,
-                    charger: a.charger.clone(),
-                    event: a.event.clone(),
-                });
+                results.push(res);
             }
+            meta.insert("outbox_key", next_key as i64)?;
             bytes = self.trim(&mut events, &mut idx, bytes, time)?;
             meta.insert("last_time_ms", time)?;
             meta.insert("bytes", bytes)?;
             meta.insert("min_local_tx", min_local_tx)?;
         }
         w.commit()?;
-        Ok(records)
+        Ok((records, results))
     }
 
     /// Drop the oldest records beyond the age or size limit, in the same

@@ -30,6 +30,7 @@ pub mod event;
 pub mod journal;
 pub mod logging;
 pub mod ocpp;
+pub mod outbox;
 pub mod server;
 pub mod session;
 pub mod sim;

@@ -209,6 +209,13 @@ pub fn call(id: &str, action: &str, payload: &Value) -> String {
     serde_json::json!([2, id, action, payload]).to_string()
 }
 
+/// Build a CALL frame around a payload that is already JSON text, keeping
+/// its bytes.
+pub fn call_raw(id: &str, action: &str, payload_json: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    format!("[2,{},{},{}]", q(id), q(action), payload_json)
+}
+
 /// Build a CALLRESULT frame.
 pub fn call_result(id: &str, payload: &Value) -> String {
     serde_json::json!([3, id, payload]).to_string()

@@ -112,6 +112,9 @@ async fn cloud_outage_is_answered_locally_and_the_link_comes_back() {
         e["link"] == "cloud" && e["seq"].as_u64() > ev["seq"].as_u64()
     })
     .await;
+    // The StartTransaction answered offline is delivered first (one CALL at a time).
+    gw.wait_event("CP-3", "Replayed", |e| e["action"] == "StartTransaction")
+        .await;
     let a = cp.call("Heartbeat", json!({})).await;
     assert_eq!(
         a[2]["currentTime"], "2026-01-01T00:00:00Z",

@@ -24,10 +24,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{self, Event, Link, Source};
+use crate::journal::Op;
 use crate::ocpp::frame::{self, Frame};
 use crate::ocpp::{local, Protocol};
+use crate::outbox::{self, Entry};
 use crate::server::{Accepted, Ctx};
 use crate::upstream::{basic_auth, Backoff, UpStream};
+
+mod replay;
+use replay::{InFlight, Queue};
 
 /// What other parts of the gateway can ask a session to do.
 pub enum Command {
@@ -131,6 +136,15 @@ struct Session {
     pending_down: HashMap<String, PendingDown>,
     queue_down: VecDeque<Queued>,
     local_ids: u64,
+    /// This charger's queued transaction messages, mirrored from storage.
+    outbox: VecDeque<(u64, Entry)>,
+    /// The outbox entry with the cloud right now.
+    in_flight: Option<InFlight>,
+    /// No outbox entry goes out before this (retry interval after an error).
+    outbox_retry_at: Option<Instant>,
+    /// Local transaction id → the cloud's, and back.
+    to_cloud: HashMap<i64, i64>,
+    to_local: HashMap<i64, i64>,
     last_rx: Instant,
     last_ping: Instant,
 }
@@ -177,6 +191,11 @@ pub async fn run(
         pending_down: HashMap::new(),
         queue_down: VecDeque::new(),
         local_ids: 0,
+        outbox: VecDeque::new(),
+        in_flight: None,
+        outbox_retry_at: None,
+        to_cloud: HashMap::new(),
+        to_local: HashMap::new(),
         last_rx: now,
         last_ping: now,
     };
@@ -186,6 +205,9 @@ pub async fn run(
         protocol: Some(acc.proto.as_str().into()),
     };
     s.journal(connect_ev).await;
+    if s.uses_outbox() {
+        s.load_outbox();
+    }
     if s.ctx.connector.is_some() {
         s.start_connect(true);
     }
@@ -317,7 +339,12 @@ impl Session {
                 action,
                 payload,
             } => {
-                if matches!(self.link, UpLink::Up) {
+                if self.uses_outbox() && outbox::is_transaction_message(&action, payload.get()) {
+                    return self.on_transaction_call(id, action, payload).await;
+                }
+                // While an outbox entry is with the cloud, the upstream CALL slot
+                // is taken (OCPP-J: one outstanding CALL): answer locally.
+                if matches!(self.link, UpLink::Up) && self.in_flight.is_none() {
                     if self.proto == Protocol::Ocpp16 && event::journal_on_request(&action) {
                         if let Some(ev) =
                             event::for_charger_call(&action, &payload, None, Source::Charger)
@@ -338,7 +365,7 @@ impl Session {
                     }
                     self.link_down("write to cloud failed".into(), None).await?;
                 }
-                self.answer_locally(&id, &action, &payload).await
+                self.answer_locally(&id, &action, &payload, Queue::No).await
             }
             Frame::CallResult { id, payload } => {
                 let result = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
@@ -363,6 +390,7 @@ impl Session {
         id: &str,
         action: &str,
         payload: &RawValue,
+        queue: Queue,
     ) -> Result<(), End> {
         if self.proto != Protocol::Ocpp16 {
             let reply = frame::call_error(
@@ -381,10 +409,27 @@ impl Session {
             Ok(ans) => {
                 let raw = RawValue::from_string(ans.to_string())
                     .expect("serde_json output is valid JSON");
+                let mut ops = Vec::new();
                 if let Some(ev) =
                     event::for_charger_call(action, payload, Some(&raw), Source::Gateway)
                 {
-                    if let Err(e) = self.ctx.journal.record_durable(Some(&self.id), ev).await {
+                    ops.push(Op::Event {
+                        charger: Some(self.id.clone()),
+                        event: ev,
+                    });
+                }
+                let local_tx = if action == "StartTransaction" {
+                    ans["transactionId"].as_i64()
+                } else {
+                    None
+                };
+                let queued = self.queue_op(queue, action, payload, local_tx);
+                if let Some(op) = &queued {
+                    ops.push(Op::Outbox(op.clone()));
+                }
+                match self.ctx.journal.commit(ops).await {
+                    Ok(keys) => self.queued(queued, keys.last().copied()),
+                    Err(e) => {
                         // Never acknowledge what is not stored: the charger keeps
                         // the message and retries.
                         log::error!(charger_id = self.id.as_str(); "cannot store {action}: {e}");
@@ -532,6 +577,9 @@ impl Session {
                 self.pump_down().await
             }
             Frame::CallResult { id, payload } => {
+                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+                    return self.on_outbox_result(text, &payload).await;
+                }
                 let Some(p) = self.pending_up.remove(&id) else {
                     self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text).await;
                     return Ok(());
@@ -544,13 +592,16 @@ impl Session {
                         self.journal(ev).await;
                     }
                 }
-                Ok(())
+                self.pump_outbox().await
             }
             Frame::CallError {
                 id,
                 code,
                 description,
             } => {
+                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+                    return self.on_outbox_error(text, &code, &description).await;
+                }
                 let Some(p) = self.pending_up.remove(&id) else {
                     self.protocol_error(
                         Link::Cloud,
@@ -569,7 +620,7 @@ impl Session {
                     "",
                 )
                 .await;
-                Ok(())
+                self.pump_outbox().await
             }
         }
     }
@@ -615,6 +666,10 @@ impl Session {
                     action,
                     request,
                 } => {
+                    // The cloud names transactions the charger knows by a local id.
+                    let text = self
+                        .rewrite_for_charger(&id, &action, &request)
+                        .unwrap_or(text);
                     self.pending_down.insert(
                         id,
                         PendingDown {
@@ -685,7 +740,8 @@ impl Session {
                     protocol: Some(self.proto.as_str().into()),
                 })
                 .await;
-                Ok(())
+                self.outbox_retry_at = None;
+                self.pump_outbox().await
             }
             Err(e) => {
                 if self.last_connect_error.as_ref() != Some(&e) {
@@ -739,6 +795,7 @@ impl Session {
                 Some((CloseCode::Again, "cloud unreachable")),
             ));
         }
+        self.abandon_in_flight().await?;
         self.answer_pending_locally(|_| true).await
     }
 
@@ -760,7 +817,8 @@ impl Session {
         }
         due.sort_by_key(|(_, p)| p.sent);
         for (id, p) in due {
-            self.answer_locally(&id, &p.action, &p.payload).await?;
+            self.answer_locally(&id, &p.action, &p.payload, Queue::No)
+                .await?;
         }
         Ok(())
     }
@@ -779,6 +837,16 @@ impl Session {
         let timeout = self.ctx.cfg.call_timeout;
         self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout)
             .await?;
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| now.duration_since(f.sent) >= timeout)
+        {
+            // The cloud is silent: try again after the retry interval.
+            self.abandon_in_flight().await?;
+            self.outbox_retry_at = Some(now + self.ctx.cfg.tx_retry_interval);
+        }
+        self.pump_outbox().await?;
         let expired: Vec<String> = self
             .pending_down
             .iter()

@@ -1,0 +1,303 @@
+//! The durable outbox, per charger: transaction messages (StartTransaction,
+//! StopTransaction, MeterValues of a transaction) waiting for the cloud's
+//! answer, the dead letters the cloud refused for good, and the map from
+//! local transaction ids to the cloud's. Tables and the write operations on
+//! them; the journal's writer thread applies the operations, in the same
+//! group commit as the journal events they go with.
+
+use redb::{ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// (charger, key) → JSON `Entry`, in arrival order.
+pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// (charger, key) → JSON `DeadLetter`.
+pub(crate) const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead_letters");
+/// (charger, local transaction id) → the cloud's transaction id.
+pub(crate) const TXMAP: TableDefinition<(&str, i64), i64> = TableDefinition::new("txmap");
+
+/// One queued message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub action: String,
+    /// The charger's payload, exactly as it sent it.
+    pub payload: String,
+    /// When the charger sent it (ms since the epoch).
+    pub queued_ms: i64,
+    /// How many times the cloud refused it so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The local transaction id the gateway handed out for this
+    /// StartTransaction, when it answered it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_tx: Option<i64>,
+}
+
+/// A message the cloud refused too often, kept for people to look at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub key: u64,
+    #[serde(flatten)]
+    pub entry: Entry,
+    pub error: String,
+    pub dead_ms: i64,
+}
+
+/// Outbox figures for one charger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub depth: u64,
+    pub oldest_ms: Option<i64>,
+    pub dead_letters: u64,
+}
+
+/// A write on the outbox tables.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Queue a message; the result is its key.
+    Push { charger: String, entry: Entry },
+    /// Replace a queued message (attempts, local id).
+    Update {
+        charger: String,
+        key: u64,
+        entry: Entry,
+    },
+    /// The cloud answered it.
+    Remove { charger: String, key: u64 },
+    /// Move it to the dead letters.
+    Kill {
+        charger: String,
+        key: u64,
+        error: String,
+    },
+    /// Remember the cloud's id for a local transaction id.
+    MapTx {
+        charger: String,
+        local: i64,
+        cloud: i64,
+    },
+}
+
+/// The tables a write transaction holds open for outbox operations.
+pub(crate) struct Tables<'t> {
+    pub outbox: Table<'t, (&'static str, u64), &'static [u8]>,
+    pub dead: Table<'t, (&'static str, u64), &'static [u8]>,
+    pub txmap: Table<'t, (&'static str, i64), i64>,
+}
+
+fn storage(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Tables<'_> {
+    /// Apply one operation; `next_key` numbers new entries, `now` stamps
+    /// dead letters. Returns the entry's key.
+    pub fn apply(&mut self, op: &Op, next_key: &mut u64, now: i64) -> Result<u64, String> {
+        match op {
+            Op::Push { charger, entry } => {
+                *next_key += 1;
+                let v = serde_json::to_vec(entry).map_err(storage)?;
+                self.outbox
+                    .insert((charger.as_str(), *next_key), v.as_slice())
+                    .map_err(storage)?;
+                Ok(*next_key)
+            }
+            Op::Update {
+                charger,
+                key,
+                entry,
+            } => {
+                let v = serde_json::to_vec(entry).map_err(storage)?;
+                self.outbox
+                    .insert((charger.as_str(), *key), v.as_slice())
+                    .map_err(storage)?;
+                Ok(*key)
+            }
+            Op::Remove { charger, key } => {
+                self.outbox
+                    .remove((charger.as_str(), *key))
+                    .map_err(storage)?;
+                Ok(*key)
+            }
+            Op::Kill {
+                charger,
+                key,
+                error,
+            } => {
+                let old = self
+                    .outbox
+                    .remove((charger.as_str(), *key))
+                    .map_err(storage)?;
+                if let Some(old) = old {
+                    let entry: Entry = serde_json::from_slice(old.value()).map_err(storage)?;
+                    let dl = DeadLetter {
+                        key: *key,
+                        entry,
+                        error: error.clone(),
+                        dead_ms: now,
+                    };
+                    let v = serde_json::to_vec(&dl).map_err(storage)?;
+                    drop(old);
+                    self.dead
+                        .insert((charger.as_str(), *key), v.as_slice())
+                        .map_err(storage)?;
+                }
+                Ok(*key)
+            }
+            Op::MapTx {
+                charger,
+                local,
+                cloud,
+            } => {
+                self.txmap
+                    .insert((charger.as_str(), *local), *cloud)
+                    .map_err(storage)?;
+                Ok(0)
+            }
+        }
+    }
+}
+
+/// Everything queued for one charger, oldest first.
+pub(crate) fn load(
+    t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    charger: &str,
+) -> Result<Vec<(u64, Entry)>, String> {
+    let mut out = Vec::new();
+    for row in t
+        .range((charger, 0)..=(charger, u64::MAX))
+        .map_err(storage)?
+    {
+        let (k, v) = row.map_err(storage)?;
+        match serde_json::from_slice::<Entry>(v.value()) {
+            Ok(e) => out.push((k.value().1, e)),
+            Err(e) => {
+                log::error!(charger_id = charger; "outbox entry {} unreadable, left in place: {e}", k.value().1)
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Dead letters of one charger, oldest first.
+pub(crate) fn load_dead(
+    t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    charger: &str,
+) -> Result<Vec<DeadLetter>, String> {
+    let mut out = Vec::new();
+    for row in t
+        .range((charger, 0)..=(charger, u64::MAX))
+        .map_err(storage)?
+    {
+        let (_, v) = row.map_err(storage)?;
+        if let Ok(d) = serde_json::from_slice::<DeadLetter>(v.value()) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// The transaction id map of one charger: (local, cloud).
+pub(crate) fn load_map(
+    t: &impl ReadableTable<(&'static str, i64), i64>,
+    charger: &str,
+) -> Result<Vec<(i64, i64)>, String> {
+    let mut out = Vec::new();
+    for row in t
+        .range((charger, i64::MIN)..=(charger, i64::MAX))
+        .map_err(storage)?
+    {
+        let (k, v) = row.map_err(storage)?;
+        out.push((k.value().1, v.value()));
+    }
+    Ok(out)
+}
+
+/// Whether a charger message belongs in the outbox.
+pub fn is_transaction_message(action: &str, payload: &str) -> bool {
+    match action {
+        "StartTransaction" | "StopTransaction" => true,
+        "MeterValues" => serde_json::from_str::<serde_json::Value>(payload)
+            .is_ok_and(|v| v.get("transactionId").is_some_and(|t| !t.is_null())),
+        _ => false,
+    }
+}
+
+/// Rewrite the transaction id of an outgoing message through `map`
+/// (local → cloud). Returns `None` when nothing needs to change, so the
+/// original bytes go out untouched.
+pub fn rewrite_up(action: &str, payload: &str, map: impl Fn(i64) -> Option<i64>) -> Option<String> {
+    if !matches!(action, "StopTransaction" | "MeterValues") {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let local = v.get("transactionId")?.as_i64()?;
+    let cloud = map(local)?;
+    v["transactionId"] = cloud.into();
+    Some(v.to_string())
+}
+
+/// Rewrite the cloud's transaction id in a call toward the charger
+/// (RemoteStopTransaction, SetChargingProfile's TxProfile) through `map`
+/// (cloud → local). `None`: send the original bytes.
+pub fn rewrite_down(
+    action: &str,
+    payload: &str,
+    map: impl Fn(i64) -> Option<i64>,
+) -> Option<String> {
+    let mut v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let slot = match action {
+        "RemoteStopTransaction" => v.get_mut("transactionId")?,
+        "SetChargingProfile" => v.get_mut("csChargingProfiles")?.get_mut("transactionId")?,
+        _ => return None,
+    };
+    let local = map(slot.as_i64()?)?;
+    *slot = local.into();
+    Some(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_messages_are_recognised() {
+        assert!(is_transaction_message("StartTransaction", "{}"));
+        assert!(is_transaction_message(
+            "MeterValues",
+            r#"{"connectorId":1,"transactionId":-3,"meterValue":[]}"#
+        ));
+        assert!(!is_transaction_message(
+            "MeterValues",
+            r#"{"connectorId":1,"meterValue":[]}"#
+        ));
+        assert!(!is_transaction_message("Heartbeat", "{}"));
+    }
+
+    #[test]
+    fn ids_are_rewritten_both_ways_and_only_when_mapped() {
+        let up = |l: i64| (l == -1).then_some(4242);
+        let out = rewrite_up(
+            "StopTransaction",
+            r#"{"transactionId":-1,"meterStop":5,"timestamp":"t"}"#,
+            up,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["transactionId"].as_i64(), v["meterStop"].as_i64()),
+            (Some(4242), Some(5))
+        );
+        assert!(rewrite_up("StopTransaction", r#"{"transactionId":7}"#, up).is_none());
+        assert!(rewrite_up("StartTransaction", r#"{"transactionId":-1}"#, up).is_none());
+
+        let down = |c: i64| (c == 4242).then_some(-1);
+        let out = rewrite_down("RemoteStopTransaction", r#"{"transactionId":4242}"#, down).unwrap();
+        assert_eq!(out, r#"{"transactionId":-1}"#);
+        let p = r#"{"connectorId":1,"csChargingProfiles":{"chargingProfileId":1,"transactionId":4242,"stackLevel":0}}"#;
+        let out: serde_json::Value =
+            serde_json::from_str(&rewrite_down("SetChargingProfile", p, down).unwrap()).unwrap();
+        assert_eq!(out["csChargingProfiles"]["transactionId"], -1);
+        assert!(rewrite_down("RemoteStopTransaction", r#"{"transactionId":99}"#, down).is_none());
+        assert!(rewrite_down("Reset", r#"{"type":"Soft"}"#, down).is_none());
+    }
+}

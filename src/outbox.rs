@@ -63,10 +63,11 @@ pub enum Op {
     },
     /// The cloud answered it.
     Remove { charger: String, key: u64 },
-    /// Move it to the dead letters.
+    /// Move it to the dead letters, as `entry` (with its final attempt count).
     Kill {
         charger: String,
         key: u64,
+        entry: Entry,
         error: String,
     },
     /// Remember the cloud's id for a local transaction id.
@@ -121,26 +122,22 @@ impl Tables<'_> {
             Op::Kill {
                 charger,
                 key,
+                entry,
                 error,
             } => {
-                let old = self
-                    .outbox
+                self.outbox
                     .remove((charger.as_str(), *key))
                     .map_err(storage)?;
-                if let Some(old) = old {
-                    let entry: Entry = serde_json::from_slice(old.value()).map_err(storage)?;
-                    let dl = DeadLetter {
-                        key: *key,
-                        entry,
-                        error: error.clone(),
-                        dead_ms: now,
-                    };
-                    let v = serde_json::to_vec(&dl).map_err(storage)?;
-                    drop(old);
-                    self.dead
-                        .insert((charger.as_str(), *key), v.as_slice())
-                        .map_err(storage)?;
-                }
+                let dl = DeadLetter {
+                    key: *key,
+                    entry: entry.clone(),
+                    error: error.clone(),
+                    dead_ms: now,
+                };
+                let v = serde_json::to_vec(&dl).map_err(storage)?;
+                self.dead
+                    .insert((charger.as_str(), *key), v.as_slice())
+                    .map_err(storage)?;
                 Ok(*key)
             }
             Op::MapTx {

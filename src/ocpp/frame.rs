@@ -320,5 +320,11 @@ mod tests {
             parse(&call_error("1", "GenericError", "x")).unwrap(),
             Frame::CallError { .. }
         ));
+        match parse(&call_raw("q\"1", "MeterValues", r#"{"a": 1}"#)).unwrap() {
+            Frame::Call { id, payload, .. } => {
+                assert_eq!((id.as_str(), payload.get()), ("q\"1", r#"{"a": 1}"#))
+            }
+            f => panic!("{f:?}"),
+        }
     }
 }

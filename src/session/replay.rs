@@ -332,7 +332,7 @@ impl Session {
         let attempts = entry.attempts + 1;
         let cfg = self.ctx.cfg.clone();
         if attempts >= cfg.tx_attempts {
-            self.kill(key, &entry, error).await;
+            self.kill(key, &Entry { attempts, ..entry }, error).await;
         } else {
             let updated = Entry {
                 attempts,
@@ -381,6 +381,7 @@ impl Session {
             Op::Outbox(outbox::Op::Kill {
                 charger: self.id.clone(),
                 key,
+                entry: entry.clone(),
                 error,
             }),
             Op::Event {

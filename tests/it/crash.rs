@@ -78,3 +78,95 @@ async fn acknowledged_events_survive_kill_9_and_restarts() {
         "local transaction ids are never reused across restarts: {tx_ids:?}"
     );
 }
+
+/// Issue 3 (c): SIGKILL at random moments of an offline session, 20 times;
+/// afterwards the cloud gets every acknowledged message exactly once, in order.
+#[tokio::test]
+async fn an_offline_session_killed_20_times_reaches_the_cloud_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = free_addr();
+    let cfg = write_config(
+        dir.path(),
+        &config_text(
+            &dir.path().join("data"),
+            Some(&format!("ws://{cloud}/ocpp")),
+            "",
+        ),
+    );
+    let meter = |tx: i64, v: u64| json!({"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": v.to_string()}]}]});
+    let mut acked = Vec::new();
+    let mut value = 0;
+    let mut local = None;
+    for _ in 0..20 {
+        let p = Process::spawn(&cfg).await;
+        let mut cp = Charger::connect(&format!("ws://{}/ocpp/CP-KILL", p.ocpp)).await;
+        let tx = match local {
+            Some(tx) => tx,
+            None => {
+                let a = cp.call("StartTransaction", json!({"connectorId": 1, "idTag": "K", "meterStart": 0, "timestamp": "2026-01-01T00:00:00Z"})).await;
+                *local.insert(a[2]["transactionId"].as_i64().unwrap())
+            }
+        };
+        for _ in 0..fastrand::usize(1..6) {
+            value += 1;
+            assert_eq!(cp.call("MeterValues", meter(tx, value)).await[2], json!({}));
+            acked.push(value);
+        }
+        // One more, killed while (maybe) in flight: it may or may not be kept.
+        value += 1;
+        cp.send(&json!([2, format!("x{value}"), "MeterValues", meter(tx, value)]).to_string())
+            .await;
+        tokio::time::sleep(std::time::Duration::from_micros(fastrand::u64(0..2000))).await;
+        p.kill9().await;
+    }
+    let tx = local.unwrap();
+    let p = Process::spawn(&cfg).await;
+    let mut cp = Charger::connect(&format!("ws://{}/ocpp/CP-KILL", p.ocpp)).await;
+    let a = cp
+        .call(
+            "StopTransaction",
+            json!({"transactionId": tx, "meterStop": 999, "timestamp": "2026-01-01T01:00:00Z"}),
+        )
+        .await;
+    assert_eq!(a[0], 3);
+
+    let mut csms = Csms::start_on(&cloud.to_string(), default_answers()).await;
+    let mut got = Vec::new();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&csms.next_frame("CP-KILL").await).unwrap();
+        if v[0] != 2 {
+            continue;
+        }
+        let action = v[2].as_str().unwrap().to_string();
+        if action == "MeterValues" {
+            assert_eq!(v[3]["transactionId"], 4242, "mapped to the cloud's id");
+        }
+        got.push((
+            action.clone(),
+            v[3]["meterValue"][0]["sampledValue"][0]["value"]
+                .as_str()
+                .map(|s| s.parse::<u64>().unwrap()),
+        ));
+        if action == "StopTransaction" {
+            break;
+        }
+    }
+    assert_eq!(got.first().map(|g| g.0.as_str()), Some("StartTransaction"));
+    assert_eq!(
+        got.iter().filter(|g| g.0 == "StartTransaction").count(),
+        1,
+        "{got:?}"
+    );
+    let values: Vec<u64> = got.iter().filter_map(|g| g.1).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {values:?}"
+    );
+    for v in &acked {
+        assert!(
+            values.contains(v),
+            "acknowledged reading {v} lost: {values:?}"
+        );
+    }
+    p.kill9().await;
+}

@@ -262,7 +262,8 @@ pub enum CsmsEvent {
     },
 }
 
-/// How the fake CSMS answers a CALL: `None` = no answer.
+/// How the fake CSMS answers a CALL: `None` = no answer;
+/// `{"__callerror": CODE}` = a CALLERROR.
 pub type Answerer = Arc<dyn Fn(&str, &Value) -> Option<Value> + Send + Sync>;
 
 pub fn default_answers() -> Answerer {
@@ -449,7 +450,11 @@ async fn serve_csms_conn(
             if let Ok(v) = serde_json::from_str::<Value>(&text) {
                 if v[0] == 2 {
                     if let Some(ans) = answer(v[2].as_str().unwrap_or(""), &v[3]) {
-                        let _ = out_tx.send(Message::text(json!([3, v[1], ans]).to_string()));
+                        let reply = match ans.get("__callerror") {
+                            Some(code) => json!([4, v[1], code, "refused by the test CSMS", {}]),
+                            None => json!([3, v[1], ans]),
+                        };
+                        let _ = out_tx.send(Message::text(reply.to_string()));
                     }
                 }
             }
@@ -457,6 +462,14 @@ async fn serve_csms_conn(
     }
     writer.abort();
     let _ = tx.send(CsmsEvent::Closed { id });
+}
+
+/// A loopback address where nothing listens (yet).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// The daemon as a child process (for kill -9 tests).

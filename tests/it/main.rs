@@ -6,5 +6,6 @@ mod crash;
 mod harness;
 mod hostile;
 mod interop;
+mod offline;
 mod proxy;
 mod standalone;

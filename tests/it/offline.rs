@@ -1,0 +1,232 @@
+//! Offline resilience: sessions while the cloud is away reach it afterwards,
+//! in order, once, with the cloud's own transaction ids.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+fn start(tag: &str, meter: i64) -> Value {
+    json!({"connectorId": 1, "idTag": tag, "meterStart": meter, "timestamp": "2026-01-01T10:00:00Z"})
+}
+
+fn meter(tx: i64, wh: i64) -> Value {
+    json!({"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": format!("2026-01-01T10:{:02}:00Z", wh % 60), "sampledValue": [{"value": wh.to_string()}]}]})
+}
+
+fn stop(tx: i64, wh: i64) -> Value {
+    json!({"transactionId": tx, "meterStop": wh, "timestamp": "2026-01-01T11:00:00Z", "reason": "Local"})
+}
+
+/// Frames the CSMS got from `id` until it got `n` of the given actions.
+async fn collect(csms: &mut Csms, id: &str, actions: &[&str], n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let v: Value = serde_json::from_str(&csms.next_frame(id).await).unwrap();
+        if v[0] == 2 && actions.contains(&v[2].as_str().unwrap()) {
+            got.push(v);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_whole_offline_session_reaches_the_cloud_in_order_with_its_ids() {
+    let addr = free_addr(); // the cloud is down before the session starts
+    let gw = Gateway::start(Some(&format!("ws://{addr}/ocpp")), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-OFF")).await;
+    for a in [
+        cp.call("BootNotification", boot()).await,
+        cp.call("Authorize", json!({"idTag": "TAG1"})).await,
+    ] {
+        assert_eq!(a[0], 3, "{a}");
+    }
+    let a = cp.call("StartTransaction", start("TAG1", 1000)).await;
+    let local = a[2]["transactionId"].as_i64().unwrap();
+    assert!(local < 0);
+    for k in 1..=15 {
+        assert_eq!(
+            cp.call("MeterValues", meter(local, 1000 + k * 10)).await[2],
+            json!({})
+        );
+    }
+    let a = cp.call("StopTransaction", stop(local, 1200)).await;
+    assert_eq!(a[0], 3, "the charger never sees an error: {a}");
+    assert_eq!(gw.journal().outbox("CP-OFF").unwrap().len(), 17);
+
+    // The cloud comes back.
+    let mut csms = Csms::start_on(&addr.to_string(), default_answers()).await;
+    let got = collect(
+        &mut csms,
+        "CP-OFF",
+        &["StartTransaction", "MeterValues", "StopTransaction"],
+        17,
+    )
+    .await;
+    assert_eq!(got[0][2], "StartTransaction");
+    assert_eq!(
+        got[0][3],
+        start("TAG1", 1000),
+        "original payload, original timestamp"
+    );
+    for (k, v) in got[1..16].iter().enumerate() {
+        assert_eq!(v[2], "MeterValues");
+        assert_eq!(
+            v[3],
+            meter(4242, 1000 + (k as i64 + 1) * 10),
+            "in order, with the cloud's id"
+        );
+    }
+    assert_eq!(
+        (got[16][2].as_str(), &got[16][3]),
+        (Some("StopTransaction"), &stop(4242, 1200))
+    );
+    let ev = gw
+        .wait_event("CP-OFF", "Replayed", |e| e["action"] == "StopTransaction")
+        .await;
+    assert!(ev["queued_ms"].as_i64().is_some());
+    let ev = gw
+        .wait_event("CP-OFF", "Replayed", |e| e["action"] == "StartTransaction")
+        .await;
+    assert_eq!(
+        (
+            ev["local_transaction_id"].as_i64(),
+            ev["cloud_transaction_id"].as_i64()
+        ),
+        (Some(local), Some(4242))
+    );
+    assert!(gw.journal().outbox("CP-OFF").unwrap().is_empty());
+    assert_eq!(gw.journal().tx_map("CP-OFF").unwrap(), vec![(local, 4242)]);
+}
+
+#[tokio::test]
+async fn link_lost_between_a_call_and_its_answer() {
+    // The cloud takes StartTransaction and dies before answering.
+    let mut csms = Csms::start(Arc::new(|action: &str, _: &Value| (action != "StartTransaction").then(|| json!({"status": "Accepted", "currentTime": "2026-01-01T00:00:00Z", "interval": 300})))).await;
+    let addr = csms.addr;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-MID")).await;
+    csms.next_connect().await;
+    cp.call("BootNotification", boot()).await;
+    cp.send(&json!([2, "s1", "StartTransaction", start("TAG2", 0)]).to_string())
+        .await;
+    collect(&mut csms, "CP-MID", &["StartTransaction"], 1).await;
+    csms.kill();
+    // The gateway answers the waiting charger itself.
+    let a: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!((a[0].as_i64(), a[1].as_str()), (Some(3), Some("s1")));
+    let local = a[2]["transactionId"].as_i64().unwrap();
+    assert!(local < 0);
+    cp.call("MeterValues", meter(local, 50)).await;
+
+    let mut csms = Csms::start_on(&addr.to_string(), default_answers()).await;
+    let got = collect(&mut csms, "CP-MID", &["StartTransaction", "MeterValues"], 2).await;
+    assert_eq!(
+        (got[0][2].as_str(), got[1][2].as_str()),
+        (Some("StartTransaction"), Some("MeterValues"))
+    );
+    assert_eq!(got[1][3]["transactionId"], 4242);
+    // Later messages of the transaction, online now, carry the cloud's id too.
+    gw.wait_event("CP-MID", "Replayed", |e| e["action"] == "MeterValues")
+        .await;
+    let a = cp.call("StopTransaction", stop(local, 99)).await;
+    assert_eq!(a[0], 3);
+    let got = collect(&mut csms, "CP-MID", &["StopTransaction"], 1).await;
+    assert_eq!(got[0][3]["transactionId"], 4242);
+}
+
+#[tokio::test]
+async fn refused_replays_are_retried_then_kept_as_dead_letters() {
+    let addr = free_addr();
+    let extra = "[offline]\ntransaction_message_attempts = 2\ntransaction_message_retry_interval_secs = 0\n";
+    let gw = Gateway::start(Some(&format!("ws://{addr}/ocpp")), extra).await;
+    let mut cp = Charger::connect(&gw.url("CP-DL")).await;
+    let local = cp.call("StartTransaction", start("TAG3", 0)).await[2]["transactionId"]
+        .as_i64()
+        .unwrap();
+    cp.call("StopTransaction", stop(local, 10)).await;
+
+    let refuse: Answerer = Arc::new(|action: &str, _: &Value| match action {
+        "StartTransaction" => Some(json!({"__callerror": "InternalError"})),
+        _ => Some(json!({})),
+    });
+    let mut csms = Csms::start_on(&addr.to_string(), refuse).await;
+    let got = collect(&mut csms, "CP-DL", &["StartTransaction"], 2).await;
+    assert_eq!(got.len(), 2, "tried TransactionMessageAttempts times");
+    gw.wait_event("CP-DL", "ReplayRetry", |e| e["attempt"] == 1)
+        .await;
+    gw.wait_event("CP-DL", "DeadLetter", |e| e["action"] == "StartTransaction")
+        .await;
+    // Its StopTransaction has no cloud transaction to go to: a dead letter too.
+    gw.wait_event("CP-DL", "DeadLetter", |e| e["action"] == "StopTransaction")
+        .await;
+    assert!(gw.journal().outbox("CP-DL").unwrap().is_empty());
+
+    // Visible in the API, never silently dropped.
+    let api = chargegate::client::ApiClient {
+        addr: gw.running.as_ref().unwrap().api_addr,
+        token: None,
+    };
+    let dead: Vec<Value> = api
+        .get("/api/v1/chargers/CP-DL/dead-letters")
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(
+        (dead[0]["action"].as_str(), dead[0]["attempts"].as_u64()),
+        (Some("StartTransaction"), Some(2))
+    );
+    assert!(dead[0]["error"].as_str().unwrap().contains("InternalError"));
+    let status: chargegate::api::Status = api.get("/api/v1/status").await.unwrap();
+    let c = status
+        .chargers
+        .iter()
+        .find(|c| c.state.id == "CP-DL")
+        .unwrap();
+    assert_eq!((c.outbox.depth, c.outbox.dead_letters), (0, 2));
+}
+
+#[tokio::test]
+async fn the_clouds_remote_stop_reaches_the_charger_with_the_local_id() {
+    let addr = free_addr();
+    let gw = Gateway::start(Some(&format!("ws://{addr}/ocpp")), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-RS")).await;
+    let local = cp.call("StartTransaction", start("TAG4", 0)).await[2]["transactionId"]
+        .as_i64()
+        .unwrap();
+    let mut csms = Csms::start_on(&addr.to_string(), default_answers()).await;
+    collect(&mut csms, "CP-RS", &["StartTransaction"], 1).await;
+    gw.wait_event("CP-RS", "Replayed", |e| e["action"] == "StartTransaction")
+        .await;
+
+    csms.send(
+        "CP-RS",
+        r#"[2,"rs1","RemoteStopTransaction",{"transactionId":4242}]"#,
+    );
+    let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(
+        (v[2].as_str(), v[3]["transactionId"].as_i64()),
+        (Some("RemoteStopTransaction"), Some(local))
+    );
+    cp.send(r#"[3,"rs1",{"status":"Accepted"}]"#).await;
+    loop {
+        let v: Value = serde_json::from_str(&csms.next_frame("CP-RS").await).unwrap();
+        if v[0] == 3 {
+            assert_eq!(
+                (v[1].as_str(), v[2]["status"].as_str()),
+                (Some("rs1"), Some("Accepted"))
+            );
+            break;
+        }
+    }
+    // Other ids pass untouched.
+    csms.send(
+        "CP-RS",
+        r#"[2,"rs2","RemoteStopTransaction",{"transactionId":999}]"#,
+    );
+    assert_eq!(
+        cp.recv().await,
+        r#"[2,"rs2","RemoteStopTransaction",{"transactionId":999}]"#
+    );
+}

@@ -72,6 +72,15 @@ pub struct UpstreamConfig {
     pub backoff_max: Duration,
 }
 
+/// What the gateway does with a 1.6 charger while its cloud link is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineMode {
+    /// Keep it connected, answer it and queue its transaction messages.
+    Hold,
+    /// Close its connection, so that it queues by itself.
+    Disconnect,
+}
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,6 +99,7 @@ pub struct Config {
     pub tx_attempts: u32,
     /// OCPP 1.6 TransactionMessageRetryInterval (× attempts so far).
     pub tx_retry_interval: Duration,
+    pub offline_mode: OfflineMode,
     pub upstream: Option<UpstreamConfig>,
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
@@ -333,6 +343,7 @@ impl Config {
                     "id_tags",
                     "transaction_message_attempts",
                     "transaction_message_retry_interval_secs",
+                    "mode",
                 ],
             );
         }
@@ -378,6 +389,20 @@ impl Config {
             0,
             86_400,
         ) as u64);
+        let mode = r
+            .string(off, "offline", "mode", Some("hold"))
+            .unwrap_or_default();
+        let offline_mode = match mode.as_str() {
+            "hold" => OfflineMode::Hold,
+            "disconnect" => OfflineMode::Disconnect,
+            other => {
+                r.problem(
+                    "offline.mode",
+                    format!("expected \"hold\" or \"disconnect\", found {other:?}"),
+                );
+                OfflineMode::Hold
+            }
+        };
         let policy = Policy {
             authorize,
             id_tags,
@@ -423,6 +448,7 @@ impl Config {
             policy,
             tx_attempts,
             tx_retry_interval,
+            offline_mode,
             upstream,
             api_listen,
             api_token,

@@ -755,7 +755,7 @@ impl Session {
                     self.last_connect_error = Some(e);
                 }
                 self.schedule_retry();
-                if first && self.proto == Protocol::Ocpp201 {
+                if first && self.disconnect_mode() {
                     return Err(End::new(
                         "cloud unreachable",
                         Some((CloseCode::Again, "cloud unreachable")),
@@ -764,6 +764,14 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// Offline mode `disconnect` (always for OCPP 2.0.1, as its Part 4 §6.3
+    /// requires of a local controller): without a cloud link the charger is
+    /// closed, so it queues by itself.
+    fn disconnect_mode(&self) -> bool {
+        self.proto == Protocol::Ocpp201
+            || self.ctx.cfg.offline_mode == crate::config::OfflineMode::Disconnect
     }
 
     fn schedule_retry(&mut self) {
@@ -789,7 +797,7 @@ impl Session {
         .await;
         self.last_connect_error = None;
         self.schedule_retry();
-        if self.proto == Protocol::Ocpp201 {
+        if self.disconnect_mode() {
             return Err(End::new(
                 format!("cloud link down: {reason}"),
                 Some((CloseCode::Again, "cloud unreachable")),

@@ -230,3 +230,27 @@ async fn the_clouds_remote_stop_reaches_the_charger_with_the_local_id() {
         r#"[2,"rs2","RemoteStopTransaction",{"transactionId":999}]"#
     );
 }
+
+#[tokio::test]
+async fn offline_mode_disconnect_closes_16_chargers_while_the_cloud_is_away() {
+    let csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "[offline]\nmode = \"disconnect\"\n").await;
+    let mut cp = Charger::connect(&gw.url("CP-DISC")).await;
+    assert_eq!(
+        cp.call("Heartbeat", json!({})).await[2]["currentTime"],
+        "2026-01-01T00:00:00Z"
+    );
+    csms.kill();
+    assert_eq!(
+        cp.closed().await,
+        Some(1013),
+        "Try Again Later: the charger queues by itself"
+    );
+    // While the cloud stays away, a reconnecting charger is closed again.
+    let mut cp = Charger::connect(&gw.url("CP-DISC")).await;
+    assert_eq!(cp.closed().await, Some(1013));
+    gw.wait_event("CP-DISC", "Disconnect", |e| {
+        e["link"] == "charger" && e["reason"] == "cloud unreachable"
+    })
+    .await;
+}

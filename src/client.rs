@@ -156,6 +156,7 @@ pub fn format_status(s: &Status) -> String {
         "CLOUD LINK",
         "CONNECTORS",
         "TRANSACTION",
+        "OUTBOX",
         "LAST EVENT",
     ];
     let mut widths = header.map(str::len);
@@ -189,4 +190,46 @@ pub fn format_record(r: &Record) -> String {
         r.event.kind(),
         r.event.summary()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ChargerView;
+    use crate::state::ChargerState;
+
+    #[test]
+    fn status_table_shows_outbox_and_dead_letters() {
+        let view = |id: &str, depth, dead| ChargerView {
+            state: ChargerState {
+                id: id.into(),
+                ..Default::default()
+            },
+            connected: false,
+            known: true,
+            outbox: crate::outbox::Stats {
+                depth,
+                oldest_ms: Some(now_ms() - 120_000),
+                dead_letters: dead,
+            },
+        };
+        let s = Status {
+            gateway: "g".into(),
+            version: "v".into(),
+            upstream: Some("ws://cloud".into()),
+            journal_records: 1,
+            journal_last_seq: 1,
+            journal_alarm: None,
+            chargers: vec![view("CP-1", 3, 0), view("CP-2", 1, 2)],
+        };
+        let out = format_status(&s);
+        let lines: Vec<&str> = out.lines().collect();
+        let header = lines.iter().find(|l| l.starts_with("CHARGER")).unwrap();
+        assert!(
+            header.contains("OUTBOX") && header.ends_with("LAST EVENT"),
+            "{out}"
+        );
+        assert!(out.contains("3 (oldest 2m ago)"), "{out}");
+        assert!(out.contains("1, 2 DEAD"), "{out}");
+    }
 }

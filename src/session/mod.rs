@@ -224,6 +224,15 @@ async fn next_upstream(up: &mut Option<UpStream>) -> Option<Result<Message, WsEr
     }
 }
 
+/// Sleep until `at`; the timer is made only when polled, so a disabled
+/// select branch costs nothing.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn connected(c: &mut Option<Connecting>) -> Result<UpStream, String> {
     match c {
         Some(f) => f
@@ -237,6 +246,11 @@ impl Session {
     async fn run_loop(&mut self, cmd_rx: &mut mpsc::Receiver<Command>) -> End {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut shutdown = self.ctx.shutdown.clone();
+        // Created once: every session shares the shutdown channel, and a
+        // fresh `changed()` each turn would lock its waiter list twice per
+        // message.
+        let shutdown = shutdown.changed();
+        tokio::pin!(shutdown);
         loop {
             let hold_charger = matches!(self.link, UpLink::Connecting { first: true });
             let retry_at = match self.link {
@@ -250,7 +264,7 @@ impl Session {
                     self.connecting = None;
                     self.on_connected(res).await
                 }
-                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                _ = sleep_until(retry_at), if retry_at.is_some() => {
                     self.start_connect(false);
                     Ok(())
                 }
@@ -262,7 +276,7 @@ impl Session {
                     }
                 },
                 _ = tick.tick() => self.on_tick().await,
-                _ = shutdown.changed() => Err(End::new("gateway shutting down", Some((CloseCode::Away, "gateway shutting down")))),
+                _ = &mut shutdown => Err(End::new("gateway shutting down", Some((CloseCode::Away, "gateway shutting down")))),
             };
             if let Err(end) = step {
                 return end;

@@ -155,6 +155,25 @@ impl Journal {
             path: cfg.path.clone(),
             source,
         })?;
+        Self::start(db, cfg)
+    }
+
+    /// Open the journal on a storage backend of the caller's (tests use one
+    /// that forgets unsynced writes, to cut the power at any point).
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        cfg: JournalConfig,
+    ) -> Result<Journal, JournalError> {
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|source| JournalError::Open {
+                path: cfg.path.clone(),
+                source,
+            })?;
+        Self::start(db, cfg)
+    }
+
+    fn start(db: Database, cfg: JournalConfig) -> Result<Journal, JournalError> {
         let db = Arc::new(db);
         {
             let w = db.begin_write()?;

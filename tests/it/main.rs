@@ -7,5 +7,6 @@ mod harness;
 mod hostile;
 mod interop;
 mod offline;
+mod powerloss;
 mod proxy;
 mod standalone;

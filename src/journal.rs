@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::auth;
 use crate::event::{Event, Source};
 use crate::outbox;
 use crate::state::LiveState;
@@ -105,6 +106,7 @@ pub enum Op {
         event: Event,
     },
     Outbox(outbox::Op),
+    Auth(auth::Op),
 }
 
 /// A batch of operations and who waits for them. The reply carries one
@@ -183,6 +185,9 @@ impl Journal {
             w.open_table(outbox::OUTBOX)?;
             w.open_table(outbox::DEAD)?;
             w.open_table(outbox::TXMAP)?;
+            w.open_table(auth::CACHE)?;
+            w.open_table(auth::LIST)?;
+            w.open_table(auth::LIST_VERSION)?;
             w.commit()?;
         }
         let (state, min_local_tx) = rebuild(&db)?;
@@ -259,6 +264,25 @@ impl Journal {
     pub fn outbox(&self, charger: &str) -> Result<Vec<(u64, outbox::Entry)>, JournalError> {
         let r = self.inner.db.begin_read()?;
         outbox::load(&r.open_table(outbox::OUTBOX)?, charger).map_err(JournalError::Storage)
+    }
+
+    /// What is known of an id tag for a charger: its local list from the
+    /// cloud, then the site-wide authorization cache.
+    pub fn auth_lookup(&self, charger: &str, id_tag: &str) -> Option<auth::TagInfo> {
+        let r = self.inner.db.begin_read().ok()?;
+        auth::lookup(
+            &r.open_table(auth::LIST).ok()?,
+            &r.open_table(auth::CACHE).ok()?,
+            charger,
+            id_tag,
+        )
+    }
+
+    /// The version of the local list the cloud last sent a charger.
+    pub fn local_list_version(&self, charger: &str) -> Option<i64> {
+        let r = self.inner.db.begin_read().ok()?;
+        let t = r.open_table(auth::LIST_VERSION).ok()?;
+        t.get(charger).ok()?.map(|v| v.value())
     }
 
     /// A charger's dead letters, oldest first.
@@ -497,6 +521,11 @@ impl Writer {
                 dead: w.open_table(outbox::DEAD)?,
                 txmap: w.open_table(outbox::TXMAP)?,
             };
+            let mut au = auth::Tables {
+                cache: w.open_table(auth::CACHE)?,
+                list: w.open_table(auth::LIST)?,
+                version: w.open_table(auth::LIST_VERSION)?,
+            };
             let mut events = w.open_table(EVENTS)?;
             let mut idx = w.open_table(BY_CHARGER)?;
             let mut meta = w.open_table(META)?;
@@ -513,6 +542,11 @@ impl Writer {
                 for op in &append.ops {
                     let (charger, event) = match op {
                         Op::Event { charger, event } => (charger, event),
+                        Op::Auth(o) => {
+                            au.apply(o).map_err(JournalError::Storage)?;
+                            res.push(0);
+                            continue;
+                        }
                         Op::Outbox(o) => {
                             res.push(
                                 ob.apply(o, &mut next_key, time)

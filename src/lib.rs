@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -33,13 +33,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The status of an id tag under this policy.
-    pub fn tag_status(&self, id_tag: &str) -> &str {
-        match (self.authorize, self.id_tags.get(id_tag)) {
-            (AuthPolicy::AcceptAll, _) => "Accepted",
+    /// The status of an id tag under this policy. `known` is what the
+    /// gateway learnt from the cloud (local list, then cache); the config's
+    /// own list comes first.
+    pub fn tag_status(&self, id_tag: &str, known: Option<String>) -> String {
+        match (self.authorize, self.id_tags.get(id_tag).cloned().or(known)) {
+            (AuthPolicy::AcceptAll, _) => "Accepted".into(),
             (_, Some(status)) => status,
-            (AuthPolicy::LocalList, None) => "Accepted",
-            (AuthPolicy::RejectUnknown, None) => "Invalid",
+            (AuthPolicy::LocalList, None) => "Accepted".into(),
+            (AuthPolicy::RejectUnknown, None) => "Invalid".into(),
         }
     }
 }
@@ -65,8 +67,10 @@ pub fn answer(
     payload: &RawValue,
     now: &str,
     policy: &Policy,
+    known: &dyn Fn(&str) -> Option<String>,
     next_tx_id: &mut dyn FnMut() -> i64,
 ) -> Result<Value, LocalError> {
+    let status = |tag: &str| policy.tag_status(tag, known(tag));
     match action {
         "BootNotification" => {
             decode::<messages::BootNotification>(payload).map_err(bad_payload)?;
@@ -87,17 +91,17 @@ pub fn answer(
         }
         "Authorize" => {
             let a: messages::Authorize = decode(payload).map_err(bad_payload)?;
-            Ok(json!({"idTagInfo": {"status": policy.tag_status(&a.id_tag)}}))
+            Ok(json!({"idTagInfo": {"status": status(&a.id_tag)}}))
         }
         "StartTransaction" => {
             let s: messages::StartTransaction = decode(payload).map_err(bad_payload)?;
-            let status = policy.tag_status(&s.id_tag);
+            let status = status(&s.id_tag);
             Ok(json!({"transactionId": next_tx_id(), "idTagInfo": {"status": status}}))
         }
         "StopTransaction" => {
             let s: messages::StopTransaction = decode(payload).map_err(bad_payload)?;
             Ok(match s.id_tag {
-                Some(tag) => json!({"idTagInfo": {"status": policy.tag_status(&tag)}}),
+                Some(tag) => json!({"idTagInfo": {"status": status(&tag)}}),
                 None => json!({}),
             })
         }
@@ -139,10 +143,18 @@ mod tests {
     fn run(action: &str, payload: &str, p: &Policy) -> Result<Value, LocalError> {
         let raw = RawValue::from_string(payload.to_string()).unwrap();
         let mut next = -1;
-        answer(action, &raw, "2026-01-01T00:00:00Z", p, &mut || {
-            next -= 1;
-            next + 1
-        })
+        let cloud_knows = |tag: &str| (tag == "CLOUDBLOCKED").then(|| "Blocked".to_string());
+        answer(
+            action,
+            &raw,
+            "2026-01-01T00:00:00Z",
+            p,
+            &cloud_knows,
+            &mut || {
+                next -= 1;
+                next + 1
+            },
+        )
     }
 
     #[test]
@@ -187,6 +199,11 @@ mod tests {
                 "Blocked"
             };
             assert_eq!(st("BLOCKED"), blocked, "{pol:?}");
+            assert_eq!(
+                st("CLOUDBLOCKED"),
+                blocked,
+                "what the cloud said wins over the policy: {pol:?}"
+            );
         }
     }
 

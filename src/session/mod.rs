@@ -416,9 +416,20 @@ impl Session {
         }
         let now = now_rfc3339();
         let journal = self.ctx.journal.clone();
-        let answer = local::answer(action, payload, &now, &self.ctx.cfg.policy, &mut || {
-            journal.next_local_tx_id()
-        });
+        let now_t = time::OffsetDateTime::now_utc();
+        let known = |tag: &str| {
+            journal
+                .auth_lookup(&self.id, tag)
+                .map(|i| i.status_at(now_t))
+        };
+        let answer = local::answer(
+            action,
+            payload,
+            &now,
+            &self.ctx.cfg.policy,
+            &known,
+            &mut || journal.next_local_tx_id(),
+        );
         let reply = match answer {
             Ok(ans) => {
                 let raw = RawValue::from_string(ans.to_string())
@@ -488,6 +499,18 @@ impl Session {
             return Ok(());
         };
         self.journal_remote_action(&p, &outcome).await;
+        if let (Source::Cloud, "SendLocalList", CallOutcome::Result(r)) =
+            (p.source, p.action.as_str(), &outcome)
+        {
+            if r["status"] == "Accepted" {
+                // The charger took the list: the gateway answers from it too.
+                if let Some(op) = crate::auth::local_list_update(&self.id, &p.request) {
+                    if let Err(e) = self.ctx.journal.commit(vec![Op::Auth(op)]).await {
+                        log::warn!(charger_id = self.id.as_str(); "cannot store the local list: {e}");
+                    }
+                }
+            }
+        }
         match p.reply {
             Some(reply) => {
                 let _ = reply.send(outcome);
@@ -502,6 +525,15 @@ impl Session {
             }
         }
         self.pump_down().await
+    }
+
+    /// Keep the id tag status from the cloud's answer (authorization cache).
+    async fn remember_tags(&self, action: &str, request: &str, answer: &str) {
+        if let Some(op) = crate::auth::cache_update(action, request, answer) {
+            if let Err(e) = self.ctx.journal.commit(vec![Op::Auth(op)]).await {
+                log::warn!(charger_id = self.id.as_str(); "cannot update the authorization cache: {e}");
+            }
+        }
     }
 
     async fn journal_remote_action(&self, p: &PendingDown, outcome: &CallOutcome) {
@@ -599,6 +631,8 @@ impl Session {
                     return Ok(());
                 };
                 self.send_charger(text.to_string()).await?;
+                self.remember_tags(&p.action, p.payload.get(), payload.get())
+                    .await;
                 if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
                     if let Some(ev) =
                         self.event_for(&p.action, &p.payload, Some(&payload), Source::Cloud)

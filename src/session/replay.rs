@@ -251,6 +251,9 @@ impl Session {
             charger: self.id.clone(),
             key,
         })];
+        if let Some(op) = crate::auth::cache_update(&entry.action, &entry.payload, payload.get()) {
+            ops.push(Op::Auth(op));
+        }
         let cloud_tx = serde_json::from_str::<Value>(payload.get())
             .ok()
             .and_then(|v| v["transactionId"].as_i64());

@@ -254,3 +254,70 @@ async fn offline_mode_disconnect_closes_16_chargers_while_the_cloud_is_away() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_clouds_tag_answers_and_local_list_are_used_offline() {
+    let answers: Answerer = Arc::new(|action: &str, req: &Value| match action {
+        "Authorize" if req["idTag"] == "CACHEDBLOCK" => {
+            Some(json!({"idTagInfo": {"status": "Blocked"}}))
+        }
+        _ => default_answers()(action, req),
+    });
+    let mut csms = Csms::start(answers).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-AUTH")).await;
+    csms.next_connect().await;
+    assert_eq!(
+        cp.call("Authorize", json!({"idTag": "CACHEDBLOCK"})).await[2]["idTagInfo"]["status"],
+        "Blocked"
+    );
+    assert_eq!(
+        cp.call("Authorize", json!({"idTag": "BOTH"})).await[2]["idTagInfo"]["status"],
+        "Accepted"
+    );
+
+    // The cloud sends the charger a local list; the charger takes it.
+    let list = r#"[2,"sl1","SendLocalList",{"listVersion":5,"updateType":"Full","localAuthorizationList":[{"idTag":"LISTBLOCK","idTagInfo":{"status":"Blocked"}},{"idTag":"BOTH","idTagInfo":{"status":"Invalid"}}]}]"#;
+    csms.send("CP-AUTH", list);
+    assert_eq!(cp.recv().await, list);
+    cp.send(r#"[3,"sl1",{"status":"Accepted"}]"#).await;
+    gw.wait_event("CP-AUTH", "RemoteAction", |e| {
+        e["action"] == "SendLocalList"
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gw.journal().local_list_version("CP-AUTH") != Some(5) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "local list version not stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    csms.kill();
+    gw.wait_event("CP-AUTH", "Disconnect", |e| e["link"] == "cloud")
+        .await;
+    let st = |v: Value| v[2]["idTagInfo"]["status"].as_str().unwrap().to_string();
+    assert_eq!(
+        st(cp.call("Authorize", json!({"idTag": "CACHEDBLOCK"})).await),
+        "Blocked",
+        "from the cache"
+    );
+    assert_eq!(
+        st(cp.call("Authorize", json!({"idTag": "LISTBLOCK"})).await),
+        "Blocked",
+        "from the local list"
+    );
+    assert_eq!(
+        st(cp.call("Authorize", json!({"idTag": "BOTH"})).await),
+        "Invalid",
+        "the local list wins over the cache"
+    );
+    assert_eq!(
+        st(cp.call("Authorize", json!({"idTag": "NEWTAG"})).await),
+        "Accepted",
+        "unknown: the local_list policy"
+    );
+    let a = cp.call("StartTransaction", start("CACHEDBLOCK", 0)).await;
+    assert_eq!(a[2]["idTagInfo"]["status"], "Blocked");
+}

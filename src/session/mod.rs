@@ -32,7 +32,9 @@ use crate::server::{Accepted, Ctx};
 use crate::upstream::{basic_auth, Backoff, UpStream};
 
 mod replay;
+mod resync;
 use replay::{InFlight, Queue};
+use resync::Resync;
 
 /// What other parts of the gateway can ask a session to do.
 pub enum Command {
@@ -145,6 +147,8 @@ struct Session {
     /// Local transaction id → the cloud's, and back.
     to_cloud: HashMap<i64, i64>,
     to_local: HashMap<i64, i64>,
+    /// Boot and statuses the cloud missed while the gateway answered.
+    resync: Resync,
     last_rx: Instant,
     last_ping: Instant,
 }
@@ -196,6 +200,7 @@ pub async fn run(
         outbox_retry_at: None,
         to_cloud: HashMap::new(),
         to_local: HashMap::new(),
+        resync: Resync::default(),
         last_rx: now,
         last_ping: now,
     };
@@ -358,7 +363,10 @@ impl Session {
                 }
                 // While an outbox entry is with the cloud, the upstream CALL slot
                 // is taken (OCPP-J: one outstanding CALL): answer locally.
-                if matches!(self.link, UpLink::Up) && self.in_flight.is_none() {
+                if matches!(self.link, UpLink::Up)
+                    && self.in_flight.is_none()
+                    && self.resync.in_flight.is_none()
+                {
                     if self.proto == Protocol::Ocpp16 && event::journal_on_request(&action) {
                         if let Some(ev) =
                             event::for_charger_call(&action, &payload, None, Source::Charger)
@@ -453,7 +461,10 @@ impl Session {
                     ops.push(Op::Outbox(op.clone()));
                 }
                 match self.ctx.journal.commit(ops).await {
-                    Ok(keys) => self.queued(queued, keys.last().copied()),
+                    Ok(keys) => {
+                        self.queued(queued, keys.last().copied());
+                        self.note_missed(action, payload.get());
+                    }
                     Err(e) => {
                         // Never acknowledge what is not stored: the charger keeps
                         // the message and retries.
@@ -626,11 +637,16 @@ impl Session {
                 if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
                     return self.on_outbox_result(text, &payload).await;
                 }
+                if self.resync.in_flight.as_ref().is_some_and(|f| f.0 == id) {
+                    let status = crate::ocpp::messages::AnswerFields::read(&payload).status();
+                    return self.on_resync_answer(status, None).await;
+                }
                 let Some(p) = self.pending_up.remove(&id) else {
                     self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text).await;
                     return Ok(());
                 };
                 self.send_charger(text.to_string()).await?;
+                self.note_delivered(&p.action, p.payload.get());
                 self.remember_tags(&p.action, p.payload.get(), payload.get())
                     .await;
                 if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
@@ -649,6 +665,11 @@ impl Session {
             } => {
                 if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
                     return self.on_outbox_error(text, &code, &description).await;
+                }
+                if self.resync.in_flight.as_ref().is_some_and(|f| f.0 == id) {
+                    return self
+                        .on_resync_answer(None, Some(format!("{code}: {description}")))
+                        .await;
                 }
                 let Some(p) = self.pending_up.remove(&id) else {
                     self.protocol_error(
@@ -852,6 +873,7 @@ impl Session {
             ));
         }
         self.abandon_in_flight().await?;
+        self.resync.in_flight = None; // sent again when the link returns
         self.answer_pending_locally(|_| true).await
     }
 
@@ -901,6 +923,14 @@ impl Session {
             // The cloud is silent: try again after the retry interval.
             self.abandon_in_flight().await?;
             self.outbox_retry_at = Some(now + self.ctx.cfg.tx_retry_interval);
+        }
+        if self
+            .resync
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| now.duration_since(f.3) >= timeout)
+        {
+            self.resync.in_flight = None;
         }
         self.pump_outbox().await?;
         let expired: Vec<String> = self

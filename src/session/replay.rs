@@ -128,10 +128,8 @@ impl Session {
         action: String,
         payload: Box<RawValue>,
     ) -> Result<(), End> {
-        let direct = matches!(self.link, UpLink::Up)
-            && self.outbox.is_empty()
-            && self.in_flight.is_none()
-            && self.pending_up.is_empty();
+        let direct =
+            matches!(self.link, UpLink::Up) && self.outbox.is_empty() && !self.upstream_busy();
         if !direct {
             return self
                 .answer_locally(&id, &action, &payload, Queue::Push)
@@ -201,14 +199,18 @@ impl Session {
 
     /// Send the next queued entry when the cloud link is free.
     pub(super) async fn pump_outbox(&mut self) -> Result<(), End> {
+        // A boot the cloud missed goes before the transactions.
+        if self.pump_resync(true).await? {
+            return Ok(());
+        }
         loop {
-            let free = matches!(self.link, UpLink::Up)
-                && self.in_flight.is_none()
-                && self.pending_up.is_empty();
+            let free = matches!(self.link, UpLink::Up) && !self.upstream_busy();
             if !free || self.outbox_retry_at.is_some_and(|t| t > Instant::now()) {
                 return Ok(());
             }
             let Some((key, entry)) = self.outbox.front().cloned() else {
+                // Outbox delivered: now the latest statuses.
+                self.pump_resync(false).await?;
                 return Ok(());
             };
             let local = serde_json::from_str::<Value>(&entry.payload)

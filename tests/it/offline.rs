@@ -321,3 +321,54 @@ async fn the_clouds_tag_answers_and_local_list_are_used_offline() {
     let a = cp.call("StartTransaction", start("CACHEDBLOCK", 0)).await;
     assert_eq!(a[2]["idTagInfo"]["status"], "Blocked");
 }
+
+#[tokio::test]
+async fn the_cloud_gets_the_missed_boot_first_and_the_latest_statuses_last() {
+    let addr = free_addr();
+    let gw = Gateway::start(Some(&format!("ws://{addr}/ocpp")), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-SYNC")).await;
+    cp.call("BootNotification", boot()).await;
+    let status = |c: u32, s: &str| json!({"connectorId": c, "errorCode": "NoError", "status": s});
+    for (c, s) in [(1, "Preparing"), (2, "Available"), (1, "Charging")] {
+        cp.call("StatusNotification", status(c, s)).await;
+    }
+    let local = cp.call("StartTransaction", start("T", 0)).await[2]["transactionId"]
+        .as_i64()
+        .unwrap();
+    assert!(local < 0);
+
+    let mut csms = Csms::start_on(&addr.to_string(), default_answers()).await;
+    let got = collect(
+        &mut csms,
+        "CP-SYNC",
+        &["BootNotification", "StatusNotification", "StartTransaction"],
+        4,
+    )
+    .await;
+    let actions: Vec<&str> = got.iter().map(|v| v[2].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "BootNotification",
+            "StartTransaction",
+            "StatusNotification",
+            "StatusNotification"
+        ]
+    );
+    assert_eq!(got[0][3], boot(), "the charger's own boot payload");
+    assert_eq!(
+        got[2][3],
+        status(1, "Charging"),
+        "only the latest status of connector 1"
+    );
+    assert_eq!(got[3][3], status(2, "Available"));
+    assert!(
+        got.iter()
+            .all(|v| v[1].as_str().unwrap().starts_with("cg-")),
+        "the gateway's own message ids"
+    );
+    gw.wait_event("CP-SYNC", "Replayed", |e| {
+        e["action"] == "StatusNotification"
+    })
+    .await;
+}

@@ -244,6 +244,21 @@ impl Journal {
         Ok(self.commit(ops).await?[0])
     }
 
+    /// Queue operations for the next group commit without waiting for it.
+    /// Order with later writes is kept (one writer); only a crash before
+    /// that commit can lose them.
+    pub async fn submit(&self, ops: Vec<Op>) {
+        if self
+            .inner
+            .tx
+            .send(Msg::Append(Append { ops, done: None }))
+            .await
+            .is_err()
+        {
+            log::warn!("journal closed; write dropped");
+        }
+    }
+
     /// Write events and outbox operations in one transaction and wait until
     /// it is committed. Returns one number per operation (see `Op`).
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<u64>, JournalError> {

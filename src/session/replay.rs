@@ -293,9 +293,10 @@ impl Session {
                 event: ev,
             });
         }
-        if let Err(e) = self.ctx.journal.commit(ops).await {
-            log::error!(charger_id = self.id.as_str(); "cannot remove answered outbox entry {key}: {e}");
-        }
+        // Not awaited: the next entry can go out while this commits (group
+        // commit). A crash before the commit means this entry is sent again,
+        // the same window as a crash just before the cloud's answer arrived.
+        self.ctx.journal.submit(ops).await;
         if f.direct {
             self.send_charger(text.to_string()).await?;
         }

@@ -24,6 +24,8 @@ use crate::event::{Event, Link};
 use crate::journal::{Journal, JournalConfig};
 use crate::ocpp::frame::{self, Frame};
 
+mod replay;
+
 /// Benchmark settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -39,6 +41,14 @@ pub struct BenchArgs {
     /// Worker threads of the gateway under test (default: tokio's, one per core).
     #[arg(long)]
     pub gateway_threads: Option<usize>,
+    /// Instead of the relay figures: replay this many queued messages and
+    /// time it against sending them directly (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    pub replay: usize,
+    /// With --replay: fill the journal with this many MB of events first,
+    /// to time the daemon's start with a big journal.
+    #[arg(long, default_value_t = 0)]
+    pub journal_mb: usize,
     /// Skip the nginx baseline even if nginx is installed.
     #[arg(long)]
     pub no_nginx: bool,
@@ -92,7 +102,7 @@ pub async fn sink() -> std::io::Result<std::net::SocketAddr> {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open(url: &str) -> anyhow::Result<Ws> {
+pub(crate) async fn open(url: &str) -> anyhow::Result<Ws> {
     let mut req = url.into_client_request()?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -123,7 +133,7 @@ async fn call(ws: &mut Ws, n: usize) -> anyhow::Result<Duration> {
     Ok(t0.elapsed())
 }
 
-async fn answer(ws: &mut Ws, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn answer(ws: &mut Ws, id: &str) -> anyhow::Result<()> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -212,7 +222,7 @@ async fn start_gateway(
     dir: &Path,
     sink: std::net::SocketAddr,
     threads: Option<usize>,
-) -> anyhow::Result<(Child, String)> {
+) -> anyhow::Result<(Child, String, std::net::SocketAddr)> {
     let cfg = format!(
         "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n",
         dir.join("data")
@@ -241,7 +251,12 @@ async fn start_gateway(
         .find_map(|w| w.strip_prefix("ocpp="))
         .context("no READY line")?
         .to_string();
-    Ok((child, format!("ws://{ocpp}/ocpp")))
+    let api = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .context("no api address")?
+        .parse()?;
+    Ok((child, format!("ws://{ocpp}/ocpp"), api))
 }
 
 fn start_nginx(
@@ -340,7 +355,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     let dir = tempfile_dir()?;
     let sink = sink().await?;
-    let (gw, gw_url) = start_gateway(&dir, sink, args.gateway_threads).await?;
+    if args.replay > 0 {
+        let r = replay::run(&dir, sink, args.replay, args.journal_mb).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return r;
+    }
+    let (gw, gw_url, _) = start_gateway(&dir, sink, args.gateway_threads).await?;
     let gw_pid = gw.id().context("gateway pid")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kb(gw_pid);

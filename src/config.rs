@@ -100,6 +100,9 @@ pub struct Config {
     /// OCPP 1.6 TransactionMessageRetryInterval (× attempts so far).
     pub tx_retry_interval: Duration,
     pub offline_mode: OfflineMode,
+    /// OCPP 1.6 StopTransactionOnInvalidId, applied by the gateway to
+    /// transactions it let start offline.
+    pub stop_on_invalid_id: bool,
     pub upstream: Option<UpstreamConfig>,
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
@@ -344,6 +347,7 @@ impl Config {
                     "transaction_message_attempts",
                     "transaction_message_retry_interval_secs",
                     "mode",
+                    "stop_transaction_on_invalid_id",
                 ],
             );
         }
@@ -403,6 +407,7 @@ impl Config {
                 OfflineMode::Hold
             }
         };
+        let stop_on_invalid_id = r.boolean(off, "offline", "stop_transaction_on_invalid_id", true);
         let policy = Policy {
             authorize,
             id_tags,
@@ -449,6 +454,7 @@ impl Config {
             tx_attempts,
             tx_retry_interval,
             offline_mode,
+            stop_on_invalid_id,
             upstream,
             api_listen,
             api_token,

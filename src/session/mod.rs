@@ -147,6 +147,8 @@ struct Session {
     /// Local transaction id → the cloud's, and back.
     to_cloud: HashMap<i64, i64>,
     to_local: HashMap<i64, i64>,
+    /// Offline transactions stopped because the cloud refused their tag.
+    deauthorized: std::collections::HashSet<i64>,
     /// Boot and statuses the cloud missed while the gateway answered.
     resync: Resync,
     last_rx: Instant,
@@ -201,6 +203,7 @@ pub async fn run(
         to_cloud: HashMap::new(),
         to_local: HashMap::new(),
         resync: Resync::default(),
+        deauthorized: Default::default(),
         last_rx: now,
         last_ping: now,
     };

@@ -159,13 +159,24 @@ impl Session {
         let key = match self.ctx.journal.commit(ops).await {
             Ok(keys) => keys[0],
             Err(e) => {
-                log::error!(charger_id = self.id.as_str(); "cannot queue {action}: {e}");
-                let reply = frame::call_error(
-                    &id,
-                    "InternalError",
-                    "gateway storage unavailable; retry later",
+                // Storage is failing (disk full?): the journal raised its
+                // alarm. The cloud is there, so relay the message as a plain
+                // proxy would rather than refuse it.
+                log::error!(charger_id = self.id.as_str(); "cannot queue {action}, relaying it unqueued: {e}");
+                let text = frame::call_raw(&id, &action, payload.get());
+                if !self.send_upstream(&text).await {
+                    self.link_down("write to cloud failed".into(), None).await?;
+                    return self.answer_locally(&id, &action, &payload, Queue::No).await;
+                }
+                self.pending_up.insert(
+                    id,
+                    super::PendingUp {
+                        action,
+                        payload,
+                        sent: Instant::now(),
+                    },
                 );
-                return self.send_charger(reply).await;
+                return Ok(());
             }
         };
         self.outbox.push_back((key, entry));
@@ -182,6 +193,7 @@ impl Session {
             self.to_cloud.get(&l).copied()
         })
         .unwrap_or(entry.payload.clone());
+        let payload = self.mark_deauthorized(&entry, payload);
         let direct = charger_id.is_some();
         let msg_id = charger_id.unwrap_or_else(|| format!("cg-r{key}-{}", fastrand::u32(..)));
         let text = frame::call_raw(&msg_id, &entry.action, &payload);
@@ -195,6 +207,29 @@ impl Session {
             return self.link_down("write to cloud failed".into(), None).await;
         }
         Ok(())
+    }
+
+    /// The StopTransaction of a transaction the gateway stopped because the
+    /// cloud refused its id tag carries reason DeAuthorized.
+    fn mark_deauthorized(&self, entry: &Entry, payload: String) -> String {
+        if entry.action != "StopTransaction" || self.deauthorized.is_empty() {
+            return payload;
+        }
+        let Ok(mut v) = serde_json::from_str::<Value>(&entry.payload) else {
+            return payload;
+        };
+        if !v["transactionId"]
+            .as_i64()
+            .is_some_and(|t| self.deauthorized.contains(&t))
+        {
+            return payload;
+        }
+        let Ok(mut out) = serde_json::from_str::<Value>(&payload) else {
+            return payload;
+        };
+        v["reason"] = "DeAuthorized".into();
+        out["reason"] = v["reason"].clone();
+        out.to_string()
     }
 
     /// Send the next queued entry when the cloud link is free.
@@ -299,8 +334,45 @@ impl Session {
         self.ctx.journal.submit(ops).await;
         if f.direct {
             self.send_charger(text.to_string()).await?;
+        } else if entry.action == "StartTransaction" {
+            let status = crate::ocpp::messages::AnswerFields::read(payload).status();
+            if let (Some(local), Some(s)) = (entry.local_tx, status) {
+                if s != "Accepted" {
+                    self.deauthorize(local, &s).await?;
+                }
+            }
         }
         self.pump_outbox().await
+    }
+
+    /// The cloud did not accept the id tag of a transaction the gateway let
+    /// start offline. OCPP 1.6 StopTransactionOnInvalidId: if it is still
+    /// running, the gateway stops it, and its StopTransaction goes to the
+    /// cloud with reason DeAuthorized.
+    async fn deauthorize(&mut self, local: i64, status: &str) -> Result<(), End> {
+        if !self.ctx.cfg.stop_on_invalid_id {
+            return Ok(());
+        }
+        let state = self.ctx.journal.state();
+        let running = state.chargers.get(&self.id).is_some_and(|c| {
+            c.transactions
+                .values()
+                .any(|t| t.transaction_id == Some(local))
+        });
+        if !running {
+            return Ok(());
+        }
+        log::warn!(charger_id = self.id.as_str(); "{}: the cloud answered {status} for offline transaction {local}: stopping it", self.id);
+        self.deauthorized.insert(local);
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let payload = serde_json::json!({ "transactionId": local });
+        self.queue_down.push_back(super::Queued::Local {
+            action: "RemoteStopTransaction".into(),
+            payload,
+            source: Source::Gateway,
+            reply,
+        });
+        self.pump_down().await
     }
 
     /// The cloud refused the entry in flight with a CALLERROR.

@@ -372,3 +372,52 @@ async fn the_cloud_gets_the_missed_boot_first_and_the_latest_statuses_last() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_offline_transaction_the_cloud_refuses_is_stopped_as_deauthorized() {
+    let addr = free_addr();
+    let gw = Gateway::start(Some(&format!("ws://{addr}/ocpp")), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-DEAUTH")).await;
+    let a = cp.call("StartTransaction", start("STOLEN", 0)).await;
+    assert_eq!(
+        a[2]["idTagInfo"]["status"], "Accepted",
+        "offline, the policy let it start"
+    );
+    let local = a[2]["transactionId"].as_i64().unwrap();
+
+    let answers: Answerer = Arc::new(|action: &str, req: &Value| match action {
+        "StartTransaction" => {
+            Some(json!({"transactionId": 5150, "idTagInfo": {"status": "Invalid"}}))
+        }
+        _ => default_answers()(action, req),
+    });
+    let mut csms = Csms::start_on(&addr.to_string(), answers).await;
+    // The gateway stops the running transaction on the charger …
+    let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(
+        (v[2].as_str(), v[3]["transactionId"].as_i64()),
+        (Some("RemoteStopTransaction"), Some(local))
+    );
+    assert!(
+        v[1].as_str().unwrap().starts_with("cg-"),
+        "the gateway's own call"
+    );
+    cp.send(&json!([3, v[1], {"status": "Accepted"}]).to_string())
+        .await;
+    cp.call("StopTransaction", json!({"transactionId": local, "meterStop": 5, "timestamp": "2026-01-01T10:30:00Z", "reason": "Remote"})).await;
+    // … and the cloud gets its StopTransaction as DeAuthorized, with its own id.
+    let got = collect(
+        &mut csms,
+        "CP-DEAUTH",
+        &["StartTransaction", "StopTransaction"],
+        2,
+    )
+    .await;
+    assert_eq!(got[1][3]["transactionId"], 5150);
+    assert_eq!(got[1][3]["reason"], "DeAuthorized");
+    // The RemoteStop's answer was consumed by the gateway, never forwarded.
+    gw.wait_event("CP-DEAUTH", "RemoteAction", |e| {
+        e["action"] == "RemoteStopTransaction" && e["source"] == "gateway"
+    })
+    .await;
+}

@@ -11,7 +11,11 @@
 //!
 //! - [`ocpp`]: pure protocol code (framing, payloads, local answers).
 //! - [`event`]: the journal's vocabulary and the OCPP → event mapping.
-//! - [`journal`]: redb storage, group commit, retention, live stream.
+//! - [`journal`]: redb storage, group commit, retention, live stream; the
+//!   only place that opens the database.
+//! - [`outbox`]: queued transaction messages, dead letters, id map (the
+//!   session's side of it is `session/replay.rs` and `session/resync.rs`).
+//! - [`auth`]: authorization cache and local lists for offline answers.
 //! - [`state`]: live state of every charger, a fold of the journal.
 //! - [`config`]: TOML → validated [`config::Config`].
 //! - [`daemon`]: start, serve, drain on shutdown.

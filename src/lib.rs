@@ -20,7 +20,7 @@
 //! - [`config`]: TOML → validated [`config::Config`].
 //! - [`daemon`]: start, serve, drain on shutdown.
 //! - [`api`] and [`client`]: the local HTTP API and the CLI's use of it.
-//! - [`sim`]: simulated chargers; [`bench`]: the relay benchmark.
+//! - [`sim`]: simulated chargers; [`bench`](mod@bench): the relay benchmark.
 //! - [`logging`]: journald or stderr.
 
 #![forbid(unsafe_code)]

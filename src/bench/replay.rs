@@ -136,7 +136,17 @@ pub(super) async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let replay_rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(gw); // kill_on_drop: SIGKILL, no clean shutdown
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let (gw, _, _) = start_gateway(dir, sink, None).await?;
+    println!(
+        "daemon start after SIGKILL (crash recovery) to accepting chargers: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     drop(gw);
+    let size = std::fs::metadata(journal::path_in(&dir.join("data")))?.len();
+    println!("journal file after the replay: {:.1} MB", size as f64 / 1e6);
     let direct_rate = direct(sink, n).await.context("direct baseline")?;
     println!(
         "replay of {n} queued messages: {replay_rate:.0} msg/s; sent directly by one client: {direct_rate:.0} msg/s; replay ÷ direct = {:.2}",

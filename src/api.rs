@@ -87,6 +87,10 @@ fn router(ctx: Ctx) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/chargers/{id}", get(charger))
         .route("/api/v1/chargers/{id}/dead-letters", get(dead_letters))
+        .route(
+            "/api/v1/chargers/{id}/actions/{name}",
+            axum::routing::post(action),
+        )
         .route("/api/v1/events", get(events))
         .route("/api/v1/events/stream", get(stream))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
@@ -169,6 +173,107 @@ async fn charger(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
         Some(c) => Json(c).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}")),
     }
+}
+
+/// The answer to a remote action.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub charger: String,
+    pub action: String,
+    /// The OCPP call that carried it.
+    pub call: String,
+    pub request: serde_json::Value,
+    /// `result`, `error`, `timeout` or `disconnected`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+async fn action(
+    State(ctx): State<Ctx>,
+    Path((id, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Option<Json<crate::actions::ActionRequest>>,
+) -> Response {
+    use crate::event::Source;
+    use crate::session::{CallOutcome, Command};
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let source = match headers
+        .get("x-chargegate-source")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("cli") => Source::Cli,
+        Some("web") => Source::Web,
+        Some("mqtt") => Source::Mqtt,
+        _ => Source::Api,
+    };
+    let state = ctx.journal.state();
+    let charger = state.chargers.get(&id);
+    let connected = ctx.registry.get(&id);
+    if charger.is_none() && connected.is_none() && !ctx.cfg.chargers.contains_key(&id) {
+        return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));
+    }
+    let (call, payload) =
+        match crate::actions::to_call(&name, &req, charger, &ctx.cfg.default_id_tag) {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+    let Some(cmd) = connected else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("charger {id:?} is offline (not connected to the gateway)"),
+        );
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let sent = cmd
+        .send(Command::Call {
+            action: call.to_string(),
+            payload: payload.clone(),
+            source,
+            reply,
+        })
+        .await;
+    if sent.is_err() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("charger {id:?} just disconnected"),
+        );
+    }
+    // The session times the call out itself (call_timeout); this is a backstop.
+    let wait = ctx.cfg.call_timeout * 3 + std::time::Duration::from_secs(5);
+    let outcome = tokio::time::timeout(wait, rx)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or(CallOutcome::Timeout);
+    let (outcome, result, err) = match outcome {
+        CallOutcome::Result(v) => ("result", Some(v), None),
+        CallOutcome::Error { code, description } => {
+            ("error", None, Some(format!("{code}: {description}")))
+        }
+        CallOutcome::Timeout => (
+            "timeout",
+            None,
+            Some("the charger did not answer in time".to_string()),
+        ),
+        CallOutcome::Disconnected => (
+            "disconnected",
+            None,
+            Some("the charger disconnected before answering".to_string()),
+        ),
+    };
+    Json(ActionResult {
+        charger: id,
+        action: name,
+        call: call.into(),
+        request: payload,
+        outcome: outcome.into(),
+        result,
+        error: err,
+    })
+    .into_response()
 }
 
 async fn dead_letters(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -23,6 +23,25 @@ pub struct ApiClient {
 impl ApiClient {
     /// GET a path and decode its JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> anyhow::Result<T> {
+        self.request("GET", path_and_query, None).await
+    }
+
+    /// POST a JSON body and decode the JSON answer; the gateway journals
+    /// the action with source `cli`.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.request("POST", path, Some(body.to_string())).await
+    }
+
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<T> {
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(self.addr))
             .await
             .map_err(|_| anyhow::anyhow!("the daemon's API at {} did not answer", self.addr))?
@@ -35,13 +54,23 @@ impl ApiClient {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut req = hyper::Request::get(path_and_query).header("host", self.addr.to_string());
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header("host", self.addr.to_string());
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let resp = sender
-            .send_request(req.body(Empty::<Bytes>::new())?)
-            .await?;
+        let body = match body {
+            Some(b) => {
+                req = req
+                    .header("content-type", "application/json")
+                    .header("x-chargegate-source", "cli");
+                Full::new(Bytes::from(b))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let resp = sender.send_request(req.body(body)?).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
@@ -177,6 +206,22 @@ pub fn format_status(s: &Status) -> String {
         out.push_str(&line(r));
     }
     out
+}
+
+/// A remote action's result for people.
+pub fn format_action(r: &crate::api::ActionResult) -> String {
+    let what = match (&r.result, &r.error) {
+        (Some(v), _) => match v.get("status").and_then(|s| s.as_str()) {
+            Some(s) => s.to_string(),
+            None => v.to_string(),
+        },
+        (None, Some(e)) => format!("{} ({e})", r.outcome),
+        (None, None) => r.outcome.clone(),
+    };
+    format!(
+        "{} {}: {} {} → {what}",
+        r.action, r.charger, r.call, r.request
+    )
 }
 
 /// One journal record as a log line.

@@ -106,6 +106,8 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
+    /// Id tag for a remote start when none is given.
+    pub default_id_tag: String,
     pub journal_max_age: Duration,
     pub journal_max_bytes: u64,
     pub chargers: BTreeMap<String, ChargerConfig>,
@@ -418,10 +420,19 @@ impl Config {
 
         let a = r.table(root, "api");
         if let Some(t) = a {
-            r.unknown_keys(t, "api", &["listen", "token"]);
+            r.unknown_keys(t, "api", &["listen", "token", "default_id_tag"]);
         }
         let api_listen = r.addr(a, "api", "listen", "127.0.0.1:8180");
         let api_token = r.string(a, "api", "token", None).filter(|t| !t.is_empty());
+        let default_id_tag = r
+            .string(a, "api", "default_id_tag", Some("CHARGEGATE"))
+            .unwrap_or_default();
+        if default_id_tag.is_empty() || default_id_tag.len() > 20 {
+            r.problem(
+                "api.default_id_tag",
+                "expected an id tag of 1 to 20 characters",
+            );
+        }
         if !api_listen.ip().is_loopback() && api_token.is_none() {
             r.problem(
                 "api.token",
@@ -458,6 +469,7 @@ impl Config {
             upstream,
             api_listen,
             api_token,
+            default_id_tag,
             journal_max_age,
             journal_max_bytes,
             chargers,

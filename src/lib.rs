@@ -19,12 +19,14 @@
 //! - [`state`]: live state of every charger, a fold of the journal.
 //! - [`config`]: TOML → validated [`config::Config`].
 //! - [`daemon`]: start, serve, drain on shutdown.
+//! - [`actions`]: the remote actions, defined once for API, CLI and UI.
 //! - [`api`] and [`client`]: the local HTTP API and the CLI's use of it.
 //! - [`sim`]: simulated chargers; [`bench`](mod@bench): the relay benchmark.
 //! - [`logging`]: journald or stderr.
 
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod bench;

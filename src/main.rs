@@ -60,6 +60,30 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a remote action on a charger: reboot, start, stop, unlock,
+    /// enable, disable, trigger, get-config, change-config.
+    Action {
+        name: String,
+        charger: String,
+        #[arg(long)]
+        connector: Option<u32>,
+        #[arg(long)]
+        id_tag: Option<String>,
+        /// reboot: hard reset.
+        #[arg(long)]
+        hard: bool,
+        /// get-config / change-config: the key.
+        #[arg(long)]
+        key: Option<String>,
+        /// change-config: the value.
+        #[arg(long)]
+        value: Option<String>,
+        /// trigger: the message (StatusNotification, Heartbeat, MeterValues, BootNotification).
+        #[arg(long)]
+        message: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Simulate OCPP 1.6 chargers against a gateway (or any CSMS).
     Sim {
         /// Base URL; the charger id is appended.
@@ -182,6 +206,50 @@ fn main() -> ExitCode {
                     token: cfg.api_token.clone(),
                 };
                 log_command(&api, charger, kind, since, limit, follow, json).await
+            }
+            Cmd::Action {
+                name,
+                charger,
+                connector,
+                id_tag,
+                hard,
+                key,
+                value,
+                message,
+                json,
+            } => {
+                let api = ApiClient {
+                    addr: cfg.api_listen,
+                    token: cfg.api_token.clone(),
+                };
+                let body = serde_json::to_value(chargegate::actions::ActionRequest {
+                    connector,
+                    id_tag,
+                    hard,
+                    key,
+                    value,
+                    message,
+                })?;
+                let enc = |s: &str| {
+                    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string()
+                };
+                let r: chargegate::api::ActionResult = api
+                    .post(
+                        &format!("/api/v1/chargers/{}/actions/{}", enc(&charger), enc(&name)),
+                        &body,
+                    )
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("{}", client::format_action(&r));
+                }
+                if r.outcome == "result" {
+                    Ok(())
+                } else {
+                    anyhow::bail!("{}", r.error.unwrap_or(r.outcome))
+                }
             }
             Cmd::Sim {
                 url,

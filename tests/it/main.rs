@@ -1,6 +1,7 @@
 //! Integration tests: the real daemon between real sockets. One test
 //! binary (one link step) with a small harness, ripgrep-style.
 
+mod actions;
 mod cli;
 mod crash;
 mod harness;

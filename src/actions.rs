@@ -1,0 +1,223 @@
+//! The remote actions staff run on a charger (the operator's "Remote
+//! actions" menu), defined once for the API, the CLI and later the web page
+//! and MQTT: each becomes one OCPP 1.6 call. Pure: request and live state
+//! in, the call (or a clear refusal) out.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::state::ChargerState;
+
+/// Parameters an action may take; which are used depends on the action.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActionRequest {
+    #[serde(default)]
+    pub connector: Option<u32>,
+    #[serde(default)]
+    pub id_tag: Option<String>,
+    /// Reboot: a hard reset instead of a soft one.
+    #[serde(default)]
+    pub hard: bool,
+    /// Configuration key (get-config, change-config).
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Trigger: the message to trigger (StatusNotification, Heartbeat, MeterValues, BootNotification).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The action names, as the API paths and the CLI take them.
+pub const NAMES: &[&str] = &[
+    "reboot",
+    "start",
+    "stop",
+    "unlock",
+    "enable",
+    "disable",
+    "trigger",
+    "get-config",
+    "change-config",
+];
+
+/// Why an action cannot be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown action {0:?} (known: {list})", list = NAMES.join(", "))]
+    UnknownAction(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no running transaction on connector {0}")]
+    NoTransaction(u32),
+}
+
+/// Turn an action into the OCPP 1.6 call that does it.
+pub fn to_call(
+    name: &str,
+    req: &ActionRequest,
+    state: Option<&ChargerState>,
+    default_id_tag: &str,
+) -> Result<(&'static str, Value), Refusal> {
+    let connector = |default: u32| req.connector.unwrap_or(default);
+    Ok(match name {
+        "reboot" => (
+            "Reset",
+            json!({"type": if req.hard { "Hard" } else { "Soft" }}),
+        ),
+        "start" => {
+            let tag = req.id_tag.as_deref().unwrap_or(default_id_tag);
+            if tag.is_empty() || tag.len() > 20 {
+                return Err(Refusal::BadRequest(
+                    "id tag must be 1 to 20 characters".into(),
+                ));
+            }
+            (
+                "RemoteStartTransaction",
+                json!({"connectorId": connector(1), "idTag": tag}),
+            )
+        }
+        "stop" => {
+            let c = connector(1);
+            let tx = state
+                .and_then(|s| s.transactions.get(&c))
+                .and_then(|t| t.transaction_id)
+                .ok_or(Refusal::NoTransaction(c))?;
+            ("RemoteStopTransaction", json!({"transactionId": tx}))
+        }
+        "unlock" => ("UnlockConnector", json!({"connectorId": connector(1)})),
+        "enable" | "disable" => {
+            let kind = if name == "enable" {
+                "Operative"
+            } else {
+                "Inoperative"
+            };
+            (
+                "ChangeAvailability",
+                json!({"connectorId": connector(0), "type": kind}),
+            )
+        }
+        "trigger" => {
+            let msg = req.message.as_deref().unwrap_or("StatusNotification");
+            if ![
+                "StatusNotification",
+                "Heartbeat",
+                "MeterValues",
+                "BootNotification",
+                "DiagnosticsStatusNotification",
+                "FirmwareStatusNotification",
+            ]
+            .contains(&msg)
+            {
+                return Err(Refusal::BadRequest(format!("cannot trigger {msg:?}")));
+            }
+            let mut p = json!({"requestedMessage": msg});
+            if let Some(c) = req.connector {
+                p["connectorId"] = c.into();
+            }
+            ("TriggerMessage", p)
+        }
+        "get-config" => match &req.key {
+            Some(k) => ("GetConfiguration", json!({"key": [k]})),
+            None => ("GetConfiguration", json!({})),
+        },
+        "change-config" => {
+            let (Some(key), Some(value)) = (&req.key, &req.value) else {
+                return Err(Refusal::BadRequest(
+                    "change-config needs a key and a value".into(),
+                ));
+            };
+            ("ChangeConfiguration", json!({"key": key, "value": value}))
+        }
+        other => return Err(Refusal::UnknownAction(other.to_string())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Transaction;
+
+    #[test]
+    fn actions_become_ocpp_calls() {
+        let r = |name, req: ActionRequest| to_call(name, &req, None, "GATEWAY");
+        assert_eq!(
+            r("reboot", ActionRequest::default()).unwrap(),
+            ("Reset", json!({"type": "Soft"}))
+        );
+        assert_eq!(
+            r(
+                "reboot",
+                ActionRequest {
+                    hard: true,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .1["type"],
+            "Hard"
+        );
+        assert_eq!(
+            r("start", ActionRequest::default()).unwrap(),
+            (
+                "RemoteStartTransaction",
+                json!({"connectorId": 1, "idTag": "GATEWAY"})
+            )
+        );
+        assert_eq!(
+            r("disable", ActionRequest::default()).unwrap().1,
+            json!({"connectorId": 0, "type": "Inoperative"})
+        );
+        assert!(matches!(
+            r("dance", ActionRequest::default()),
+            Err(Refusal::UnknownAction(_))
+        ));
+        assert!(matches!(
+            r(
+                "change-config",
+                ActionRequest {
+                    key: Some("K".into()),
+                    ..Default::default()
+                }
+            ),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(matches!(
+            r(
+                "trigger",
+                ActionRequest {
+                    message: Some("Reset".into()),
+                    ..Default::default()
+                }
+            ),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn stop_uses_the_running_transaction() {
+        let mut s = ChargerState::default();
+        assert_eq!(
+            to_call("stop", &ActionRequest::default(), Some(&s), "X"),
+            Err(Refusal::NoTransaction(1))
+        );
+        s.transactions.insert(
+            2,
+            Transaction {
+                connector: 2,
+                transaction_id: Some(-7),
+                id_tag: "T".into(),
+                meter_start: 0,
+                started: "t".into(),
+            },
+        );
+        let req = ActionRequest {
+            connector: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            to_call("stop", &req, Some(&s), "X").unwrap(),
+            ("RemoteStopTransaction", json!({"transactionId": -7}))
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Remote actions from the API and the CLI, through the gateway to a
+//! charger, one CALL at a time even when the cloud talks too.
+
+use serde_json::{json, Value};
+
+use chargegate::api::ActionResult;
+use chargegate::client::ApiClient;
+
+use crate::harness::*;
+
+fn api(gw: &Gateway) -> ApiClient {
+    ApiClient {
+        addr: gw.running.as_ref().unwrap().api_addr,
+        token: None,
+    }
+}
+
+/// Answer the next CALL the charger gets with `result`; returns that CALL.
+async fn answer_next(cp: &mut Charger, result: Value) -> Value {
+    let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(v[0], 2, "a CALL: {v}");
+    cp.send(&json!([3, v[1], result]).to_string()).await;
+    v
+}
+
+#[tokio::test]
+async fn actions_reach_the_charger_and_their_results_come_back() {
+    let gw = Gateway::start(None, "").await;
+    let mut cp = Charger::connect(&gw.url("CP-ACT")).await;
+    cp.call("BootNotification", boot()).await;
+    let api = api(&gw);
+
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.post::<ActionResult>(
+                "/api/v1/chargers/CP-ACT/actions/reboot",
+                &json!({"hard": true}),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let v = answer_next(&mut cp, json!({"status": "Accepted"})).await;
+    assert_eq!(
+        (v[2].as_str(), v[3]["type"].as_str()),
+        (Some("Reset"), Some("Hard"))
+    );
+    assert!(
+        v[1].as_str().unwrap().starts_with("cg-"),
+        "the gateway's own message id"
+    );
+    let r = call.await.unwrap();
+    assert_eq!(
+        (
+            r.outcome.as_str(),
+            r.result.as_ref().unwrap()["status"].as_str()
+        ),
+        ("result", Some("Accepted"))
+    );
+    gw.wait_event("CP-ACT", "RemoteAction", |e| {
+        e["action"] == "Reset" && e["source"] == "cli" && e["result"]["status"] == "Accepted"
+    })
+    .await;
+
+    // Stop knows the running transaction.
+    let tx = cp.call("StartTransaction", json!({"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "2026-01-01T00:00:00Z"})).await[2]["transactionId"].as_i64().unwrap();
+    gw.wait_event("CP-ACT", "StartTransaction", |_| true).await;
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.post::<ActionResult>("/api/v1/chargers/CP-ACT/actions/stop", &json!({}))
+                .await
+                .unwrap()
+        }
+    });
+    let v = answer_next(&mut cp, json!({"status": "Accepted"})).await;
+    assert_eq!(
+        (v[2].as_str(), v[3]["transactionId"].as_i64()),
+        (Some("RemoteStopTransaction"), Some(tx))
+    );
+    assert_eq!(call.await.unwrap().outcome, "result");
+
+    // A charger that answers with a CALLERROR: the error comes back.
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.post::<ActionResult>(
+                "/api/v1/chargers/CP-ACT/actions/unlock",
+                &json!({"connector": 2}),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(v[3]["connectorId"], 2);
+    cp.send(&json!([4, v[1], "NotSupported", "no lock", {}]).to_string())
+        .await;
+    let r = call.await.unwrap();
+    assert_eq!(
+        (r.outcome.as_str(), r.error.as_deref()),
+        ("error", Some("NotSupported: no lock"))
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_clear() {
+    let gw = Gateway::start(None, "[[charger]]\nid = \"CP-AWAY\"\n").await;
+    let api = api(&gw);
+    let err = |r: anyhow::Result<ActionResult>| r.unwrap_err().to_string();
+    let e = err(api
+        .post("/api/v1/chargers/NOPE/actions/reboot", &json!({}))
+        .await);
+    assert!(e.contains("404") && e.contains("unknown charger"), "{e}");
+    let e = err(api
+        .post("/api/v1/chargers/CP-AWAY/actions/reboot", &json!({}))
+        .await);
+    assert!(e.contains("409") && e.contains("offline"), "{e}");
+    let _cp = Charger::connect(&gw.url("CP-HERE")).await;
+    gw.wait_event("CP-HERE", "Connect", |_| true).await;
+    let e = err(api
+        .post("/api/v1/chargers/CP-HERE/actions/stop", &json!({}))
+        .await);
+    assert!(
+        e.contains("400") && e.contains("no running transaction on connector 1"),
+        "{e}"
+    );
+    let e = err(api
+        .post("/api/v1/chargers/CP-HERE/actions/dance", &json!({}))
+        .await);
+    assert!(e.contains("unknown action"), "{e}");
+}
+
+#[tokio::test]
+async fn gateway_and_cloud_calls_take_turns_on_one_charger() {
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-TURN")).await;
+    csms.next_connect().await;
+    let api = api(&gw);
+
+    // The cloud's call is out; the gateway's waits for it.
+    csms.send("CP-TURN", r#"[2,"cloud-1","GetConfiguration",{}]"#);
+    let cloud_call: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(cloud_call[1], "cloud-1");
+    let local = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.post::<ActionResult>(
+                "/api/v1/chargers/CP-TURN/actions/trigger",
+                &json!({"message": "Heartbeat"}),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    // Nothing else reaches the charger while the cloud's call is unanswered.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), cp.recv()).await;
+    assert!(early.is_err(), "the gateway sent a second CALL: {early:?}");
+    cp.send(r#"[3,"cloud-1",{"configurationKey":[]}]"#).await;
+    let v = answer_next(&mut cp, json!({"status": "Accepted"})).await;
+    assert_eq!(v[2], "TriggerMessage");
+    // While the gateway's call is out, a new cloud call waits in turn.
+    csms.send("CP-TURN", r#"[2,"cloud-2","Reset",{"type":"Soft"}]"#);
+    assert_eq!(local.await.unwrap().outcome, "result");
+    let v = answer_next(&mut cp, json!({"status": "Accepted"})).await;
+    assert_eq!(v[1], "cloud-2");
+
+    // The cloud got its two answers and never the gateway's.
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let v: Value = serde_json::from_str(&csms.next_frame("CP-TURN").await).unwrap();
+        if v[0] == 3 {
+            answers.push(v[1].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(answers, ["cloud-1", "cloud-2"]);
+}
+
+#[test]
+fn the_cli_runs_an_action() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cp, p, cfg) = rt.block_on(async {
+        let cfg = write_config(dir.path(), &config_text(&dir.path().join("data"), None, ""));
+        let p = Process::spawn(&cfg).await;
+        let cp = Charger::connect(&format!("ws://{}/ocpp/CP-CLI-ACT", p.ocpp)).await;
+        // The CLI finds the API through a config naming the bound port.
+        let text = config_text(&dir.path().join("data"), None, "").replace(
+            "[api]\nlisten = \"127.0.0.1:0\"",
+            &format!("[api]\nlisten = \"{}\"", p.api),
+        );
+        let cli_dir = dir.path().join("cli");
+        std::fs::create_dir_all(&cli_dir).unwrap();
+        (cp, p, write_config(&cli_dir, &text))
+    });
+    let c = cfg.to_str().unwrap().to_string();
+    let out = std::thread::spawn(move || cli(&["--config", &c, "action", "reboot", "CP-CLI-ACT"]));
+    rt.block_on(async {
+        let v = answer_next(&mut cp, json!({"status": "Rejected"})).await;
+        assert_eq!(v[2], "Reset");
+    });
+    let (code, out, err) = out.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        r#"reboot CP-CLI-ACT: Reset {"type":"Soft"} → Rejected"#
+    );
+    rt.block_on(p.kill9());
+}

@@ -33,6 +33,7 @@ pub const NAMES: &[&str] = &[
     "reboot",
     "start",
     "stop",
+    "force-stop",
     "unlock",
     "enable",
     "disable",

@@ -211,6 +211,27 @@ async fn action(
     };
     let state = ctx.journal.state();
     let charger = state.chargers.get(&id);
+    if name == "force-stop" {
+        if ctx.registry.get(&id).is_none() && charger.is_none() {
+            return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));
+        }
+        let connector = req.connector.unwrap_or(1);
+        return match crate::force_stop::run(&ctx, &id, connector, source, ctx.cfg.force_stop_wait)
+            .await
+        {
+            Ok(report) => Json(ActionResult {
+                charger: id,
+                action: name,
+                call: "RemoteStopTransaction (escalating)".into(),
+                request: serde_json::json!({ "connectorId": connector }),
+                outcome: "result".into(),
+                result: serde_json::to_value(&report).ok(),
+                error: None,
+            })
+            .into_response(),
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+    }
     let connected = ctx.registry.get(&id);
     if charger.is_none() && connected.is_none() && !ctx.cfg.chargers.contains_key(&id) {
         return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));

@@ -108,6 +108,8 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Id tag for a remote start when none is given.
     pub default_id_tag: String,
+    /// Force stop: how long each step waits for the charger's StopTransaction.
+    pub force_stop_wait: Duration,
     pub journal_max_age: Duration,
     pub journal_max_bytes: u64,
     pub chargers: BTreeMap<String, ChargerConfig>,
@@ -420,13 +422,19 @@ impl Config {
 
         let a = r.table(root, "api");
         if let Some(t) = a {
-            r.unknown_keys(t, "api", &["listen", "token", "default_id_tag"]);
+            r.unknown_keys(
+                t,
+                "api",
+                &["listen", "token", "default_id_tag", "force_stop_wait_secs"],
+            );
         }
         let api_listen = r.addr(a, "api", "listen", "127.0.0.1:8180");
         let api_token = r.string(a, "api", "token", None).filter(|t| !t.is_empty());
         let default_id_tag = r
             .string(a, "api", "default_id_tag", Some("CHARGEGATE"))
             .unwrap_or_default();
+        let force_stop_wait =
+            Duration::from_secs(r.int(a, "api", "force_stop_wait_secs", 30, 1, 3600) as u64);
         if default_id_tag.is_empty() || default_id_tag.len() > 20 {
             r.problem(
                 "api.default_id_tag",
@@ -470,6 +478,7 @@ impl Config {
             api_listen,
             api_token,
             default_id_tag,
+            force_stop_wait,
             journal_max_age,
             journal_max_bytes,
             chargers,

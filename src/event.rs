@@ -98,6 +98,10 @@ pub enum Event {
         reason: Option<String>,
         timestamp: String,
         answered_by: Source,
+        /// Closed by the gateway after a force stop the charger did not
+        /// follow: the meter reading may be incomplete, not billable.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forced: bool,
     },
     MeterValues {
         connector: u32,
@@ -269,10 +273,16 @@ impl Event {
                 transaction_id,
                 meter_stop,
                 reason,
+                forced,
                 ..
             } => {
                 format!(
-                    "transaction {transaction_id} meter {meter_stop} Wh reason {}",
+                    "{}transaction {transaction_id} meter {meter_stop} Wh reason {}",
+                    if *forced {
+                        "FORCE-STOPPED (not billable) "
+                    } else {
+                        ""
+                    },
                     opt(reason)
                 )
             }
@@ -402,6 +412,7 @@ pub fn for_charger_call(
                 reason: s.reason,
                 timestamp: s.timestamp,
                 answered_by,
+                forced: false,
             }
         }
         "MeterValues" => {

@@ -34,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod force_stop;
 pub mod journal;
 pub mod logging;
 pub mod ocpp;

@@ -289,6 +289,7 @@ mod tests {
                 reason: None,
                 timestamp: "y".into(),
                 answered_by: Source::Cloud,
+                forced: false,
             },
         ));
         assert!(s.chargers["CP1"].transactions.is_empty());

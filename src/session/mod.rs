@@ -40,6 +40,15 @@ use resync::Resync;
 pub enum Command {
     /// A newer connection with the same id took over.
     Replace,
+    /// Queue a message for the cloud as if the charger had sent it, and
+    /// journal `event` with it (a force-stopped transaction's
+    /// StopTransaction). Replies once it is stored.
+    Enqueue {
+        action: String,
+        payload: Value,
+        event: Event,
+        reply: oneshot::Sender<bool>,
+    },
     /// Send a call of the gateway's own to the charger.
     Call {
         action: String,
@@ -282,6 +291,7 @@ impl Session {
                         self.queue_down.push_back(Queued::Local { action, payload, source, reply });
                         self.pump_down().await
                     }
+                    Some(Command::Enqueue { action, payload, event, reply }) => self.enqueue(action, payload, event, reply).await,
                 },
                 _ = tick.tick() => self.on_tick().await,
                 _ = &mut shutdown => Err(End::new("gateway shutting down", Some((CloseCode::Away, "gateway shutting down")))),

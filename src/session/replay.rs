@@ -183,6 +183,47 @@ impl Session {
         self.send_entry(key, Some(id)).await
     }
 
+    /// Queue a message the gateway writes on the charger's behalf.
+    pub(super) async fn enqueue(
+        &mut self,
+        action: String,
+        payload: Value,
+        event: Event,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    ) -> Result<(), End> {
+        let mut ops = vec![Op::Event {
+            charger: Some(self.id.clone()),
+            event,
+        }];
+        let entry = Entry {
+            action,
+            payload: payload.to_string(),
+            queued_ms: now_ms(),
+            attempts: 0,
+            local_tx: None,
+        };
+        if self.uses_outbox() {
+            ops.push(Op::Outbox(outbox::Op::Push {
+                charger: self.id.clone(),
+                entry: entry.clone(),
+            }));
+        }
+        match self.ctx.journal.commit(ops).await {
+            Ok(keys) => {
+                if self.uses_outbox() {
+                    self.outbox.push_back((keys[1], entry));
+                }
+                let _ = reply.send(true);
+                self.pump_outbox().await
+            }
+            Err(e) => {
+                log::error!(charger_id = self.id.as_str(); "cannot queue {}: {e}", entry.action);
+                let _ = reply.send(false);
+                Ok(())
+            }
+        }
+    }
+
     /// Send one outbox entry to the cloud; `charger_id` when the charger
     /// waits for the answer under that id.
     async fn send_entry(&mut self, key: u64, charger_id: Option<String>) -> Result<(), End> {

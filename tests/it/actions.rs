@@ -209,3 +209,116 @@ fn the_cli_runs_an_action() {
     );
     rt.block_on(p.kill9());
 }
+
+#[tokio::test]
+async fn force_stop_escalates_and_closes_the_transaction_when_the_charger_ignores_it() {
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "[api]\nforce_stop_wait_secs = 1\n").await;
+    let mut cp = Charger::connect(&gw.url("CP-STUCK")).await;
+    csms.next_connect().await;
+    let tx = cp.call("StartTransaction", json!({"connectorId": 1, "idTag": "T", "meterStart": 100, "timestamp": "2026-01-01T00:00:00Z"})).await[2]["transactionId"].as_i64().unwrap();
+    assert_eq!(tx, 4242);
+    let mv = json!({"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": "2026-01-01T00:10:00Z", "sampledValue": [{"value": "1234"}]}]});
+    cp.call("MeterValues", mv).await;
+    gw.wait_event("CP-STUCK", "MeterValues", |_| true).await;
+
+    let api = api(&gw);
+    let call = tokio::spawn(async move {
+        api.post::<ActionResult>("/api/v1/chargers/CP-STUCK/actions/force-stop", &json!({}))
+            .await
+            .unwrap()
+    });
+    // A charger that says no to everything.
+    let mut calls = Vec::new();
+    for answer in [
+        json!({"status": "Rejected"}),
+        json!({"status": "Rejected"}),
+        json!({"status": "UnlockFailed"}),
+        json!({"status": "Rejected"}),
+    ] {
+        calls.push(
+            answer_next(&mut cp, answer).await[2]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        calls,
+        [
+            "RemoteStopTransaction",
+            "ChangeAvailability",
+            "UnlockConnector",
+            "Reset"
+        ]
+    );
+    let r = call.await.unwrap();
+    let report = r.result.unwrap();
+    assert_eq!(
+        (
+            report["stopped_by_charger"].as_bool(),
+            report["closed_by_gateway"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    assert_eq!(report["steps"][3]["request"]["type"], "Hard");
+
+    // Closed in the journal as force-stopped, at the last known reading …
+    let ev = gw
+        .wait_event("CP-STUCK", "StopTransaction", |e| e["forced"] == true)
+        .await;
+    assert_eq!(
+        (
+            ev["meter_stop"].as_i64(),
+            ev["reason"].as_str(),
+            ev["answered_by"].as_str()
+        ),
+        (Some(1234), Some("Other"), Some("gateway"))
+    );
+    assert!(gw.journal().state().chargers["CP-STUCK"]
+        .transactions
+        .is_empty());
+    // … and toward the cloud.
+    loop {
+        let v: Value = serde_json::from_str(&csms.next_frame("CP-STUCK").await).unwrap();
+        if v[0] == 2 && v[2] == "StopTransaction" {
+            assert_eq!(
+                (
+                    v[3]["transactionId"].as_i64(),
+                    v[3]["meterStop"].as_i64(),
+                    v[3]["reason"].as_str()
+                ),
+                (Some(4242), Some(1234), Some("Other"))
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn force_stop_ends_at_the_first_step_a_charger_follows() {
+    let gw = Gateway::start(None, "[api]\nforce_stop_wait_secs = 5\n").await;
+    let mut cp = Charger::connect(&gw.url("CP-NICE")).await;
+    let tx = cp.call("StartTransaction", json!({"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "2026-01-01T00:00:00Z"})).await[2]["transactionId"].as_i64().unwrap();
+    gw.wait_event("CP-NICE", "StartTransaction", |_| true).await;
+    let api = api(&gw);
+    let call = tokio::spawn(async move {
+        api.post::<ActionResult>(
+            "/api/v1/chargers/CP-NICE/actions/force-stop",
+            &json!({"connector": 1}),
+        )
+        .await
+        .unwrap()
+    });
+    let v = answer_next(&mut cp, json!({"status": "Accepted"})).await;
+    assert_eq!(v[2], "RemoteStopTransaction");
+    cp.call("StopTransaction", json!({"transactionId": tx, "meterStop": 10, "timestamp": "2026-01-01T01:00:00Z", "reason": "Remote"})).await;
+    let report = call.await.unwrap().result.unwrap();
+    assert_eq!(
+        (
+            report["stopped_by_charger"].as_bool(),
+            report["steps"].as_array().unwrap().len()
+        ),
+        (Some(true), 1)
+    );
+}

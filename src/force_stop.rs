@@ -1,0 +1,201 @@
+//! "Force stop charging": a stop that does not depend on the charger's
+//! cooperation. RemoteStopTransaction first; if no StopTransaction follows
+//! in time, escalate: ChangeAvailability Inoperative, UnlockConnector, Hard
+//! Reset. If the charger still has not closed the transaction, the gateway
+//! closes it itself, in the journal and toward the cloud (reason `Other`,
+//! meter stop = last known reading, marked force-stopped: not billable).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::event::{Event, Source};
+use crate::server::Ctx;
+use crate::session::{CallOutcome, Command};
+
+/// One escalation step and how the charger answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub call: String,
+    pub request: Value,
+    pub outcome: String,
+}
+
+/// How a force stop went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub transaction_id: i64,
+    pub steps: Vec<Step>,
+    /// The charger sent its StopTransaction.
+    pub stopped_by_charger: bool,
+    /// The gateway closed the transaction itself (force-stopped, not billable).
+    pub closed_by_gateway: bool,
+}
+
+/// Why a force stop could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no running transaction on connector {0}")]
+    NoTransaction(u32),
+}
+
+/// Run the escalation for the transaction on `connector`.
+pub async fn run(
+    ctx: &Ctx,
+    charger: &str,
+    connector: u32,
+    source: Source,
+    wait: Duration,
+) -> Result<Report, Refusal> {
+    let state = ctx.journal.state();
+    let c = state.chargers.get(charger);
+    let tx = c
+        .and_then(|c| c.transactions.get(&connector))
+        .cloned()
+        .ok_or(Refusal::NoTransaction(connector))?;
+    let tx_id = tx.transaction_id.ok_or(Refusal::NoTransaction(connector))?;
+    let mut stream = ctx.journal.subscribe();
+    let mut report = Report {
+        transaction_id: tx_id,
+        steps: Vec::new(),
+        stopped_by_charger: false,
+        closed_by_gateway: false,
+    };
+    let steps: [(&str, Value); 4] = [
+        ("RemoteStopTransaction", json!({"transactionId": tx_id})),
+        (
+            "ChangeAvailability",
+            json!({"connectorId": connector, "type": "Inoperative"}),
+        ),
+        ("UnlockConnector", json!({"connectorId": connector})),
+        ("Reset", json!({"type": "Hard"})),
+    ];
+    for (call, request) in steps {
+        let outcome = match ctx.registry.get(charger) {
+            Some(cmd) => {
+                let (reply, rx) = oneshot::channel();
+                let sent = cmd
+                    .send(Command::Call {
+                        action: call.into(),
+                        payload: request.clone(),
+                        source,
+                        reply,
+                    })
+                    .await;
+                match (sent, tokio::time::timeout(wait * 2, rx).await) {
+                    (Ok(()), Ok(Ok(CallOutcome::Result(v)))) => v
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("answered")
+                        .to_string(),
+                    (Ok(()), Ok(Ok(CallOutcome::Error { code, .. }))) => format!("error {code}"),
+                    (Ok(()), Ok(Ok(CallOutcome::Timeout))) | (Ok(()), Err(_)) => "timeout".into(),
+                    _ => "charger disconnected".into(),
+                }
+            }
+            None => "charger offline".into(),
+        };
+        report.steps.push(Step {
+            call: call.into(),
+            request,
+            outcome,
+        });
+        if stopped(&mut stream, charger, tx_id, wait).await {
+            report.stopped_by_charger = true;
+            return Ok(report);
+        }
+    }
+    let still_running = ctx.journal.state().chargers.get(charger).is_some_and(|c| {
+        c.transactions
+            .values()
+            .any(|t| t.transaction_id == Some(tx_id))
+    });
+    if !still_running {
+        report.stopped_by_charger = true;
+        return Ok(report);
+    }
+    // The charger never closed it: the gateway does.
+    let meter_stop = c
+        .and_then(|c| c.meter.energy_wh)
+        .map(|wh| wh as i64)
+        .unwrap_or(tx.meter_start);
+    let timestamp = crate::session::now_rfc3339();
+    let payload = json!({"transactionId": tx_id, "meterStop": meter_stop, "timestamp": timestamp, "reason": "Other"});
+    let ev = Event::StopTransaction {
+        transaction_id: tx_id,
+        meter_stop,
+        reason: Some("Other".into()),
+        timestamp,
+        answered_by: Source::Gateway,
+        forced: true,
+    };
+    let queued = match ctx.registry.get(charger) {
+        Some(cmd) => {
+            let (reply, rx) = oneshot::channel();
+            let _ = cmd
+                .send(Command::Enqueue {
+                    action: "StopTransaction".into(),
+                    payload: payload.clone(),
+                    event: ev.clone(),
+                    reply,
+                })
+                .await;
+            rx.await.unwrap_or(false)
+        }
+        None => false,
+    };
+    if !queued {
+        // No session: journal it and queue it for the cloud directly; the
+        // next session of this charger picks the queue up.
+        let mut ops = vec![crate::journal::Op::Event {
+            charger: Some(charger.into()),
+            event: ev,
+        }];
+        if ctx.connector.is_some() {
+            let entry = crate::outbox::Entry {
+                action: "StopTransaction".into(),
+                payload: payload.to_string(),
+                queued_ms: 0,
+                attempts: 0,
+                local_tx: None,
+            };
+            ops.push(crate::journal::Op::Outbox(crate::outbox::Op::Push {
+                charger: charger.into(),
+                entry,
+            }));
+        }
+        if let Err(e) = ctx.journal.commit(ops).await {
+            log::error!(charger_id = charger; "cannot close force-stopped transaction {tx_id}: {e}");
+        }
+    }
+    report.closed_by_gateway = true;
+    Ok(report)
+}
+
+/// Wait up to `wait` for the charger's StopTransaction of `tx`.
+async fn stopped(
+    stream: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::journal::Record>>,
+    charger: &str,
+    tx: i64,
+    wait: Duration,
+) -> bool {
+    let found = tokio::time::timeout(wait, async {
+        loop {
+            match stream.recv().await {
+                Ok(r) if r.charger.as_deref() == Some(charger) => {
+                    if let Event::StopTransaction { transaction_id, .. } = r.event {
+                        if transaction_id == tx {
+                            return true;
+                        }
+                    }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    found.unwrap_or(false)
+}

@@ -34,6 +34,7 @@ pub const NAMES: &[&str] = &[
     "start",
     "stop",
     "force-stop",
+    "check",
     "unlock",
     "enable",
     "disable",

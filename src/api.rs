@@ -211,6 +211,25 @@ async fn action(
     };
     let state = ctx.journal.state();
     let charger = state.chargers.get(&id);
+    if name == "check" {
+        if ctx.registry.get(&id).is_none()
+            && charger.is_none()
+            && !ctx.cfg.chargers.contains_key(&id)
+        {
+            return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));
+        }
+        let report = crate::check::run(&ctx, &id, source, ctx.cfg.call_timeout).await;
+        return Json(ActionResult {
+            charger: id,
+            action: name,
+            call: "TriggerMessage".into(),
+            request: serde_json::json!({ "requestedMessage": ["StatusNotification", "Heartbeat", "MeterValues"] }),
+            outcome: "result".into(),
+            result: serde_json::to_value(&report).ok(),
+            error: None,
+        })
+        .into_response();
+    }
     if name == "force-stop" {
         if ctx.registry.get(&id).is_none() && charger.is_none() {
             return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));

@@ -224,6 +224,51 @@ pub fn format_action(r: &crate::api::ActionResult) -> String {
     )
 }
 
+/// A check report for people.
+pub fn format_check(charger: &str, report: &serde_json::Value) -> String {
+    let s = &report["state"];
+    let link = |l: &serde_json::Value| if l["up"] == true { "up" } else { "down" };
+    let boot = &s["boot"];
+    let mut out = format!(
+        "check {charger}: charger link {}, cloud link {}, {} {} firmware {}\n",
+        if report["connected"] == true {
+            "up"
+        } else {
+            "down"
+        },
+        link(&s["cloud_link"]),
+        boot["vendor"].as_str().unwrap_or("?"),
+        boot["model"].as_str().unwrap_or("?"),
+        boot["firmware"].as_str().unwrap_or("?"),
+    );
+    if let Some(cs) = s["connectors"].as_object() {
+        for (n, c) in cs {
+            out.push_str(&format!(
+                "  connector {n}: {} ({})\n",
+                c["status"].as_str().unwrap_or("?"),
+                c["error_code"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    for t in report["triggers"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  TriggerMessage {}: {}\n",
+            t["message"].as_str().unwrap_or("?"),
+            t["answer"].as_str().unwrap_or("?")
+        ));
+    }
+    match report["findings"].as_array() {
+        Some(f) if !f.is_empty() => {
+            out.push_str("what looks wrong:\n");
+            for x in f {
+                out.push_str(&format!("  - {}\n", x.as_str().unwrap_or("?")));
+            }
+        }
+        _ => out.push_str("nothing looks wrong\n"),
+    }
+    out
+}
+
 /// One journal record as a log line.
 pub fn format_record(r: &Record) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(r.time_ms as i128 * 1_000_000)

@@ -30,6 +30,7 @@ pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod daemon;

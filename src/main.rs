@@ -242,6 +242,14 @@ fn main() -> ExitCode {
                     .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
+                } else if r.action == "check" {
+                    print!(
+                        "{}",
+                        client::format_check(
+                            &r.charger,
+                            r.result.as_ref().unwrap_or(&serde_json::Value::Null)
+                        )
+                    );
                 } else {
                     println!("{}", client::format_action(&r));
                 }

@@ -322,3 +322,53 @@ async fn force_stop_ends_at_the_first_step_a_charger_follows() {
         (Some(true), 1)
     );
 }
+
+#[tokio::test]
+async fn run_a_check_combines_the_chargers_answers_with_the_gateways_view() {
+    let gw = Gateway::start(None, "").await;
+    let mut cp = Charger::connect(&gw.url("CP-CHECK")).await;
+    cp.call("BootNotification", boot()).await;
+    let api = api(&gw);
+    let call = tokio::spawn(async move {
+        api.post::<ActionResult>("/api/v1/chargers/CP-CHECK/actions/check", &json!({}))
+            .await
+            .unwrap()
+    });
+    let mut asked = Vec::new();
+    for answer in ["Accepted", "Accepted", "Rejected"] {
+        let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+        asked.push(v[3]["requestedMessage"].as_str().unwrap().to_string());
+        if asked.len() == 1 {
+            // The triggered status: a fault.
+            cp.call(
+                "StatusNotification",
+                json!({"connectorId": 1, "errorCode": "GroundFailure", "status": "Faulted"}),
+            )
+            .await;
+        }
+        cp.send(&json!([3, v[1], { "status": answer }]).to_string())
+            .await;
+    }
+    assert_eq!(asked, ["StatusNotification", "Heartbeat", "MeterValues"]);
+    let report = call.await.unwrap().result.unwrap();
+    assert_eq!(report["state"]["boot"]["firmware"], "1.2.3");
+    let findings: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        findings.contains(&"connector 1 is Faulted with error GroundFailure"),
+        "{findings:?}"
+    );
+    assert!(
+        findings.contains(&"TriggerMessage MeterValues: Rejected"),
+        "{findings:?}"
+    );
+    let text = chargegate::client::format_check("CP-CHECK", &report);
+    assert!(
+        text.contains("what looks wrong:") && text.contains("TestVendor TM-1 firmware 1.2.3"),
+        "{text}"
+    );
+}

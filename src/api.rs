@@ -1,4 +1,5 @@
-//! The local HTTP API (JSON) that the CLI and, later, the web page use:
+//! The local HTTP API (JSON) that the CLI and the web page use, and the
+//! page itself (`/`, embedded):
 //! chargers and their live state, the journal with filters, and a stream of
 //! new events (Server-Sent Events). Bound to loopback by default; a token,
 //! when configured, is required on every request.
@@ -94,7 +95,27 @@ fn router(ctx: Ctx) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/events/stream", get(stream))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        // The page itself holds no data; everything it shows needs the token.
+        .route("/", get(page))
         .with_state(ctx)
+}
+
+/// The web page for installers and staff, embedded in the binary.
+const PAGE: &str = include_str!("web/index.html");
+
+async fn page() -> Response {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            (
+                "content-security-policy",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+            ("x-frame-options", "DENY"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
@@ -359,7 +380,18 @@ async fn events(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> R
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match ctx.journal.query(&q) {
-        Ok(records) => Json(records).into_response(),
+        Ok(records) => {
+            // Each record with a one-line summary, as the CLI's log shows it.
+            let out: Vec<serde_json::Value> = records
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    v["summary"] = r.event.summary().into();
+                    v
+                })
+                .collect();
+            Json(out).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

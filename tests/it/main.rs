@@ -11,3 +11,4 @@ mod offline;
 mod powerloss;
 mod proxy;
 mod standalone;
+mod web;

@@ -35,6 +35,7 @@ pub const NAMES: &[&str] = &[
     "stop",
     "force-stop",
     "check",
+    "diagnostics",
     "unlock",
     "enable",
     "disable",

@@ -92,6 +92,11 @@ fn router(ctx: Ctx) -> Router {
             "/api/v1/chargers/{id}/actions/{name}",
             axum::routing::post(action),
         )
+        .route("/api/v1/chargers/{id}/diagnostics", get(diagnostics_list))
+        .route(
+            "/api/v1/chargers/{id}/diagnostics/{file}",
+            get(diagnostics_file),
+        )
         .route("/api/v1/events", get(events))
         .route("/api/v1/events/stream", get(stream))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
@@ -276,11 +281,27 @@ async fn action(
     if charger.is_none() && connected.is_none() && !ctx.cfg.chargers.contains_key(&id) {
         return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));
     }
-    let (call, payload) =
+    let (call, payload) = if name == "diagnostics" {
+        // The charger uploads to the gateway's own listener, at the address
+        // it reached the gateway on, with a one-time token.
+        let Some(local) = ctx.registry.local_addr(&id) else {
+            return error(
+                StatusCode::CONFLICT,
+                format!("charger {id:?} is offline (not connected to the gateway)"),
+            );
+        };
+        let token = ctx.uploads.issue(&id);
+        let location = crate::diagnostics::location(local.ip(), ctx.upload_addr, &token);
+        (
+            "GetDiagnostics",
+            serde_json::json!({ "location": location, "retries": 1 }),
+        )
+    } else {
         match crate::actions::to_call(&name, &req, charger, &ctx.cfg.default_id_tag) {
             Ok(c) => c,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        };
+        }
+    };
     let Some(cmd) = connected else {
         return error(
             StatusCode::CONFLICT,
@@ -335,6 +356,36 @@ async fn action(
         error: err,
     })
     .into_response()
+}
+
+async fn diagnostics_list(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    Json(crate::diagnostics::list(&ctx.cfg.data_dir, &id)).into_response()
+}
+
+async fn diagnostics_file(
+    State(ctx): State<Ctx>,
+    Path((id, file)): Path<(String, String)>,
+) -> Response {
+    let Some(name) = crate::diagnostics::safe_name(&file).filter(|n| *n == file) else {
+        return error(StatusCode::BAD_REQUEST, "bad file name");
+    };
+    match tokio::fs::read(crate::diagnostics::dir_of(&ctx.cfg.data_dir, &id).join(&name)).await {
+        Ok(bytes) => (
+            [
+                ("content-type", "application/octet-stream".to_string()),
+                (
+                    "content-disposition",
+                    format!("attachment; filename=\"{name}\""),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            format!("no diagnostics file {name:?} for {id:?}"),
+        ),
+    }
 }
 
 async fn dead_letters(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {

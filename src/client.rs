@@ -227,7 +227,11 @@ pub fn format_action(r: &crate::api::ActionResult) -> String {
 /// A check report for people.
 pub fn format_check(charger: &str, report: &serde_json::Value) -> String {
     let s = &report["state"];
-    let link = |l: &serde_json::Value| if l["up"] == true { "up" } else { "down" };
+    let link = |l: &serde_json::Value| match (l["up"].as_bool(), l["since_ms"].is_null()) {
+        (_, true) => "none",
+        (Some(true), _) => "up",
+        _ => "down",
+    };
     let boot = &s["boot"];
     let mut out = format!(
         "check {charger}: charger link {}, cloud link {}, {} {} firmware {}\n",

@@ -110,6 +110,9 @@ pub struct Config {
     pub default_id_tag: String,
     /// Force stop: how long each step waits for the charger's StopTransaction.
     pub force_stop_wait: Duration,
+    /// Where chargers upload diagnostics files (GetDiagnostics).
+    pub upload_listen: SocketAddr,
+    pub upload_max_bytes: usize,
     pub journal_max_age: Duration,
     pub journal_max_bytes: u64,
     pub chargers: BTreeMap<String, ChargerConfig>,
@@ -226,7 +229,14 @@ impl Reader<'_> {
 }
 
 const TOP: &[&str] = &[
-    "gateway", "ocpp", "offline", "upstream", "api", "journal", "charger",
+    "gateway",
+    "ocpp",
+    "offline",
+    "upstream",
+    "api",
+    "journal",
+    "diagnostics",
+    "charger",
 ];
 
 impl Config {
@@ -457,6 +467,23 @@ impl Config {
         let journal_max_bytes =
             r.int(j, "journal", "max_size_mb", 256, 1, 1 << 20) as u64 * 1024 * 1024;
 
+        let d = r.table(root, "diagnostics");
+        if let Some(t) = d {
+            r.unknown_keys(t, "diagnostics", &["listen", "max_size_mb"]);
+        }
+        // By default next to the OCPP port, on the same address.
+        let default_upload = SocketAddr::new(
+            listen.ip(),
+            if listen.port() == 0 {
+                0
+            } else {
+                listen.port().saturating_add(1)
+            },
+        )
+        .to_string();
+        let upload_listen = r.addr(d, "diagnostics", "listen", &default_upload);
+        let upload_max_bytes =
+            r.int(d, "diagnostics", "max_size_mb", 20, 1, 1024) as usize * 1024 * 1024;
         let chargers = read_chargers(root, r);
         Config {
             gateway_id,
@@ -479,6 +506,8 @@ impl Config {
             api_token,
             default_id_tag,
             force_stop_wait,
+            upload_listen,
+            upload_max_bytes,
             journal_max_age,
             journal_max_bytes,
             chargers,

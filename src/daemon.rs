@@ -77,6 +77,18 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         what: "ocpp.listen",
         source,
     })?;
+    let upload = TcpListener::bind(cfg.upload_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.upload_listen,
+            what: "diagnostics.listen",
+            source,
+        })?;
+    let upload_addr = upload.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.upload_listen,
+        what: "diagnostics.listen",
+        source,
+    })?;
     let api_addr = api.local_addr().map_err(|source| StartError::Bind {
         addr: cfg.api_listen,
         what: "api.listen",
@@ -93,7 +105,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let registry = Registry::default();
+    let uploads = crate::diagnostics::Uploads::default();
     let ctx = Ctx {
+        uploads: uploads.clone(),
+        upload_addr,
         cfg: cfg.clone(),
         journal: journal.clone(),
         connector,
@@ -102,6 +117,14 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
     let mut tasks = vec![tokio::spawn(server::serve(ocpp, ctx.clone()))];
     tasks.push(tokio::spawn(crate::api::serve(api, ctx)));
+    tasks.push(tokio::spawn(crate::diagnostics::serve(
+        upload,
+        uploads,
+        cfg.data_dir.clone(),
+        journal.clone(),
+        cfg.upload_max_bytes,
+        shutdown_rx.clone(),
+    )));
     match &cfg.upstream {
         Some(u) => log::info!(
             "ocpp on ws://{ocpp_addr}{}/{{id}}, cloud {}",

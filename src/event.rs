@@ -158,6 +158,8 @@ pub enum Event {
         queued_ms: i64,
         error: String,
     },
+    /// A charger uploaded its diagnostics file to the gateway.
+    DiagnosticsUploaded { file: String, bytes: u64 },
     /// A frame that broke the protocol, from either side.
     ProtocolError {
         from: Link,
@@ -188,6 +190,7 @@ impl Event {
             Event::Replayed { .. } => "Replayed",
             Event::ReplayRetry { .. } => "ReplayRetry",
             Event::DeadLetter { .. } => "DeadLetter",
+            Event::DiagnosticsUploaded { .. } => "DiagnosticsUploaded",
             Event::ProtocolError { .. } => "ProtocolError",
         }
     }
@@ -344,6 +347,7 @@ impl Event {
                 error,
             } => format!("{action} refused by the cloud (attempt {attempt}): {error}"),
             Event::DeadLetter { action, error, .. } => format!("{action} given up: {error}"),
+            Event::DiagnosticsUploaded { file, bytes } => format!("{file} ({bytes} bytes)"),
             Event::ProtocolError {
                 from, code, detail, ..
             } => format!("from {from:?}: {code}: {detail}"),

@@ -34,6 +34,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod diagnostics;
 pub mod event;
 pub mod force_stop;
 pub mod journal;

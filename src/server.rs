@@ -33,6 +33,10 @@ pub struct Ctx {
     pub connector: Option<Arc<Connector>>,
     pub registry: Registry,
     pub shutdown: watch::Receiver<bool>,
+    /// Outstanding diagnostics upload URLs.
+    pub uploads: crate::diagnostics::Uploads,
+    /// Where the diagnostics upload listener is bound.
+    pub upload_addr: SocketAddr,
 }
 
 /// WebSocket settings for both sides: small buffers, because a gateway
@@ -59,6 +63,8 @@ type Registration = (
 /// A live session as seen from outside.
 struct Handle {
     conn: u64,
+    /// The gateway's address as the charger reached it.
+    local: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
     done: watch::Receiver<bool>,
 }
@@ -73,13 +79,19 @@ pub struct Registry {
 impl Registry {
     /// Register a new connection for `id`; returns its connection number, its
     /// command receiver, its done signal, and the session it replaces.
-    fn register(&self, id: &str) -> Registration {
+    fn register(&self, id: &str, local: Option<SocketAddr>) -> Registration {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let (cmd, rx) = mpsc::channel(64);
         let (done_tx, done) = watch::channel(false);
-        let old = self
-            .lock()
-            .insert(id.to_string(), Handle { conn, cmd, done });
+        let old = self.lock().insert(
+            id.to_string(),
+            Handle {
+                conn,
+                local,
+                cmd,
+                done,
+            },
+        );
         (conn, rx, done_tx, old.map(|h| (h.cmd, h.done)))
     }
 
@@ -94,6 +106,11 @@ impl Registry {
     /// The command channel of a connected charger.
     pub fn get(&self, id: &str) -> Option<mpsc::Sender<Command>> {
         self.lock().get(id).map(|h| h.cmd.clone())
+    }
+
+    /// The gateway's address as a connected charger reached it.
+    pub fn local_addr(&self, id: &str) -> Option<SocketAddr> {
+        self.lock().get(id).and_then(|h| h.local)
     }
 
     /// Ids of connected chargers.
@@ -257,6 +274,7 @@ pub async fn serve(listener: TcpListener, ctx: Ctx) {
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 async fn handle_connection(stream: TcpStream, addr: SocketAddr, ctx: Ctx) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let mut outcome: Option<Result<Accepted, Refusal>> = None;
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         match check_request(req, &ctx.cfg) {
@@ -287,7 +305,7 @@ async fn handle_connection(stream: TcpStream, addr: SocketAddr, ctx: Ctx) {
     let result = tokio::time::timeout(ctx.cfg.handshake_timeout, handshake).await;
     match (result, outcome) {
         (Ok(Ok(ws)), Some(Ok(acc))) => {
-            let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id);
+            let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id, local);
             log::info!(target: "chargegate::session", charger_id = acc.id.as_str(); "charger {} connected from {addr} ({})", acc.id, acc.proto.as_str());
             session::run(ctx, acc, addr, ws, conn, cmd_rx, done, old).await;
         }

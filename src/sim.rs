@@ -357,9 +357,41 @@ impl SimCharger {
                 {"key": "HeartbeatInterval", "readonly": false, "value": opts.heartbeat.as_secs().to_string()},
                 {"key": "MeterValueSampleInterval", "readonly": false, "value": opts.meter_interval.as_secs().to_string()}
             ], "unknownKey": []}),
-            "GetDiagnostics" => json!({"fileName": format!("{}-diagnostics.log", self.id)}),
+            "GetDiagnostics" => {
+                if let Some(loc) = req["location"].as_str() {
+                    tokio::spawn(upload(loc.to_string(), self.id.clone()));
+                }
+                json!({"fileName": format!("{}-diagnostics.log", self.id)})
+            }
             "DataTransfer" => json!({"status": "UnknownVendorId"}),
             _ => return None,
         })
+    }
+}
+
+/// Upload a small diagnostics file over HTTP PUT, as a charger does after
+/// GetDiagnostics (http:// locations only).
+async fn upload(location: String, id: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rest) = location.strip_prefix("http://") else {
+        return;
+    };
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let body = format!("{id} simulated diagnostics, {}\n", now_rfc3339());
+    let file = format!("{}/{id}-diagnostics.log", path.trim_end_matches('/'));
+    let Ok(mut s) = tokio::net::TcpStream::connect(host).await else {
+        return;
+    };
+    let req = format!("PUT {file} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    if s.write_all(req.as_bytes()).await.is_ok() {
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        log::info!(
+            "sim {id}: diagnostics uploaded: {}",
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
     }
 }

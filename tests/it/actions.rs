@@ -372,3 +372,76 @@ async fn run_a_check_combines_the_chargers_answers_with_the_gateways_view() {
         "{text}"
     );
 }
+
+/// One raw HTTP/1.1 request; returns the status line and the body.
+async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&out[..split])
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    (status, out[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn diagnostics_are_uploaded_to_the_gateway_listed_and_served() {
+    let gw = Gateway::start(None, "").await;
+    let mut cp = Charger::connect(&gw.url("CP-DIAG")).await;
+    let api = api(&gw);
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.post::<ActionResult>("/api/v1/chargers/CP-DIAG/actions/diagnostics", &json!({}))
+                .await
+                .unwrap()
+        }
+    });
+    let v = answer_next(&mut cp, json!({"fileName": "diag.log"})).await;
+    assert_eq!(v[2], "GetDiagnostics");
+    let location = v[3]["location"].as_str().unwrap().to_string();
+    assert_eq!(call.await.unwrap().result.unwrap()["fileName"], "diag.log");
+
+    // The charger uploads to the location it was given.
+    let rest = location.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let content = b"2026-01-01 fault log\x00\x01\x02".to_vec();
+    let (status, _) = http(addr, "PUT", &format!("{path}diag.log"), &content).await;
+    assert!(status.contains("200"), "{status}");
+    let (status, _) = http(addr, "PUT", &format!("{path}diag.log"), &content).await;
+    assert!(
+        status.contains("403"),
+        "the upload URL works once: {status}"
+    );
+
+    let files: Vec<Value> = api
+        .get("/api/v1/chargers/CP-DIAG/diagnostics")
+        .await
+        .unwrap();
+    assert_eq!(files.len(), 1);
+    let name = files[0]["file"].as_str().unwrap().to_string();
+    assert!(
+        name.ends_with("-diag.log") && files[0]["bytes"] == content.len(),
+        "{files:?}"
+    );
+    let (status, body) = http(
+        &api.addr.to_string(),
+        "GET",
+        &format!("/api/v1/chargers/CP-DIAG/diagnostics/{name}"),
+        b"",
+    )
+    .await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, content);
+    gw.wait_event("CP-DIAG", "DiagnosticsUploaded", |e| {
+        e["bytes"] == content.len()
+    })
+    .await;
+}

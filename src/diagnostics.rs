@@ -94,7 +94,9 @@ pub fn first_multipart_file(content_type: &str, body: &[u8]) -> Option<(Option<S
     let head_end = find(rest, b"\r\n\r\n")?;
     let headers = String::from_utf8_lossy(&rest[..head_end]);
     let file = headers
-        .split(';')
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
+        .flat_map(|l| l.split(';'))
         .find_map(|p| p.trim().strip_prefix("filename="))
         .map(|f| f.trim_matches('"').to_string());
     let content = &rest[head_end + 4..];

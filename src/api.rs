@@ -201,21 +201,7 @@ async fn charger(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
     }
 }
 
-/// The answer to a remote action.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ActionResult {
-    pub charger: String,
-    pub action: String,
-    /// The OCPP call that carried it.
-    pub call: String,
-    pub request: serde_json::Value,
-    /// `result`, `error`, `timeout` or `disconnected`.
-    pub outcome: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+pub use crate::dispatch::ActionResult;
 
 async fn action(
     State(ctx): State<Ctx>,
@@ -223,8 +209,8 @@ async fn action(
     headers: axum::http::HeaderMap,
     body: Option<Json<crate::actions::ActionRequest>>,
 ) -> Response {
+    use crate::dispatch::Error;
     use crate::event::Source;
-    use crate::session::{CallOutcome, Command};
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let source = match headers
         .get("x-chargegate-source")
@@ -235,127 +221,12 @@ async fn action(
         Some("mqtt") => Source::Mqtt,
         _ => Source::Api,
     };
-    let state = ctx.journal.state();
-    let charger = state.chargers.get(&id);
-    if name == "check" {
-        if ctx.registry.get(&id).is_none()
-            && charger.is_none()
-            && !ctx.cfg.chargers.contains_key(&id)
-        {
-            return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));
-        }
-        let report = crate::check::run(&ctx, &id, source, ctx.cfg.call_timeout).await;
-        return Json(ActionResult {
-            charger: id,
-            action: name,
-            call: "TriggerMessage".into(),
-            request: serde_json::json!({ "requestedMessage": ["StatusNotification", "Heartbeat", "MeterValues"] }),
-            outcome: "result".into(),
-            result: serde_json::to_value(&report).ok(),
-            error: None,
-        })
-        .into_response();
+    match crate::dispatch::run(&ctx, id, name, req, source).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e @ Error::UnknownCharger(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ Error::Offline(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ Error::Refused(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
-    if name == "force-stop" {
-        if ctx.registry.get(&id).is_none() && charger.is_none() {
-            return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));
-        }
-        let connector = req.connector.unwrap_or(1);
-        return match crate::force_stop::run(&ctx, &id, connector, source, ctx.cfg.force_stop_wait)
-            .await
-        {
-            Ok(report) => Json(ActionResult {
-                charger: id,
-                action: name,
-                call: "RemoteStopTransaction (escalating)".into(),
-                request: serde_json::json!({ "connectorId": connector }),
-                outcome: "result".into(),
-                result: serde_json::to_value(&report).ok(),
-                error: None,
-            })
-            .into_response(),
-            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        };
-    }
-    let connected = ctx.registry.get(&id);
-    if charger.is_none() && connected.is_none() && !ctx.cfg.chargers.contains_key(&id) {
-        return error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}"));
-    }
-    let (call, payload) = if name == "diagnostics" {
-        // The charger uploads to the gateway's own listener, at the address
-        // it reached the gateway on, with a one-time token.
-        let Some(local) = ctx.registry.local_addr(&id) else {
-            return error(
-                StatusCode::CONFLICT,
-                format!("charger {id:?} is offline (not connected to the gateway)"),
-            );
-        };
-        let token = ctx.uploads.issue(&id);
-        let location = crate::diagnostics::location(local.ip(), ctx.upload_addr, &token);
-        (
-            "GetDiagnostics",
-            serde_json::json!({ "location": location, "retries": 1 }),
-        )
-    } else {
-        match crate::actions::to_call(&name, &req, charger, &ctx.cfg.default_id_tag) {
-            Ok(c) => c,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        }
-    };
-    let Some(cmd) = connected else {
-        return error(
-            StatusCode::CONFLICT,
-            format!("charger {id:?} is offline (not connected to the gateway)"),
-        );
-    };
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let sent = cmd
-        .send(Command::Call {
-            action: call.to_string(),
-            payload: payload.clone(),
-            source,
-            reply,
-        })
-        .await;
-    if sent.is_err() {
-        return error(
-            StatusCode::CONFLICT,
-            format!("charger {id:?} just disconnected"),
-        );
-    }
-    // The session times the call out itself (call_timeout); this is a backstop.
-    let wait = ctx.cfg.call_timeout * 3 + std::time::Duration::from_secs(5);
-    let outcome = tokio::time::timeout(wait, rx)
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or(CallOutcome::Timeout);
-    let (outcome, result, err) = match outcome {
-        CallOutcome::Result(v) => ("result", Some(v), None),
-        CallOutcome::Error { code, description } => {
-            ("error", None, Some(format!("{code}: {description}")))
-        }
-        CallOutcome::Timeout => (
-            "timeout",
-            None,
-            Some("the charger did not answer in time".to_string()),
-        ),
-        CallOutcome::Disconnected => (
-            "disconnected",
-            None,
-            Some("the charger disconnected before answering".to_string()),
-        ),
-    };
-    Json(ActionResult {
-        charger: id,
-        action: name,
-        call: call.into(),
-        request: payload,
-        outcome: outcome.into(),
-        result,
-        error: err,
-    })
-    .into_response()
 }
 
 async fn diagnostics_list(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {

@@ -19,7 +19,8 @@
 //! - [`state`]: live state of every charger, a fold of the journal.
 //! - [`config`]: TOML → validated [`config::Config`].
 //! - [`daemon`]: start, serve, drain on shutdown.
-//! - [`actions`]: the remote actions, defined once for API, CLI and UI.
+//! - [`actions`]: the remote actions, defined once; [`dispatch`] runs
+//!   them for every front end ([`force_stop`], [`check`], [`diagnostics`]).
 //! - [`api`] and [`client`]: the local HTTP API and the CLI's use of it.
 //! - [`sim`]: simulated chargers; [`bench`](mod@bench): the relay benchmark.
 //! - [`logging`]: journald or stderr.
@@ -35,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod diagnostics;
+pub mod dispatch;
 pub mod event;
 pub mod force_stop;
 pub mod journal;

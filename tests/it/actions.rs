@@ -445,3 +445,77 @@ async fn diagnostics_are_uploaded_to_the_gateway_listed_and_served() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_installers_daily_tools_map_to_their_ocpp_calls() {
+    let gw = Gateway::start(None, "[api]\ndefault_id_tag = \"SITE-TAG\"\n").await;
+    let mut cp = Charger::connect(&gw.url("CP-TOOLS")).await;
+    gw.wait_event("CP-TOOLS", "Connect", |_| true).await;
+    let api = api(&gw);
+    let cases = [
+        (
+            "start",
+            json!({}),
+            "RemoteStartTransaction",
+            json!({"connectorId": 1, "idTag": "SITE-TAG"}),
+        ),
+        (
+            "start",
+            json!({"connector": 2, "id_tag": "TAG9"}),
+            "RemoteStartTransaction",
+            json!({"connectorId": 2, "idTag": "TAG9"}),
+        ),
+        (
+            "disable",
+            json!({"connector": 1}),
+            "ChangeAvailability",
+            json!({"connectorId": 1, "type": "Inoperative"}),
+        ),
+        (
+            "enable",
+            json!({}),
+            "ChangeAvailability",
+            json!({"connectorId": 0, "type": "Operative"}),
+        ),
+        (
+            "get-config",
+            json!({"key": "HeartbeatInterval"}),
+            "GetConfiguration",
+            json!({"key": ["HeartbeatInterval"]}),
+        ),
+        (
+            "change-config",
+            json!({"key": "HeartbeatInterval", "value": "60"}),
+            "ChangeConfiguration",
+            json!({"key": "HeartbeatInterval", "value": "60"}),
+        ),
+        (
+            "trigger",
+            json!({"message": "MeterValues", "connector": 1}),
+            "TriggerMessage",
+            json!({"requestedMessage": "MeterValues", "connectorId": 1}),
+        ),
+    ];
+    for (name, body, call, payload) in cases {
+        let req = tokio::spawn({
+            let api = api.clone();
+            async move {
+                api.post::<ActionResult>(
+                    &format!("/api/v1/chargers/CP-TOOLS/actions/{name}"),
+                    &body,
+                )
+                .await
+                .unwrap()
+            }
+        });
+        let v = answer_next(&mut cp, json!({"status": "Accepted"})).await;
+        assert_eq!((v[2].as_str(), &v[3]), (Some(call), &payload), "{name}");
+        let r = req.await.unwrap();
+        assert_eq!((r.call.as_str(), r.outcome.as_str()), (call, "result"));
+    }
+    assert_eq!(
+        gw.wait_count("CP-TOOLS", "RemoteAction", 7).await,
+        7,
+        "each action journaled"
+    );
+}

@@ -1,0 +1,157 @@
+//! Runs a remote action on a charger for every front end (the API and so
+//! the CLI and the web page; MQTT later): the pure definitions of
+//! `actions`, plus force stop, run a check and diagnostics, sent through the
+//! charger's session and journaled there with their source.
+
+use serde::{Deserialize, Serialize};
+
+use crate::actions::ActionRequest;
+use crate::event::Source;
+use crate::server::Ctx;
+use crate::session::{CallOutcome, Command};
+
+/// The answer to a remote action.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub charger: String,
+    pub action: String,
+    /// The OCPP call that carried it.
+    pub call: String,
+    pub request: serde_json::Value,
+    /// `result`, `error`, `timeout` or `disconnected`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why an action was not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown charger {0:?}")]
+    UnknownCharger(String),
+    #[error("charger {0:?} is offline (not connected to the gateway)")]
+    Offline(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Run action `name` on charger `id`.
+pub async fn run(
+    ctx: &Ctx,
+    id: String,
+    name: String,
+    req: ActionRequest,
+    source: Source,
+) -> Result<ActionResult, Error> {
+    let state = ctx.journal.state();
+    let charger = state.chargers.get(&id);
+    if name == "check" {
+        if ctx.registry.get(&id).is_none()
+            && charger.is_none()
+            && !ctx.cfg.chargers.contains_key(&id)
+        {
+            return Err(Error::UnknownCharger(id));
+        }
+        let report = crate::check::run(ctx, &id, source, ctx.cfg.call_timeout).await;
+        return Ok(ActionResult {
+            charger: id,
+            action: name,
+            call: "TriggerMessage".into(),
+            request: serde_json::json!({ "requestedMessage": ["StatusNotification", "Heartbeat", "MeterValues"] }),
+            outcome: "result".into(),
+            result: serde_json::to_value(&report).ok(),
+            error: None,
+        });
+    }
+    if name == "force-stop" {
+        if ctx.registry.get(&id).is_none() && charger.is_none() {
+            return Err(Error::UnknownCharger(id));
+        }
+        let connector = req.connector.unwrap_or(1);
+        return match crate::force_stop::run(ctx, &id, connector, source, ctx.cfg.force_stop_wait)
+            .await
+        {
+            Ok(report) => Ok(ActionResult {
+                charger: id,
+                action: name,
+                call: "RemoteStopTransaction (escalating)".into(),
+                request: serde_json::json!({ "connectorId": connector }),
+                outcome: "result".into(),
+                result: serde_json::to_value(&report).ok(),
+                error: None,
+            }),
+            Err(e) => Err(Error::Refused(e.to_string())),
+        };
+    }
+    let connected = ctx.registry.get(&id);
+    if charger.is_none() && connected.is_none() && !ctx.cfg.chargers.contains_key(&id) {
+        return Err(Error::UnknownCharger(id));
+    }
+    let (call, payload) = if name == "diagnostics" {
+        // The charger uploads to the gateway's own listener, at the address
+        // it reached the gateway on, with a one-time token.
+        let Some(local) = ctx.registry.local_addr(&id) else {
+            return Err(Error::Offline(id));
+        };
+        let token = ctx.uploads.issue(&id);
+        let location = crate::diagnostics::location(local.ip(), ctx.upload_addr, &token);
+        (
+            "GetDiagnostics",
+            serde_json::json!({ "location": location, "retries": 1 }),
+        )
+    } else {
+        match crate::actions::to_call(&name, &req, charger, &ctx.cfg.default_id_tag) {
+            Ok(c) => c,
+            Err(e) => return Err(Error::Refused(e.to_string())),
+        }
+    };
+    let Some(cmd) = connected else {
+        return Err(Error::Offline(id));
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let sent = cmd
+        .send(Command::Call {
+            action: call.to_string(),
+            payload: payload.clone(),
+            source,
+            reply,
+        })
+        .await;
+    if sent.is_err() {
+        return Err(Error::Offline(id));
+    }
+    // The session times the call out itself (call_timeout); this is a backstop.
+    let wait = ctx.cfg.call_timeout * 3 + std::time::Duration::from_secs(5);
+    let outcome = tokio::time::timeout(wait, rx)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or(CallOutcome::Timeout);
+    let (outcome, result, err) = match outcome {
+        CallOutcome::Result(v) => ("result", Some(v), None),
+        CallOutcome::Error { code, description } => {
+            ("error", None, Some(format!("{code}: {description}")))
+        }
+        CallOutcome::Timeout => (
+            "timeout",
+            None,
+            Some("the charger did not answer in time".to_string()),
+        ),
+        CallOutcome::Disconnected => (
+            "disconnected",
+            None,
+            Some("the charger disconnected before answering".to_string()),
+        ),
+    };
+    Ok(ActionResult {
+        charger: id,
+        action: name,
+        call: call.into(),
+        request: payload,
+        outcome: outcome.into(),
+        result,
+        error: err,
+    })
+}

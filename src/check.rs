@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use crate::event::Source;
 use crate::outbox::Stats;
 use crate::server::Ctx;
-use crate::session::{CallOutcome, Command};
+
 use crate::state::ChargerState;
 
 /// One TriggerMessage and the charger's answer.
@@ -112,26 +111,17 @@ fn ago(ms: i64) -> String {
 /// Run the check on a charger.
 pub async fn run(ctx: &Ctx, charger: &str, source: Source, wait: Duration) -> Report {
     let mut triggers = Vec::new();
-    let cmd = ctx.registry.get(charger);
-    if let Some(cmd) = &cmd {
+    let connected = ctx.registry.get(charger).is_some();
+    if connected {
         for message in ["StatusNotification", "Heartbeat", "MeterValues"] {
-            let (reply, rx) = oneshot::channel();
             let payload = json!({ "requestedMessage": message });
-            let sent = cmd
-                .send(Command::Call {
-                    action: "TriggerMessage".into(),
-                    payload,
-                    source,
-                    reply,
-                })
-                .await;
-            let answer = match (sent, tokio::time::timeout(wait, rx).await) {
-                (Ok(()), Ok(Ok(CallOutcome::Result(v)))) => {
-                    v["status"].as_str().unwrap_or("answered").to_string()
-                }
-                (Ok(()), Ok(Ok(CallOutcome::Error { code, .. }))) => format!("error {code}"),
-                (Ok(()), Ok(Ok(CallOutcome::Timeout))) | (Ok(()), Err(_)) => "no answer".into(),
-                _ => "charger disconnected".into(),
+            let answer = match ctx
+                .registry
+                .call(charger, "TriggerMessage", payload, source, wait)
+                .await
+            {
+                Some(o) => o.brief(),
+                None => "charger disconnected".into(),
             };
             triggers.push(Trigger {
                 message: message.into(),
@@ -156,7 +146,6 @@ pub async fn run(ctx: &Ctx, charger: &str, source: Source, wait: Duration) -> Re
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let connected = cmd.is_some();
     let findings = findings(
         connected,
         ctx.connector.is_some(),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::actions::ActionRequest;
 use crate::event::Source;
 use crate::server::Ctx;
-use crate::session::{CallOutcome, Command};
+use crate::session::CallOutcome;
 
 /// The answer to a remote action.
 #[derive(Debug, Serialize, Deserialize)]
@@ -107,28 +107,18 @@ pub async fn run(
             Err(e) => return Err(Error::Refused(e.to_string())),
         }
     };
-    let Some(cmd) = connected else {
-        return Err(Error::Offline(id));
-    };
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let sent = cmd
-        .send(Command::Call {
-            action: call.to_string(),
-            payload: payload.clone(),
-            source,
-            reply,
-        })
-        .await;
-    if sent.is_err() {
+    if connected.is_none() {
         return Err(Error::Offline(id));
     }
     // The session times the call out itself (call_timeout); this is a backstop.
     let wait = ctx.cfg.call_timeout * 3 + std::time::Duration::from_secs(5);
-    let outcome = tokio::time::timeout(wait, rx)
+    let Some(outcome) = ctx
+        .registry
+        .call(&id, call, payload.clone(), source, wait)
         .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or(CallOutcome::Timeout);
+    else {
+        return Err(Error::Offline(id));
+    };
     let (outcome, result, err) = match outcome {
         CallOutcome::Result(v) => ("result", Some(v), None),
         CallOutcome::Error { code, description } => {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::event::{Event, Source};
 use crate::server::Ctx;
-use crate::session::{CallOutcome, Command};
+use crate::session::Command;
 
 /// One escalation step and how the charger answered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,28 +73,12 @@ pub async fn run(
         ("Reset", json!({"type": "Hard"})),
     ];
     for (call, request) in steps {
-        let outcome = match ctx.registry.get(charger) {
-            Some(cmd) => {
-                let (reply, rx) = oneshot::channel();
-                let sent = cmd
-                    .send(Command::Call {
-                        action: call.into(),
-                        payload: request.clone(),
-                        source,
-                        reply,
-                    })
-                    .await;
-                match (sent, tokio::time::timeout(wait * 2, rx).await) {
-                    (Ok(()), Ok(Ok(CallOutcome::Result(v)))) => v
-                        .get("status")
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("answered")
-                        .to_string(),
-                    (Ok(()), Ok(Ok(CallOutcome::Error { code, .. }))) => format!("error {code}"),
-                    (Ok(()), Ok(Ok(CallOutcome::Timeout))) | (Ok(()), Err(_)) => "timeout".into(),
-                    _ => "charger disconnected".into(),
-                }
-            }
+        let outcome = match ctx
+            .registry
+            .call(charger, call, request.clone(), source, wait * 2)
+            .await
+        {
+            Some(o) => o.brief(),
             None => "charger offline".into(),
         };
         report.steps.push(Step {

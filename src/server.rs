@@ -108,6 +108,36 @@ impl Registry {
         self.lock().get(id).map(|h| h.cmd.clone())
     }
 
+    /// Send a call of the gateway's own to a connected charger and wait for
+    /// how it ended (the session times it out after `call_timeout`; `wait`
+    /// is a backstop). `None`: the charger is not connected.
+    pub async fn call(
+        &self,
+        id: &str,
+        action: &str,
+        payload: serde_json::Value,
+        source: crate::event::Source,
+        wait: std::time::Duration,
+    ) -> Option<session::CallOutcome> {
+        let cmd = self.get(id)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        cmd.send(Command::Call {
+            action: action.into(),
+            payload,
+            source,
+            reply,
+        })
+        .await
+        .ok()?;
+        Some(
+            tokio::time::timeout(wait, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or(session::CallOutcome::Timeout),
+        )
+    }
+
     /// The gateway's address as a connected charger reached it.
     pub fn local_addr(&self, id: &str) -> Option<SocketAddr> {
         self.lock().get(id).and_then(|h| h.local)

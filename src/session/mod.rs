@@ -1041,6 +1041,18 @@ impl Session {
     }
 }
 
+impl CallOutcome {
+    /// A word or two for reports: the answer's status, or what went wrong.
+    pub fn brief(&self) -> String {
+        match self {
+            CallOutcome::Result(v) => v["status"].as_str().unwrap_or("answered").to_string(),
+            CallOutcome::Error { code, .. } => format!("error {code}"),
+            CallOutcome::Timeout => "no answer".into(),
+            CallOutcome::Disconnected => "charger disconnected".into(),
+        }
+    }
+}
+
 /// Now as RFC 3339 UTC with milliseconds, as OCPP timestamps are written.
 pub fn now_rfc3339() -> String {
     format_ms(time::OffsetDateTime::now_utc())

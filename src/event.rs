@@ -158,6 +158,9 @@ pub enum Event {
         queued_ms: i64,
         error: String,
     },
+    /// The journal could not write for a while (disk full, I/O errors);
+    /// written once it can again.
+    StorageAlarm { error: String, failed_commits: u64 },
     /// A charger uploaded its diagnostics file to the gateway.
     DiagnosticsUploaded { file: String, bytes: u64 },
     /// A frame that broke the protocol, from either side.
@@ -191,6 +194,7 @@ impl Event {
             Event::ReplayRetry { .. } => "ReplayRetry",
             Event::DeadLetter { .. } => "DeadLetter",
             Event::DiagnosticsUploaded { .. } => "DiagnosticsUploaded",
+            Event::StorageAlarm { .. } => "StorageAlarm",
             Event::ProtocolError { .. } => "ProtocolError",
         }
     }
@@ -348,6 +352,10 @@ impl Event {
             } => format!("{action} refused by the cloud (attempt {attempt}): {error}"),
             Event::DeadLetter { action, error, .. } => format!("{action} given up: {error}"),
             Event::DiagnosticsUploaded { file, bytes } => format!("{file} ({bytes} bytes)"),
+            Event::StorageAlarm {
+                error,
+                failed_commits,
+            } => format!("{failed_commits} journal commit(s) failed: {error}; writing again"),
             Event::ProtocolError {
                 from, code, detail, ..
             } => format!("from {from:?}: {code}: {detail}"),

@@ -61,6 +61,8 @@ pub enum JournalError {
     Storage(String),
     #[error("journal is closed")]
     Closed,
+    #[error("journal is being reopened after a storage error")]
+    Reopening,
 }
 
 macro_rules! storage_err {
@@ -124,7 +126,7 @@ enum Msg {
 
 struct Inner {
     tx: mpsc::Sender<Msg>,
-    db: Arc<Database>,
+    db: Shared,
     stream: broadcast::Sender<Arc<Record>>,
     state: Arc<Mutex<LiveState>>,
     alarm: Arc<Mutex<Option<String>>>,
@@ -153,29 +155,31 @@ impl Journal {
                 JournalError::Storage(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(&cfg.path).map_err(|source| JournalError::Open {
+        let path = cfg.path.clone();
+        let reopen: Reopen = Box::new(move || Database::create(&path));
+        let db = reopen().map_err(|source| JournalError::Open {
             path: cfg.path.clone(),
             source,
         })?;
-        Self::start(db, cfg)
+        Self::start(db, cfg, reopen)
     }
 
     /// Open the journal on a storage backend of the caller's (tests use one
     /// that forgets unsynced writes, to cut the power at any point).
-    pub fn open_with_backend(
-        backend: impl redb::StorageBackend,
+    pub fn open_with_backend<B: redb::StorageBackend + Clone>(
+        backend: B,
         cfg: JournalConfig,
     ) -> Result<Journal, JournalError> {
-        let db = redb::Builder::new()
-            .create_with_backend(backend)
-            .map_err(|source| JournalError::Open {
-                path: cfg.path.clone(),
-                source,
-            })?;
-        Self::start(db, cfg)
+        let reopen: Reopen =
+            Box::new(move || redb::Builder::new().create_with_backend(backend.clone()));
+        let db = reopen().map_err(|source| JournalError::Open {
+            path: cfg.path.clone(),
+            source,
+        })?;
+        Self::start(db, cfg, reopen)
     }
 
-    fn start(db: Database, cfg: JournalConfig) -> Result<Journal, JournalError> {
+    fn start(db: Database, cfg: JournalConfig, reopen: Reopen) -> Result<Journal, JournalError> {
         let db = Arc::new(db);
         {
             let w = db.begin_write()?;
@@ -195,7 +199,10 @@ impl Journal {
         let (tx, rx) = mpsc::channel(65_536);
         let (stream, _) = broadcast::channel(4096);
         let alarm = Arc::new(Mutex::new(None));
+        let db = Shared(Arc::new(std::sync::RwLock::new(Some(db))));
         let writer = Writer {
+            failed_commits: 0,
+            reopen,
             db: db.clone(),
             cfg,
             stream: stream.clone(),
@@ -277,14 +284,14 @@ impl Journal {
 
     /// What is queued for a charger, oldest first.
     pub fn outbox(&self, charger: &str) -> Result<Vec<(u64, outbox::Entry)>, JournalError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db.get()?.begin_read()?;
         outbox::load(&r.open_table(outbox::OUTBOX)?, charger).map_err(JournalError::Storage)
     }
 
     /// What is known of an id tag for a charger: its local list from the
     /// cloud, then the site-wide authorization cache.
     pub fn auth_lookup(&self, charger: &str, id_tag: &str) -> Option<auth::TagInfo> {
-        let r = self.inner.db.begin_read().ok()?;
+        let r = self.inner.db.get().ok()?.begin_read().ok()?;
         auth::lookup(
             &r.open_table(auth::LIST).ok()?,
             &r.open_table(auth::CACHE).ok()?,
@@ -295,20 +302,20 @@ impl Journal {
 
     /// The version of the local list the cloud last sent a charger.
     pub fn local_list_version(&self, charger: &str) -> Option<i64> {
-        let r = self.inner.db.begin_read().ok()?;
+        let r = self.inner.db.get().ok()?.begin_read().ok()?;
         let t = r.open_table(auth::LIST_VERSION).ok()?;
         t.get(charger).ok()?.map(|v| v.value())
     }
 
     /// A charger's dead letters, oldest first.
     pub fn dead_letters(&self, charger: &str) -> Result<Vec<outbox::DeadLetter>, JournalError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db.get()?.begin_read()?;
         outbox::load_dead(&r.open_table(outbox::DEAD)?, charger).map_err(JournalError::Storage)
     }
 
     /// A charger's map of local to cloud transaction ids.
     pub fn tx_map(&self, charger: &str) -> Result<Vec<(i64, i64)>, JournalError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db.get()?.begin_read()?;
         outbox::load_map(&r.open_table(outbox::TXMAP)?, charger).map_err(JournalError::Storage)
     }
 
@@ -360,7 +367,7 @@ impl Journal {
 
     /// Records matching `q`, oldest first.
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, JournalError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db.get()?.begin_read()?;
         let events = r.open_table(EVENTS)?;
         let after = q.after_seq.map_or(0, |s| s + 1);
         let limit = if q.limit == 0 { usize::MAX } else { q.limit };
@@ -408,7 +415,7 @@ impl Journal {
 
     /// Number of records and the highest sequence number.
     pub fn stats(&self) -> Result<(u64, u64), JournalError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db.get()?.begin_read()?;
         let t = r.open_table(EVENTS)?;
         let last = t.last()?.map_or(0, |(k, _)| k.value());
         Ok((t.len()?, last))
@@ -450,16 +457,35 @@ fn rebuild(db: &Database) -> Result<(LiveState, i64), JournalError> {
     Ok((state, min_local_tx))
 }
 
+/// The database, shared by the writer and readers, and swapped by the
+/// writer when it has to reopen it: after an I/O error (a full disk) redb
+/// refuses every later transaction until the database is reopened.
+#[derive(Clone)]
+struct Shared(Arc<std::sync::RwLock<Option<Arc<Database>>>>);
+
+impl Shared {
+    fn get(&self) -> Result<Arc<Database>, JournalError> {
+        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
+        g.clone().ok_or(JournalError::Reopening)
+    }
+}
+
+/// Opens the database again (same file or backend).
+type Reopen = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
+
 struct Writer {
-    db: Arc<Database>,
+    db: Shared,
+    reopen: Reopen,
     cfg: JournalConfig,
     stream: broadcast::Sender<Arc<Record>>,
     state: Arc<Mutex<LiveState>>,
     alarm: Arc<Mutex<Option<String>>>,
+    /// Commits failed in a row (disk full, I/O errors).
+    failed_commits: u64,
 }
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch = Vec::new();
         let mut closing = None;
         while let Some(first) = rx.blocking_recv() {
@@ -490,12 +516,34 @@ impl Writer {
         }
     }
 
-    fn commit(&self, batch: Vec<Append>) {
+    fn commit(&mut self, mut batch: Vec<Append>) {
+        if self.db.get().is_err() {
+            self.try_reopen();
+        }
+        if self.failed_commits > 0 {
+            // Storage works again: say in the journal what went wrong, now
+            // that it can be written.
+            let ev = Event::StorageAlarm {
+                error: self.alarm().unwrap_or_default(),
+                failed_commits: self.failed_commits,
+            };
+            batch.insert(
+                0,
+                Append {
+                    ops: vec![Op::Event {
+                        charger: None,
+                        event: ev,
+                    }],
+                    done: None,
+                },
+            );
+        }
         match self.write(&batch) {
             Ok((records, results)) => {
                 if let Ok(mut a) = self.alarm.lock() {
                     a.take();
                 }
+                self.failed_commits = 0;
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 for rec in records {
                     state.apply(&rec);
@@ -513,9 +561,25 @@ impl Writer {
                     "journal commit failed, {} events not stored: {e}",
                     batch.len()
                 );
-                if let Ok(mut a) = self.alarm.lock() {
+                if let (Ok(mut a), false) =
+                    (self.alarm.lock(), matches!(e, JournalError::Reopening))
+                {
+                    // Keep the root cause (the full disk), not its echo.
                     *a = Some(e.to_string());
                 }
+                self.failed_commits += 1;
+                self.try_reopen();
+                // The recovery note is not one of the callers' writes.
+                let batch = batch.into_iter().filter(|a| {
+                    a.done.is_some()
+                        || !matches!(
+                            a.ops.first(),
+                            Some(Op::Event {
+                                event: Event::StorageAlarm { .. },
+                                ..
+                            })
+                        )
+                });
                 for append in batch {
                     if let Some(done) = append.done {
                         let _ = done.send(Err(JournalError::Storage(e.to_string())));
@@ -526,8 +590,35 @@ impl Writer {
     }
 
     #[allow(clippy::type_complexity)]
+    /// Close and reopen the database so that the next commit can succeed
+    /// once storage works again. Readers holding the old handle keep it
+    /// open a moment longer; then the next failure tries again.
+    fn try_reopen(&mut self) {
+        let mut slot = self.db.0.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.take() {
+            match Arc::try_unwrap(old) {
+                Ok(db) => drop(db),
+                Err(still_shared) => {
+                    *slot = Some(still_shared);
+                    return;
+                }
+            }
+        }
+        match (self.reopen)() {
+            Ok(db) => {
+                log::warn!("journal reopened after a storage error");
+                *slot = Some(Arc::new(db));
+            }
+            Err(e) => log::error!("cannot reopen the journal yet: {e}"),
+        }
+    }
+
+    fn alarm(&self) -> Option<String> {
+        self.alarm.lock().ok().and_then(|a| a.clone())
+    }
+
     fn write(&self, batch: &[Append]) -> Result<(Vec<Record>, Vec<Vec<u64>>), JournalError> {
-        let w = self.db.begin_write()?;
+        let w = self.db.get()?.begin_write()?;
         let mut records = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
         {

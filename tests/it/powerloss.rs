@@ -25,6 +25,8 @@ struct Disk {
     /// Writes since the last sync, in order.
     unsynced: Vec<(u64, Vec<u8>)>,
     dead: bool,
+    /// Syncs fail (a full disk) while set; everything else works.
+    full: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,6 +58,7 @@ impl PowerCutBackend {
             live: image,
             unsynced: Vec::new(),
             dead: false,
+            full: false,
         })))
     }
 }
@@ -92,6 +95,12 @@ impl StorageBackend for PowerCutBackend {
         let mut d = self.0.lock().unwrap();
         if d.dead {
             return Err(off());
+        }
+        if d.full {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device",
+            ));
         }
         d.durable = d.live.clone();
         d.unsynced.clear();
@@ -282,4 +291,32 @@ fn a_disk_that_fails_gives_errors_not_acknowledgements() {
         };
         assert!(j.record_durable(Some("CP"), ev).await.is_err());
     });
+}
+
+#[tokio::test]
+async fn a_full_disk_raises_an_alarm_and_the_journal_says_so_once_it_can() {
+    let disk = PowerCutBackend::default();
+    let j = Journal::open_with_backend(disk.clone(), cfg()).unwrap();
+    j.commit(ops(1)).await.unwrap();
+    disk.0.lock().unwrap().full = true;
+    assert!(j.commit(ops(2)).await.is_err());
+    assert!(j.commit(ops(3)).await.is_err());
+    let alarm = j.alarm().expect("an alarm while the disk is full");
+    assert!(alarm.contains("no space left"), "{alarm}");
+    disk.0.lock().unwrap().full = false;
+    j.commit(ops(4)).await.unwrap();
+    assert!(j.alarm().is_none(), "cleared once writing works");
+    let alarms = j
+        .query(&Query {
+            kinds: vec!["StorageAlarm".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(alarms.len(), 1);
+    let v = serde_json::to_value(&alarms[0]).unwrap();
+    assert!(v["failed_commits"].as_u64().unwrap() >= 2, "{v}");
+    assert!(
+        j.outbox("CP-PL").unwrap().len() >= 2,
+        "what was acknowledged is still there"
+    );
 }

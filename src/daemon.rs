@@ -173,13 +173,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::bench::raise_fd_limit();
     let running = start(cfg).await?;
     println!("READY ocpp={} api={}", running.ocpp_addr, running.api_addr);
+    let notify = crate::notify::Notifier::from_env();
+    notify.send("READY=1");
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    let period = crate::notify::Notifier::watchdog_interval();
+    let mut watchdog = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { log::info!("SIGINT: shutting down"); break; }
+            _ = watchdog.tick(), if period.is_some() => {
+                // Healthy means the main loop runs and the journal's writer
+                // answers (a commit that fails still answers; a hung disk
+                // does not, and then systemd restarts the daemon).
+                let probe = tokio::time::timeout(period.unwrap_or_default(), running.journal.commit(Vec::new())).await;
+                if probe.is_ok() {
+                    notify.send("WATCHDOG=1");
+                } else {
+                    log::error!("journal writer does not answer; not pinging the watchdog");
+                }
+            }
+        }
     }
+    notify.send("STOPPING=1");
     running.stop().await;
     Ok(())
 }

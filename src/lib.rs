@@ -23,7 +23,7 @@
 //!   them for every front end ([`force_stop`], [`check`], [`diagnostics`]).
 //! - [`api`] and [`client`]: the local HTTP API and the CLI's use of it.
 //! - [`sim`]: simulated chargers; [`bench`](mod@bench): the relay benchmark.
-//! - [`logging`]: journald or stderr.
+//! - [`logging`]: journald or stderr; [`notify`]: systemd READY/WATCHDOG.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +41,7 @@ pub mod event;
 pub mod force_stop;
 pub mod journal;
 pub mod logging;
+pub mod notify;
 pub mod ocpp;
 pub mod outbox;
 pub mod server;

@@ -10,5 +10,6 @@ mod interop;
 mod offline;
 mod powerloss;
 mod proxy;
+mod service;
 mod standalone;
 mod web;

@@ -167,10 +167,33 @@ impl Running {
     }
 }
 
+/// SIGHUP: check the config file again and say what it would take to apply
+/// it. Live reload is not implemented yet, so a changed file needs a
+/// restart; a broken one is reported and the running config stays.
+fn reload_check(path: Option<&std::path::Path>, running: &str) {
+    let Some(path) = path else {
+        log::warn!("SIGHUP: running on the embedded default config; nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Err(e) => {
+            log::error!("SIGHUP: the config file has problems, keeping the running config:\n{e}")
+        }
+        Ok(new) if format!("{new:?}") == running => {
+            log::info!("SIGHUP: {} unchanged", path.display())
+        }
+        Ok(_) => log::warn!(
+            "SIGHUP: {} changed; restart chargegate to apply it (live reload is not supported yet)",
+            path.display()
+        ),
+    }
+}
+
 /// Run until SIGTERM or SIGINT. Prints one `READY` line on stdout with the
 /// bound addresses, which scripts and tests read.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     crate::bench::raise_fd_limit();
+    let running_cfg = format!("{cfg:?}");
     let running = start(cfg).await?;
     println!("READY ocpp={} api={}", running.ocpp_addr, running.api_addr);
     let notify = crate::notify::Notifier::from_env();
@@ -178,12 +201,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let period = crate::notify::Notifier::watchdog_interval();
     let mut watchdog = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
     loop {
         tokio::select! {
             _ = term.recv() => { log::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { log::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload_check(config_path.as_deref(), &running_cfg),
             _ = watchdog.tick(), if period.is_some() => {
                 // Healthy means the main loop runs and the journal's writer
                 // answers (a commit that fails still answers; a hung disk

@@ -116,15 +116,20 @@ enum Cmd {
     Bench(chargegate::bench::BenchArgs),
 }
 
-fn load_config(explicit: Option<&PathBuf>) -> Result<Config, ConfigError> {
-    let path = explicit
+/// The config file in use: `--config`, `$CHARGEGATE_CONFIG`, the system
+/// one if it exists; `None` means the embedded default.
+fn config_path(explicit: Option<&PathBuf>) -> Option<PathBuf> {
+    explicit
         .cloned()
         .or_else(|| std::env::var_os("CHARGEGATE_CONFIG").map(PathBuf::from))
         .or_else(|| {
             let p = PathBuf::from(SYSTEM_CONFIG);
             p.is_file().then_some(p)
-        });
-    match path {
+        })
+}
+
+fn load_config(explicit: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    match config_path(explicit) {
         Some(p) => Config::load(&p),
         None => Config::parse(chargegate::config::EMBEDDED, EMBEDDED_NAME),
     }
@@ -177,7 +182,7 @@ fn main() -> ExitCode {
         match command {
             Cmd::Run => {
                 chargegate::logging::init(cfg.log_level);
-                chargegate::daemon::run(cfg).await
+                chargegate::daemon::run(cfg, config_path(cli.config.as_ref())).await
             }
             Cmd::CheckConfig { .. } => Ok(()),
             Cmd::Status { json } => {

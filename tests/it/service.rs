@@ -1,6 +1,6 @@
 //! The daemon as a systemd service: READY=1, WATCHDOG=1 and STOPPING=1 on
-//! the NOTIFY_SOCKET the test provides, a clean exit on SIGTERM, and the
-//! unit file passes `systemd-analyze verify`.
+//! the NOTIFY_SOCKET the test provides, SIGHUP survived, a clean exit on
+//! SIGTERM, and the unit file passes `systemd-analyze verify`.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -32,13 +32,24 @@ async fn the_daemon_notifies_systemd_and_stops_cleanly_on_sigterm() {
         .unwrap();
     let sock = tokio::task::spawn_blocking(move || {
         assert_eq!(recv(&sock), "READY=1");
+        sock
+    })
+    .await
+    .unwrap();
+    // SIGHUP checks the config; it must not stop the daemon.
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let sock = tokio::task::spawn_blocking(move || {
         assert_eq!(recv(&sock), "WATCHDOG=1");
         assert_eq!(recv(&sock), "WATCHDOG=1", "pinged again while healthy");
         sock
     })
     .await
     .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after SIGHUP"
+    );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(WAIT, child.wait())
         .await

@@ -60,6 +60,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the messages the cloud refused for good (dead letters) of a charger.
+    DeadLetters {
+        charger: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a remote action on a charger: reboot, start, stop, unlock,
     /// enable, disable, trigger, get-config, change-config.
     Action {
@@ -211,6 +217,41 @@ fn main() -> ExitCode {
                     token: cfg.api_token.clone(),
                 };
                 log_command(&api, charger, kind, since, limit, follow, json).await
+            }
+            Cmd::DeadLetters { charger, json } => {
+                let api = ApiClient {
+                    addr: cfg.api_listen,
+                    token: cfg.api_token.clone(),
+                };
+                let enc = percent_encoding::utf8_percent_encode(
+                    &charger,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string();
+                let dead: Vec<chargegate::outbox::DeadLetter> = api
+                    .get(&format!("/api/v1/chargers/{enc}/dead-letters"))
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&dead)?);
+                } else if dead.is_empty() {
+                    println!("{charger}: no dead letters");
+                }
+                for d in dead.iter().filter(|_| !json) {
+                    println!(
+                        "{}  {} after {} attempt(s): {}\n    {}",
+                        chargegate::session::format_ms(
+                            time::OffsetDateTime::from_unix_timestamp_nanos(
+                                d.dead_ms as i128 * 1_000_000
+                            )
+                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                        ),
+                        d.entry.action,
+                        d.entry.attempts,
+                        d.error,
+                        d.entry.payload
+                    );
+                }
+                Ok(())
             }
             Cmd::Action {
                 name,

@@ -185,6 +185,21 @@ async fn refused_replays_are_retried_then_kept_as_dead_letters() {
         .find(|c| c.state.id == "CP-DL")
         .unwrap();
     assert_eq!((c.outbox.depth, c.outbox.dead_letters), (0, 2));
+
+    // And in the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &format!("[api]\nlisten = \"{}\"\n", api.addr));
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&["--config", cfg.to_str().unwrap(), "dead-letters", "CP-DL"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("StartTransaction after 2 attempt(s): InternalError")
+            && out.contains("StopTransaction after 0 attempt(s)"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

@@ -195,13 +195,14 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     crate::bench::raise_fd_limit();
     let running_cfg = format!("{cfg:?}");
     let running = start(cfg).await?;
-    println!("READY ocpp={} api={}", running.ocpp_addr, running.api_addr);
-    let notify = crate::notify::Notifier::from_env();
-    notify.send("READY=1");
+    // Signal handlers first: once READY is out, systemd may signal at once.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    println!("READY ocpp={} api={}", running.ocpp_addr, running.api_addr);
+    let notify = crate::notify::Notifier::from_env();
+    notify.send("READY=1");
     let period = crate::notify::Notifier::watchdog_interval();
     let mut watchdog = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
     loop {

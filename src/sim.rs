@@ -53,37 +53,64 @@ pub struct SimStats {
 /// Run the simulation; returns the counters.
 pub async fn run(opts: SimOptions) -> Arc<SimStats> {
     let stats = Arc::new(SimStats::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for n in 1..=opts.chargers {
         let id = format!("{}{}", opts.prefix, n);
-        tasks.push(tokio::spawn(charger(id, opts.clone(), stats.clone())));
+        tasks.push(tokio::spawn(charger(
+            id,
+            opts.clone(),
+            stats.clone(),
+            stop.clone(),
+        )));
     }
-    let all = futures_util::future::join_all(tasks);
     match opts.duration {
-        Some(d) => {
-            let _ = tokio::time::timeout(d, all).await;
-        }
+        Some(d) => tokio::time::sleep(d).await,
         None => {
-            tokio::select! {
-                _ = all => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
+    // Chargers leave with a WebSocket close, as a real one going offline would.
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        futures_util::future::join_all(tasks),
+    )
+    .await;
     stats
 }
 
-async fn charger(id: String, opts: SimOptions, stats: Arc<SimStats>) {
+async fn charger(
+    id: String,
+    opts: SimOptions,
+    stats: Arc<SimStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
+        let stopped = *stop.borrow();
+        if stopped {
+            return;
+        }
         match SimCharger::connect(&id, &opts).await {
             Ok(mut c) => {
                 stats.connects.fetch_add(1, Ordering::Relaxed);
-                let why = c.run(&opts, &stats).await;
+                let why = tokio::select! {
+                    why = c.run(&opts, &stats) => why,
+                    _ = stop.changed() => {
+                        let _ = c.ws.close(None).await;
+                        // Read until the gateway answers the close.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async { while c.ws.next().await.is_some() {} }).await;
+                        return;
+                    }
+                };
                 log::info!("sim {id}: {why}");
             }
             Err(e) => log::warn!("sim {id}: cannot connect: {e}"),
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

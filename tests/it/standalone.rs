@@ -119,5 +119,10 @@ async fn the_simulator_runs_sessions_against_the_gateway() {
             .await;
         gw.wait_event(&id, "BootNotification", |e| e["model"] == "Simulator")
             .await;
+        // The simulator leaves with a WebSocket close, not a reset.
+        gw.wait_event(&id, "Disconnect", |e| {
+            e["link"] == "charger" && e["reason"] == "charger closed the connection"
+        })
+        .await;
     }
 }

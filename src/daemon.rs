@@ -43,7 +43,19 @@ pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Open storage, bind both listeners and start serving.
+/// Bind a listener; errors name the config key. Port 0 binds a free port,
+/// so the bound address is returned too.
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { addr, what, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
+}
+
+/// Open storage, bind the listeners and start serving.
 pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let cfg = Arc::new(cfg);
     let journal = Journal::open(JournalConfig {
@@ -58,42 +70,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         )?)),
         None => None,
     };
-    let ocpp = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: cfg.listen,
-            what: "ocpp.listen",
-            source,
-        })?;
-    let api = TcpListener::bind(cfg.api_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: cfg.api_listen,
-            what: "api.listen",
-            source,
-        })?;
-    let ocpp_addr = ocpp.local_addr().map_err(|source| StartError::Bind {
-        addr: cfg.listen,
-        what: "ocpp.listen",
-        source,
-    })?;
-    let upload = TcpListener::bind(cfg.upload_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: cfg.upload_listen,
-            what: "diagnostics.listen",
-            source,
-        })?;
-    let upload_addr = upload.local_addr().map_err(|source| StartError::Bind {
-        addr: cfg.upload_listen,
-        what: "diagnostics.listen",
-        source,
-    })?;
-    let api_addr = api.local_addr().map_err(|source| StartError::Bind {
-        addr: cfg.api_listen,
-        what: "api.listen",
-        source,
-    })?;
+    let (ocpp, ocpp_addr) = bind(cfg.listen, "ocpp.listen").await?;
+    let (api, api_addr) = bind(cfg.api_listen, "api.listen").await?;
+    let (upload, upload_addr) = bind(cfg.upload_listen, "diagnostics.listen").await?;
     journal
         .record_durable(
             None,

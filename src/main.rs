@@ -184,6 +184,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The CLI commands talk to the running daemon's API.
+    let api = ApiClient {
+        addr: cfg.api_listen,
+        token: cfg.api_token.clone(),
+    };
     let result = rt.block_on(async move {
         match command {
             Cmd::Run => {
@@ -192,10 +197,6 @@ fn main() -> ExitCode {
             }
             Cmd::CheckConfig { .. } => Ok(()),
             Cmd::Status { json } => {
-                let api = ApiClient {
-                    addr: cfg.api_listen,
-                    token: cfg.api_token.clone(),
-                };
                 let s: Status = api.get("/api/v1/status").await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&s)?);
@@ -211,25 +212,10 @@ fn main() -> ExitCode {
                 limit,
                 follow,
                 json,
-            } => {
-                let api = ApiClient {
-                    addr: cfg.api_listen,
-                    token: cfg.api_token.clone(),
-                };
-                log_command(&api, charger, kind, since, limit, follow, json).await
-            }
+            } => log_command(&api, charger, kind, since, limit, follow, json).await,
             Cmd::DeadLetters { charger, json } => {
-                let api = ApiClient {
-                    addr: cfg.api_listen,
-                    token: cfg.api_token.clone(),
-                };
-                let enc = percent_encoding::utf8_percent_encode(
-                    &charger,
-                    percent_encoding::NON_ALPHANUMERIC,
-                )
-                .to_string();
                 let dead: Vec<chargegate::outbox::DeadLetter> = api
-                    .get(&format!("/api/v1/chargers/{enc}/dead-letters"))
+                    .get(&format!("/api/v1/chargers/{}/dead-letters", enc(&charger)))
                     .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&dead)?);
@@ -264,10 +250,6 @@ fn main() -> ExitCode {
                 message,
                 json,
             } => {
-                let api = ApiClient {
-                    addr: cfg.api_listen,
-                    token: cfg.api_token.clone(),
-                };
                 let body = serde_json::to_value(chargegate::actions::ActionRequest {
                     connector,
                     id_tag,
@@ -276,10 +258,6 @@ fn main() -> ExitCode {
                     value,
                     message,
                 })?;
-                let enc = |s: &str| {
-                    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-                        .to_string()
-                };
                 let r: chargegate::api::ActionResult = api
                     .post(
                         &format!("/api/v1/chargers/{}/actions/{}", enc(&charger), enc(&name)),
@@ -346,6 +324,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// A value percent-encoded for a URL path segment or query.
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 async fn log_command(
     api: &ApiClient,
     charger: Option<String>,
@@ -355,9 +338,6 @@ async fn log_command(
     follow: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
     let mut base = String::new();
     if let Some(c) = &charger {
         base.push_str(&format!("&charger={}", enc(c)));

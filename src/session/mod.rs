@@ -352,15 +352,26 @@ impl Session {
         }
     }
 
+    /// Parse a frame from either side. A malformed one is journaled, and
+    /// when its sender expects an answer the CALLERROR to send back is the
+    /// error value.
+    async fn parse_frame(&self, from: Link, text: &str) -> Result<Frame, Option<String>> {
+        let e = match frame::parse(text) {
+            Ok(f) => return Ok(f),
+            Err(e) => e,
+        };
+        let code = e.error_code(self.proto);
+        self.protocol_error(from, code, &e.detail, text).await;
+        Err(e
+            .wants_reply()
+            .then(|| frame::call_error(e.reply_id(), code, &e.detail)))
+    }
+
     async fn on_charger_text(&mut self, text: &str) -> Result<(), End> {
-        let frame = match frame::parse(text) {
+        let frame = match self.parse_frame(Link::Charger, text).await {
             Ok(f) => f,
-            Err(e) => {
-                self.protocol_error(Link::Charger, e.error_code(self.proto), &e.detail, text)
-                    .await;
-                if e.wants_reply() {
-                    let reply =
-                        frame::call_error(e.reply_id(), e.error_code(self.proto), &e.detail);
+            Err(reply) => {
+                if let Some(reply) = reply {
                     self.send_charger(reply).await?;
                 }
                 return Ok(());
@@ -617,14 +628,10 @@ impl Session {
     }
 
     async fn on_upstream_text(&mut self, text: &str) -> Result<(), End> {
-        let frame = match frame::parse(text) {
+        let frame = match self.parse_frame(Link::Cloud, text).await {
             Ok(f) => f,
-            Err(e) => {
-                self.protocol_error(Link::Cloud, e.error_code(self.proto), &e.detail, text)
-                    .await;
-                if e.wants_reply() {
-                    let reply =
-                        frame::call_error(e.reply_id(), e.error_code(self.proto), &e.detail);
+            Err(reply) => {
+                if let Some(reply) = reply {
                     if !self.send_upstream(&reply).await {
                         self.link_down("write to cloud failed".into(), None).await?;
                     }

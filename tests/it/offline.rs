@@ -54,6 +54,9 @@ async fn a_whole_offline_session_reaches_the_cloud_in_order_with_its_ids() {
     let a = cp.call("StopTransaction", stop(local, 1200)).await;
     assert_eq!(a[0], 3, "the charger never sees an error: {a}");
     assert_eq!(gw.journal().outbox("CP-OFF").unwrap().len(), 17);
+    let stats = gw.journal().outbox_stats("CP-OFF").unwrap();
+    assert_eq!((stats.depth, stats.dead_letters), (17, 0));
+    assert!(stats.oldest_ms.is_some());
 
     // The cloud comes back.
     let mut csms = Csms::start_on(&addr.to_string(), default_answers()).await;

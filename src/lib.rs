@@ -23,6 +23,8 @@
 //!   them for every front end ([`force_stop`], [`check`], [`diagnostics`]).
 //! - [`api`] and [`client`]: the local HTTP API and the CLI's use of it.
 //! - [`sim`]: simulated chargers; [`bench`](mod@bench): the relay benchmark.
+//! - [`smart`]: schedules, charging profiles and load management;
+//!   [`meter`]: the site meter over Modbus; [`clock`]: wall-clock time.
 //! - [`logging`]: journald or stderr; [`notify`]: systemd READY/WATCHDOG.
 
 #![forbid(unsafe_code)]
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod bench;
 pub mod check;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod diagnostics;
@@ -41,11 +44,13 @@ pub mod event;
 pub mod force_stop;
 pub mod journal;
 pub mod logging;
+pub mod meter;
 pub mod notify;
 pub mod ocpp;
 pub mod outbox;
 pub mod server;
 pub mod session;
 pub mod sim;
+pub mod smart;
 pub mod state;
 pub mod upstream;

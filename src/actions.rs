@@ -26,6 +26,13 @@ pub struct ActionRequest {
     /// Trigger: the message to trigger (StatusNotification, Heartbeat, MeterValues, BootNotification).
     #[serde(default)]
     pub message: Option<String>,
+    /// Limit: the current cap in amperes.
+    #[serde(default)]
+    pub amps: Option<f64>,
+    /// Pause, limit: until when (RFC 3339, or a span from now like "90m",
+    /// "2h"); none: until resumed.
+    #[serde(default)]
+    pub until: Option<String>,
 }
 
 /// The action names, as the API paths and the CLI take them.
@@ -42,7 +49,73 @@ pub const NAMES: &[&str] = &[
     "trigger",
     "get-config",
     "change-config",
+    "pause",
+    "resume",
+    "limit",
 ];
+
+/// Actions the gateway keeps itself (smart charging overrides): journaled,
+/// not sent as one call; the smart-charging engine turns them into
+/// charging profiles.
+pub const LOCAL: &[&str] = &["pause", "resume", "limit"];
+
+/// A pause, resume or cap as the journal keeps it: (mode, amperes, until).
+pub fn to_override(
+    name: &str,
+    req: &ActionRequest,
+    now: jiff::Timestamp,
+) -> Result<(String, Option<f64>, Option<String>), Refusal> {
+    let until = match req
+        .until
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => None,
+        Some(u) => {
+            let t = match u.parse::<jiff::Timestamp>() {
+                Ok(t) => t,
+                Err(_) => {
+                    let span = parse_span(u).ok_or_else(|| {
+                        Refusal::BadRequest(format!(
+                            "until: expected an RFC 3339 time or a span like \"90m\" or \"2h\", found {u:?}"
+                        ))
+                    })?;
+                    now + span
+                }
+            };
+            if t <= now {
+                return Err(Refusal::BadRequest(format!("until: {t} is in the past")));
+            }
+            Some(t.to_string())
+        }
+    };
+    match name {
+        "pause" => Ok(("pause".into(), Some(0.0), until)),
+        "resume" => Ok(("resume".into(), None, None)),
+        "limit" => match req.amps {
+            Some(a) if (0.0..=1000.0).contains(&a) => Ok(("cap".into(), Some(a), until)),
+            _ => Err(Refusal::BadRequest(
+                "limit: expected \"amps\", a current from 0 to 1000".into(),
+            )),
+        },
+        other => Err(Refusal::UnknownAction(other.into())),
+    }
+}
+
+/// "90m", "2h", "1d", "45s".
+fn parse_span(s: &str) -> Option<jiff::SignedDuration> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0 && *n <= 100_000)?;
+    let secs = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(jiff::SignedDuration::from_secs(n * secs))
+}
 
 /// Why an action cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

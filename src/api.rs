@@ -57,6 +57,9 @@ pub struct Status {
     pub journal_last_seq: u64,
     pub journal_alarm: Option<String>,
     pub chargers: Vec<ChargerView>,
+    /// Smart charging: load management, the meter, every limit now.
+    #[serde(default)]
+    pub smart: crate::smart::engine::SmartStatus,
 }
 
 #[derive(Serialize)]
@@ -187,6 +190,7 @@ fn view(ctx: &Ctx) -> Status {
         journal_last_seq: last,
         journal_alarm: ctx.journal.alarm(),
         chargers,
+        smart: ctx.smart.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
 

@@ -205,6 +205,67 @@ pub fn format_status(s: &Status) -> String {
     for r in &rows {
         out.push_str(&line(r));
     }
+    out.push_str(&format_smart(s));
+    out
+}
+
+/// The smart-charging part of the status: the meter, load management and
+/// each managed charger's limit with its reason.
+fn format_smart(s: &Status) -> String {
+    let sm = &s.smart;
+    let mut out = String::new();
+    if let Some(m) = &sm.meter {
+        out.push_str(&format!("\nsite meter ({}): ", m.model));
+        match (&m.last, &m.error) {
+            (Some(r), None) => out.push_str(&format!(
+                "L1 {:.1} A, L2 {:.1} A, L3 {:.1} A{}{}",
+                r.current[0],
+                r.current[1],
+                r.current[2],
+                r.power_w
+                    .map(|w| format!(", {:.2} kW", w / 1000.0))
+                    .unwrap_or_default(),
+                r.energy_import_kwh
+                    .map(|e| format!(", {e:.1} kWh imported"))
+                    .unwrap_or_default()
+            )),
+            (_, Some(e)) => out.push_str(&format!("NOT ANSWERING: {e}")),
+            (None, None) => out.push_str("no reading yet"),
+        }
+        out.push('\n');
+    }
+    match sm.load.as_str() {
+        "sharing" => out.push_str(&format!(
+            "load management: sharing {:.1} A per phase among the chargers\n",
+            sm.available_a.unwrap_or(0.0)
+        )),
+        "fallback" => {
+            out.push_str("load management: FALLBACK, every charger at the safe current\n")
+        }
+        _ => {}
+    }
+    let limited: Vec<_> = s
+        .chargers
+        .iter()
+        .filter_map(|c| c.state.limit.as_ref().map(|l| (c, l)))
+        .collect();
+    if !limited.is_empty() {
+        out.push_str("\nLIMITS\n");
+        for (c, l) in limited {
+            out.push_str(&format!(
+                "{}  {} A  {}{}\n",
+                c.state.id,
+                l.amps,
+                l.reason,
+                c.state
+                    .profile_answer
+                    .as_ref()
+                    .filter(|a| a.as_str() != "Accepted")
+                    .map(|a| format!("  (charger answered the profile: {a})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     out
 }
 
@@ -315,6 +376,7 @@ mod tests {
             journal_last_seq: 1,
             journal_alarm: None,
             chargers: vec![view("CP-1", 3, 0), view("CP-2", 1, 2)],
+            smart: Default::default(),
         };
         let out = format_status(&s);
         let lines: Vec<&str> = out.lines().collect();

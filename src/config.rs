@@ -12,6 +12,9 @@ use toml::{Table, Value};
 
 use crate::ocpp::local::{AuthPolicy, Policy};
 
+mod smart;
+pub use self::smart::{ChargerLimits, LoadConfig, PauseMethod, ScheduleConfig, Smart, SmartConfig};
+
 /// The example config, which is also what `chargegate` runs when no config
 /// file is given.
 pub const EMBEDDED: &str = include_str!("../config/chargegate.toml");
@@ -58,6 +61,8 @@ pub struct ChargerConfig {
     pub password: Option<String>,
     /// Password to present to the cloud instead of passing the charger's on.
     pub upstream_password: Option<String>,
+    /// Electrical limits and quirks, for smart charging.
+    pub limits: ChargerLimits,
 }
 
 /// The cloud side.
@@ -116,6 +121,18 @@ pub struct Config {
     pub journal_max_age: Duration,
     pub journal_max_bytes: u64,
     pub chargers: BTreeMap<String, ChargerConfig>,
+    /// Schedules, load management, the meter.
+    pub smart: Smart,
+}
+
+impl Config {
+    /// A charger's electrical limits (defaults for one not in the config).
+    pub fn limits(&self, id: &str) -> ChargerLimits {
+        self.chargers
+            .get(id)
+            .map(|c| c.limits.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Walks a TOML table, collecting problems instead of stopping at the first.
@@ -237,6 +254,11 @@ const TOP: &[&str] = &[
     "journal",
     "diagnostics",
     "charger",
+    "site",
+    "smart",
+    "load",
+    "meter",
+    "schedule",
 ];
 
 impl Config {
@@ -485,6 +507,17 @@ impl Config {
         let upload_max_bytes =
             r.int(d, "diagnostics", "max_size_mb", 20, 1, 1024) as usize * 1024 * 1024;
         let chargers = read_chargers(root, r);
+        let smart = smart::read(root, r);
+        for (i, s) in smart.schedules.iter().enumerate() {
+            for c in &s.chargers {
+                if c != "*" && !chargers.contains_key(c) && !allow_unknown {
+                    r.problem(
+                        &format!("schedule[{i}].chargers"),
+                        format!("expected ids of [[charger]] entries (or \"*\"); {c:?} is not one"),
+                    );
+                }
+            }
+        }
         Config {
             gateway_id,
             data_dir,
@@ -511,6 +544,7 @@ impl Config {
             journal_max_age,
             journal_max_bytes,
             chargers,
+            smart,
         }
     }
 }
@@ -589,7 +623,9 @@ fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig
             r.problem(&section, "expected a table");
             continue;
         };
-        r.unknown_keys(t, &section, &["id", "password", "upstream_password"]);
+        let mut known = vec!["id", "password", "upstream_password"];
+        known.extend_from_slice(smart::CHARGER_KEYS);
+        r.unknown_keys(t, &section, &known);
         let Some(id) = r.string(Some(t), &section, "id", None) else {
             r.problem(
                 &format!("{section}.id"),
@@ -606,6 +642,7 @@ fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig
         let upstream_password = r
             .string(Some(t), &section, "upstream_password", None)
             .filter(|p| !p.is_empty());
+        let limits = smart::read_charger_limits(t, &section, r);
         if chargers
             .insert(
                 id.clone(),
@@ -613,6 +650,7 @@ fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig
                     id: id.clone(),
                     password,
                     upstream_password,
+                    limits,
                 },
             )
             .is_some()

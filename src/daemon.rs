@@ -39,6 +39,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     pub journal: Journal,
     pub registry: Registry,
+    /// The clock schedules run on; tests move it.
+    pub clock: crate::clock::Clock,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -85,7 +87,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let registry = Registry::default();
     let uploads = crate::diagnostics::Uploads::default();
+    let clock = crate::clock::Clock::default();
+    let smart = crate::smart::engine::StatusHandle::default();
     let ctx = Ctx {
+        clock: clock.clone(),
+        smart: smart.clone(),
         uploads: uploads.clone(),
         upload_addr,
         cfg: cfg.clone(),
@@ -95,6 +101,22 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         shutdown: shutdown_rx.clone(),
     };
     let mut tasks = vec![tokio::spawn(server::serve(ocpp, ctx.clone()))];
+    let meter = cfg.smart.meter.clone().map(|m| {
+        let (tx, rx) = watch::channel(crate::meter::MeterStatus::default());
+        tasks.push(tokio::spawn(crate::meter::run(
+            m,
+            clock.clone(),
+            tx,
+            shutdown_rx.clone(),
+        )));
+        rx
+    });
+    tasks.push(tokio::spawn(crate::smart::engine::run(
+        ctx.clone(),
+        clock.clone(),
+        meter,
+        smart,
+    )));
     tasks.push(tokio::spawn(crate::api::serve(api, ctx)));
     tasks.push(tokio::spawn(crate::diagnostics::serve(
         upload,
@@ -121,6 +143,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         api_addr,
         journal,
         registry,
+        clock,
         shutdown,
         tasks,
     })

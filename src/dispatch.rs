@@ -47,6 +47,32 @@ pub async fn run(
 ) -> Result<ActionResult, Error> {
     let state = ctx.journal.state();
     let charger = state.chargers.get(&id);
+    if crate::actions::LOCAL.contains(&name.as_str()) {
+        if charger.is_none() && !ctx.cfg.chargers.contains_key(&id) {
+            return Err(Error::UnknownCharger(id));
+        }
+        let (mode, limit_a, until) = crate::actions::to_override(&name, &req, ctx.clock.now())
+            .map_err(|e| Error::Refused(e.to_string()))?;
+        let event = crate::event::Event::Override {
+            mode: mode.clone(),
+            limit_a,
+            until: until.clone(),
+            source,
+        };
+        ctx.journal
+            .record_durable(Some(&id), event)
+            .await
+            .map_err(|e| Error::Refused(format!("cannot journal it: {e}")))?;
+        return Ok(ActionResult {
+            charger: id,
+            action: name,
+            call: "(smart charging: a charging profile follows)".into(),
+            request: serde_json::json!({ "mode": mode, "limit_a": limit_a, "until": until }),
+            outcome: "result".into(),
+            result: Some(serde_json::json!({ "status": "Accepted" })),
+            error: None,
+        });
+    }
     if name == "check" {
         if ctx.registry.get(&id).is_none()
             && charger.is_none()

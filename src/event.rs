@@ -29,6 +29,8 @@ pub enum Source {
     Cli,
     Web,
     Mqtt,
+    /// Smart charging (schedules, load management).
+    Smart,
 }
 
 /// One journal event. The `kind` tag is the name a person reads in the log.
@@ -171,6 +173,25 @@ pub enum Event {
         /// The start of the offending frame, for troubleshooting.
         frame: String,
     },
+    /// The gateway's limit for a charger changed: its schedule, the site's
+    /// load, a pause or a cap by staff.
+    LimitChanged { limit_a: f64, reason: String },
+    /// Staff paused, capped or resumed a charger (`mode`: pause, cap,
+    /// resume). Folded into the live state, so it outlives a restart.
+    Override {
+        mode: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit_a: Option<f64>,
+        /// RFC 3339; none: until resumed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
+        source: Source,
+    },
+    /// The site meter stopped answering; every charger falls back to the
+    /// safe current.
+    MeterLost { error: String, fallback_a: f64 },
+    /// The site meter answers again; load sharing resumes.
+    MeterRestored { detail: String },
 }
 
 impl Event {
@@ -196,6 +217,10 @@ impl Event {
             Event::DiagnosticsUploaded { .. } => "DiagnosticsUploaded",
             Event::StorageAlarm { .. } => "StorageAlarm",
             Event::ProtocolError { .. } => "ProtocolError",
+            Event::LimitChanged { .. } => "LimitChanged",
+            Event::Override { .. } => "Override",
+            Event::MeterLost { .. } => "MeterLost",
+            Event::MeterRestored { .. } => "MeterRestored",
         }
     }
 
@@ -359,6 +384,24 @@ impl Event {
             Event::ProtocolError {
                 from, code, detail, ..
             } => format!("from {from:?}: {code}: {detail}"),
+            Event::LimitChanged { limit_a, reason } => format!("limit {limit_a} A: {reason}"),
+            Event::Override {
+                mode,
+                limit_a,
+                until,
+                source,
+            } => format!(
+                "{mode}{} by {source:?}{}",
+                limit_a.map(|a| format!(" {a} A")).unwrap_or_default(),
+                until
+                    .as_ref()
+                    .map(|u| format!(" until {u}"))
+                    .unwrap_or_default()
+            ),
+            Event::MeterLost { error, fallback_a } => {
+                format!("site meter lost ({error}); every charger falls back to {fallback_a} A")
+            }
+            Event::MeterRestored { detail } => format!("site meter back: {detail}"),
         }
     }
 }

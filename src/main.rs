@@ -66,8 +66,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run a remote action on a charger: reboot, start, stop, unlock,
-    /// enable, disable, trigger, get-config, change-config.
+    /// Run a remote action on a charger: reboot, start, stop, force-stop,
+    /// check, diagnostics, unlock, enable, disable, trigger, get-config,
+    /// change-config; and the gateway's own pause, resume, limit.
     Action {
         name: String,
         charger: String,
@@ -87,6 +88,12 @@ enum Cmd {
         /// trigger: the message (StatusNotification, Heartbeat, MeterValues, BootNotification).
         #[arg(long)]
         message: Option<String>,
+        /// limit: the current cap in amperes.
+        #[arg(long)]
+        amps: Option<f64>,
+        /// pause / limit: until when (RFC 3339 or a span like 90m, 2h).
+        #[arg(long)]
+        until: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -248,6 +255,8 @@ fn main() -> ExitCode {
                 key,
                 value,
                 message,
+                amps,
+                until,
                 json,
             } => {
                 let body = serde_json::to_value(chargegate::actions::ActionRequest {
@@ -257,6 +266,8 @@ fn main() -> ExitCode {
                     key,
                     value,
                     message,
+                    amps,
+                    until,
                 })?;
                 let r: chargegate::api::ActionResult = api
                     .post(
@@ -297,6 +308,7 @@ fn main() -> ExitCode {
             } => {
                 chargegate::logging::init(log::LevelFilter::Info);
                 let opts = chargegate::sim::SimOptions {
+                    clock: Default::default(),
                     url,
                     chargers,
                     prefix,

@@ -37,6 +37,10 @@ pub struct Ctx {
     pub uploads: crate::diagnostics::Uploads,
     /// Where the diagnostics upload listener is bound.
     pub upload_addr: SocketAddr,
+    /// Wall-clock time for schedules (tests move it).
+    pub clock: crate::clock::Clock,
+    /// Smart charging's view: limits, load management, the meter.
+    pub smart: crate::smart::engine::StatusHandle,
 }
 
 /// WebSocket settings for both sides: small buffers, because a gateway

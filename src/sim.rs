@@ -3,7 +3,9 @@
 //! heartbeats, reports status, runs charging sessions with meter values,
 //! and answers the cloud's calls as a real charger would (Reset reboots it,
 //! RemoteStart/Stop start and stop a transaction, TriggerMessage sends the
-//! message).
+//! message). They keep the charging profiles they are given and follow
+//! them as a charger does: below 6 A a session is suspended
+//! (SuspendedEVSE) and resumes when the limit allows again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +39,8 @@ pub struct SimOptions {
     pub idle: Duration,
     /// Stop after this long; `None` runs until Ctrl-C.
     pub duration: Option<Duration>,
+    /// The clock charging profiles are evaluated on (tests move it).
+    pub clock: crate::clock::Clock,
 }
 
 /// Counters across all simulated chargers.
@@ -48,11 +52,20 @@ pub struct SimStats {
     pub errors: AtomicU64,
     pub sessions: AtomicU64,
     pub calls_answered: AtomicU64,
+    /// Amperes per phase each charger draws right now (what a site meter
+    /// would see, ahead of the chargers' own meter values).
+    pub drawing: std::sync::Mutex<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Run the simulation; returns the counters.
 pub async fn run(opts: SimOptions) -> Arc<SimStats> {
     let stats = Arc::new(SimStats::default());
+    run_with(opts, stats.clone()).await;
+    stats
+}
+
+/// Run the simulation, counting into `stats` while it runs.
+pub async fn run_with(opts: SimOptions, stats: Arc<SimStats>) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for n in 1..=opts.chargers {
@@ -77,7 +90,6 @@ pub async fn run(opts: SimOptions) -> Arc<SimStats> {
         futures_util::future::join_all(tasks),
     )
     .await;
-    stats
 }
 
 async fn charger(
@@ -129,7 +141,21 @@ struct SimCharger {
     meter_wh: i64,
     meter_sent: u32,
     reboot_at: Option<Instant>,
+    /// Charging profiles held (`csChargingProfiles`).
+    profiles: Vec<Value>,
+    /// Suspended by a limit below the minimum current.
+    suspended: bool,
+    /// Amperes per phase drawn now.
+    drawing: f64,
 }
+
+/// Below this a session cannot run (IEC 61851).
+const MIN_CURRENT: f64 = 6.0;
+const ELECTRICAL: crate::smart::profile::Electrical = crate::smart::profile::Electrical {
+    unit: crate::smart::profile::RateUnit::Amps,
+    phases: 3,
+    voltage: 230.0,
+};
 
 impl SimCharger {
     async fn connect(id: &str, opts: &SimOptions) -> Result<SimCharger, String> {
@@ -161,6 +187,9 @@ impl SimCharger {
             meter_wh: 0,
             meter_sent: 0,
             reboot_at: None,
+            profiles: Vec::new(),
+            suspended: false,
+            drawing: 0.0,
         })
     }
 
@@ -179,9 +208,73 @@ impl SimCharger {
         self.queue("StartTransaction", p);
     }
 
+    /// The current the held profiles allow now (32 A without any).
+    fn limit(&self, opts: &SimOptions) -> f64 {
+        crate::smart::profile::composite(&self.profiles, opts.clock.now(), &ELECTRICAL)
+            .unwrap_or(32.0)
+            .min(32.0)
+    }
+
+    /// Follow the limit: suspend below the minimum, resume above it.
+    fn follow_limit(&mut self, opts: &SimOptions) {
+        if self.transaction.is_none() {
+            return;
+        }
+        let limit = self.limit(opts);
+        if self.charging && limit < MIN_CURRENT {
+            self.charging = false;
+            self.suspended = true;
+            self.status("SuspendedEVSE");
+        } else if self.suspended && limit >= MIN_CURRENT {
+            self.suspended = false;
+            self.charging = true;
+            self.status("Charging");
+        }
+    }
+
+    fn set_profile(&mut self, req: &Value) -> Value {
+        let p = &req["csChargingProfiles"];
+        let (Some(id), Some(level), Some(purpose)) = (
+            p["chargingProfileId"].as_i64(),
+            p["stackLevel"].as_i64(),
+            p["chargingProfilePurpose"].as_str(),
+        ) else {
+            return json!({"status": "Rejected"});
+        };
+        if purpose == "ChargePointMaxProfile" && req["connectorId"] != 0 {
+            return json!({"status": "Rejected"});
+        }
+        // A new profile replaces one with the same id, or the same level and purpose.
+        self.profiles.retain(|q| {
+            q["chargingProfileId"].as_i64() != Some(id)
+                && !(q["stackLevel"].as_i64() == Some(level)
+                    && q["chargingProfilePurpose"].as_str() == Some(purpose))
+        });
+        self.profiles.push(p.clone());
+        json!({"status": "Accepted"})
+    }
+
+    fn clear_profile(&mut self, req: &Value) -> Value {
+        let before = self.profiles.len();
+        self.profiles.retain(|q| {
+            let matches =
+                |key: &str, field: &str| req.get(key).is_none_or(|v| q.get(field) == Some(v));
+            let hit = match req.get("id") {
+                Some(id) => q.get("chargingProfileId") == Some(id),
+                None => {
+                    matches("chargingProfilePurpose", "chargingProfilePurpose")
+                        && matches("stackLevel", "stackLevel")
+                }
+            };
+            !hit
+        });
+        json!({"status": if self.profiles.len() < before { "Accepted" } else { "Unknown" }})
+    }
+
     fn stop(&mut self, reason: &str) {
         if let Some(tx) = self.transaction.take() {
             self.charging = false;
+            self.suspended = false;
             let p = json!({"transactionId": tx, "meterStop": self.meter_wh, "timestamp": now_rfc3339(), "reason": reason});
             self.queue("StopTransaction", p);
             self.status("Finishing");
@@ -192,8 +285,8 @@ impl SimCharger {
     fn meter_values(&self) -> Value {
         let mut p = json!({"connectorId": 1, "meterValue": [{"timestamp": now_rfc3339(), "sampledValue": [
             {"value": self.meter_wh.to_string(), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-            {"value": if self.charging { "7360" } else { "0" }, "measurand": "Power.Active.Import", "unit": "W"},
-            {"value": if self.charging { "32.0" } else { "0" }, "measurand": "Current.Import", "unit": "A", "phase": "L1"}
+            {"value": format!("{:.0}", self.drawing * 230.0 * 3.0), "measurand": "Power.Active.Import", "unit": "W"},
+            {"value": format!("{:.1}", self.drawing), "measurand": "Current.Import", "unit": "A"}
         ]}]});
         if let Some(tx) = self.transaction {
             p["transactionId"] = json!(tx);
@@ -225,6 +318,7 @@ impl SimCharger {
         let mut meter =
             tokio::time::interval_at(Instant::now() + opts.meter_interval, opts.meter_interval);
         let mut next_session = Instant::now() + opts.idle;
+        let mut follow = tokio::time::interval(Duration::from_millis(250));
         loop {
             if let Err(e) = self.send_next(stats).await {
                 return format!("send failed: {e}");
@@ -243,8 +337,16 @@ impl SimCharger {
                     None => return "connection lost".into(),
                 },
                 _ = heartbeat.tick(), if self.booted => self.queue("Heartbeat", json!({})),
-                _ = meter.tick(), if self.booted && self.charging => {
-                    self.meter_wh += (7360.0 * opts.meter_interval.as_secs_f64() / 3600.0).max(1.0) as i64;
+                _ = follow.tick() => {
+                    self.follow_limit(opts);
+                    self.drawing = if self.charging { self.limit(opts) } else { 0.0 };
+                    if let Ok(mut d) = stats.drawing.lock() {
+                        d.insert(self.id.clone(), self.drawing);
+                    }
+                }
+                _ = meter.tick(), if self.booted && self.transaction.is_some() => {
+                    let watts = self.drawing * 230.0 * 3.0;
+                    self.meter_wh += (watts * opts.meter_interval.as_secs_f64() / 3600.0).max(1.0) as i64;
                     self.queue("MeterValues", self.meter_values());
                     self.meter_sent += 1;
                     if self.meter_sent >= opts.meter_values_per_session {
@@ -374,11 +476,11 @@ impl SimCharger {
                 }
                 json!({"status": "Accepted"})
             }
-            "ChangeAvailability"
-            | "ChangeConfiguration"
-            | "SetChargingProfile"
-            | "ClearChargingProfile"
-            | "ClearCache" => json!({"status": "Accepted"}),
+            "SetChargingProfile" => self.set_profile(req),
+            "ClearChargingProfile" => self.clear_profile(req),
+            "ChangeAvailability" | "ChangeConfiguration" | "ClearCache" => {
+                json!({"status": "Accepted"})
+            }
             "UnlockConnector" => json!({"status": "Unlocked"}),
             "GetConfiguration" => json!({"configurationKey": [
                 {"key": "HeartbeatInterval", "readonly": false, "value": opts.heartbeat.as_secs().to_string()},

@@ -72,6 +72,32 @@ pub struct ChargerState {
     pub transactions: BTreeMap<u32, Transaction>,
     pub meter: Meter,
     pub protocol_errors: u64,
+    /// The gateway's current limit (smart charging), when it sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+    /// A pause or cap by staff, in force until resumed or `until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_: Option<Override>,
+    /// How the charger answered the gateway's last charging profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_answer: Option<String>,
+}
+
+/// The gateway's limit for a charger and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Limit {
+    pub amps: f64,
+    pub reason: String,
+    pub since_ms: i64,
+}
+
+/// A pause (`limit_a` 0) or cap by staff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Override {
+    pub limit_a: f64,
+    /// RFC 3339.
+    pub until: Option<String>,
+    pub by: String,
 }
 
 /// All chargers' state, plus the last sequence number folded in.
@@ -207,6 +233,49 @@ impl LiveState {
                 m.time_ms = Some(t);
             }
             Event::ProtocolError { .. } => c.protocol_errors += 1,
+            Event::LimitChanged { limit_a, reason } => {
+                c.limit = Some(Limit {
+                    amps: *limit_a,
+                    reason: reason.clone(),
+                    since_ms: t,
+                });
+            }
+            Event::Override {
+                mode,
+                limit_a,
+                until,
+                source,
+            } => {
+                c.override_ = match mode.as_str() {
+                    "resume" => None,
+                    _ => Some(Override {
+                        limit_a: if mode == "pause" {
+                            0.0
+                        } else {
+                            limit_a.unwrap_or(0.0)
+                        },
+                        until: until.clone(),
+                        by: format!("{source:?}").to_lowercase(),
+                    }),
+                };
+            }
+            Event::RemoteAction {
+                action,
+                source: crate::event::Source::Smart,
+                result,
+                error,
+                ..
+            } if action == "SetChargingProfile" => {
+                c.profile_answer = Some(match (result, error) {
+                    (_, Some(e)) => e.clone(),
+                    (Some(r), None) => r
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("?")
+                        .to_string(),
+                    (None, None) => "?".into(),
+                });
+            }
             _ => {}
         }
     }

@@ -3,6 +3,7 @@
 //! instant), [`profile`] (limits → OCPP charging profiles and back),
 //! [`share`] (load sharing).
 
+pub mod engine;
 pub mod profile;
 pub mod schedule;
 pub mod share;

@@ -152,7 +152,9 @@ pub fn limit_at(p: &Value, t: Timestamp) -> Option<(f64, String)> {
     }
     let s = p.get("chargingSchedule")?;
     let unit = s.get("chargingRateUnit")?.as_str()?.to_string();
-    let mut start = s.get("startSchedule").and_then(ts)?;
+    // Without a start (Relative, or Absolute "from when received") the
+    // schedule is taken to run from its first period now.
+    let mut start = s.get("startSchedule").and_then(ts).unwrap_or(t);
     if p.get("chargingProfileKind").and_then(Value::as_str) == Some("Recurring") {
         let period = match p.get("recurrencyKind").and_then(Value::as_str) {
             Some("Daily") => 24 * 3600,

@@ -11,5 +11,6 @@ mod offline;
 mod powerloss;
 mod proxy;
 mod service;
+mod smart;
 mod standalone;
 mod web;

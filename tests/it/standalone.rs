@@ -99,6 +99,7 @@ async fn standalone_gateway_answers_a_whole_session_and_journals_the_seed_events
 async fn the_simulator_runs_sessions_against_the_gateway() {
     let gw = Gateway::start(None, "").await;
     let opts = chargegate::sim::SimOptions {
+        clock: Default::default(),
         url: format!("ws://{}/ocpp", gw.ocpp),
         chargers: 3,
         prefix: "SIM-".into(),

@@ -159,6 +159,41 @@ impl Reader<'_> {
         }
     }
 
+    /// The entries of an array of tables (`[[key]]`) in `parent`, each with
+    /// its name for messages (`{section}[0]`, …). Missing: `None`, plus a
+    /// problem if `required` says what was expected.
+    fn entries<'t>(
+        &mut self,
+        parent: &'t Table,
+        key: &str,
+        section: &str,
+        required: Option<&str>,
+    ) -> Option<Vec<(String, &'t Table)>> {
+        let list = match parent.get(key) {
+            None => {
+                if let Some(what) = required {
+                    self.problem(section, what);
+                }
+                return None;
+            }
+            Some(Value::Array(a)) if !a.is_empty() || required.is_none() => a,
+            Some(_) => {
+                let what = required.unwrap_or("expected [[...]] entries");
+                self.problem(section, what);
+                return None;
+            }
+        };
+        let mut out = Vec::new();
+        for (i, v) in list.iter().enumerate() {
+            let name = format!("{section}[{i}]");
+            match v.as_table() {
+                Some(t) => out.push((name, t)),
+                None => self.problem(&name, "expected a table"),
+            }
+        }
+        Some(out)
+    }
+
     fn unknown_keys(&mut self, t: &Table, section: &str, known: &[&str]) {
         for k in t.keys() {
             if !known.contains(&k.as_str()) {
@@ -609,20 +644,10 @@ fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
 
 fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig> {
     let mut chargers = BTreeMap::new();
-    let list = match root.get("charger") {
-        None => return chargers,
-        Some(Value::Array(a)) => a,
-        Some(_) => {
-            r.problem("charger", "expected [[charger]] entries");
-            return chargers;
-        }
-    };
-    for (i, v) in list.iter().enumerate() {
-        let section = format!("charger[{i}]");
-        let Some(t) = v.as_table() else {
-            r.problem(&section, "expected a table");
-            continue;
-        };
+    let list = r
+        .entries(root, "charger", "charger", None)
+        .unwrap_or_default();
+    for (section, t) in list {
         let mut known = vec!["id", "password", "upstream_password"];
         known.extend_from_slice(smart::CHARGER_KEYS);
         r.unknown_keys(t, &section, &known);

@@ -356,20 +356,14 @@ const QUANTITIES: &[&str] = &[
 ];
 
 fn read_registers(m: &Table, r: &mut Reader) -> Option<RegisterMap> {
-    let Some(Value::Array(list)) = m.get("register") else {
-        r.problem(
-            "meter.register",
-            "expected [[meter.register]] entries when model = \"custom\"",
-        );
-        return None;
-    };
+    let list = r.entries(
+        m,
+        "register",
+        "meter.register",
+        Some("expected [[meter.register]] entries when model = \"custom\""),
+    )?;
     let mut found: [Option<Register>; 5] = [None; 5];
-    for (i, v) in list.iter().enumerate() {
-        let section = format!("meter.register[{i}]");
-        let Some(t) = v.as_table() else {
-            r.problem(&section, "expected a table");
-            continue;
-        };
+    for (section, t) in list {
         r.unknown_keys(
             t,
             &section,
@@ -452,20 +446,10 @@ fn read_registers(m: &Table, r: &mut Reader) -> Option<RegisterMap> {
 
 fn read_schedules(root: &Table, r: &mut Reader) -> Vec<ScheduleConfig> {
     let mut out = Vec::new();
-    let list = match root.get("schedule") {
-        None => return out,
-        Some(Value::Array(a)) => a,
-        Some(_) => {
-            r.problem("schedule", "expected [[schedule]] entries");
-            return out;
-        }
-    };
-    for (i, v) in list.iter().enumerate() {
-        let section = format!("schedule[{i}]");
-        let Some(t) = v.as_table() else {
-            r.problem(&section, "expected a table");
-            continue;
-        };
+    let list = r
+        .entries(root, "schedule", "schedule", None)
+        .unwrap_or_default();
+    for (i, (section, t)) in list.into_iter().enumerate() {
         r.unknown_keys(t, &section, &["name", "chargers", "window"]);
         let name = r
             .string(
@@ -490,51 +474,49 @@ fn read_schedules(root: &Table, r: &mut Reader) -> Vec<ScheduleConfig> {
             }
         };
         let mut rules = Vec::new();
-        match t.get("window") {
-            Some(Value::Array(ws)) if !ws.is_empty() => {
-                for (j, w) in ws.iter().enumerate() {
-                    let ws = format!("{section}.window[{j}]");
-                    let Some(w) = w.as_table() else {
-                        r.problem(&ws, "expected a table");
-                        continue;
-                    };
-                    r.unknown_keys(w, &ws, &["days", "from", "to", "max_current_a"]);
-                    let days_s = r
-                        .string(Some(w), &ws, "days", Some("daily"))
-                        .unwrap_or_default();
-                    let days = schedule::parse_days(&days_s).unwrap_or_else(|| {
-                        r.problem(&format!("{ws}.days"), format!("expected days like \"mon-fri\", \"sat,sun\", \"daily\", found {days_s:?}"));
-                        [true; 7]
-                    });
-                    let mut time = |key: &str, default: &str| {
-                        let s = r
-                            .string(Some(w), &ws, key, Some(default))
-                            .unwrap_or_default();
-                        schedule::parse_minute(&s).unwrap_or_else(|| {
-                            r.problem(
-                                &format!("{ws}.{key}"),
-                                format!("expected a time \"HH:MM\" (00:00 to 24:00), found {s:?}"),
-                            );
-                            0
-                        })
-                    };
-                    let from = time("from", "00:00");
-                    let to = time("to", "24:00");
-                    let max_current = w
-                        .contains_key("max_current_a")
-                        .then(|| float(r, Some(w), &ws, "max_current_a", 32.0, 0.0, 1000.0));
-                    rules.push(Rule {
-                        days,
-                        from,
-                        to,
-                        max_current,
-                    });
-                }
-            }
-            _ => r.problem(
-                &format!("{section}.window"),
-                "expected [[schedule.window]] entries with days, from and to",
-            ),
+        let windows = r.entries(
+            t,
+            "window",
+            &format!("{section}.window"),
+            Some("expected [[schedule.window]] entries with days, from and to"),
+        );
+        for (ws, w) in windows.unwrap_or_default() {
+            r.unknown_keys(w, &ws, &["days", "from", "to", "max_current_a"]);
+            let days_s = r
+                .string(Some(w), &ws, "days", Some("daily"))
+                .unwrap_or_default();
+            let days = schedule::parse_days(&days_s).unwrap_or_else(|| {
+                r.problem(
+                    &format!("{ws}.days"),
+                    format!(
+                        "expected days like \"mon-fri\", \"sat,sun\", \"daily\", found {days_s:?}"
+                    ),
+                );
+                [true; 7]
+            });
+            let mut time = |key: &str, default: &str| {
+                let s = r
+                    .string(Some(w), &ws, key, Some(default))
+                    .unwrap_or_default();
+                schedule::parse_minute(&s).unwrap_or_else(|| {
+                    r.problem(
+                        &format!("{ws}.{key}"),
+                        format!("expected a time \"HH:MM\" (00:00 to 24:00), found {s:?}"),
+                    );
+                    0
+                })
+            };
+            let from = time("from", "00:00");
+            let to = time("to", "24:00");
+            let max_current = w
+                .contains_key("max_current_a")
+                .then(|| float(r, Some(w), &ws, "max_current_a", 32.0, 0.0, 1000.0));
+            rules.push(Rule {
+                days,
+                from,
+                to,
+                max_current,
+            });
         }
         out.push(ScheduleConfig {
             schedule: Schedule { name, rules },
@@ -612,5 +594,130 @@ pub(super) fn read_charger_limits(t: &Table, section: &str, r: &mut Reader) -> C
             voltage: float(r, Some(t), section, "voltage", 230.0, 100.0, 480.0),
         },
         pause,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, PauseMethod};
+    use crate::meter::{Table, Transport};
+
+    #[test]
+    fn a_whole_smart_charging_config_is_read() {
+        let c = Config::parse(
+            r#"
+            [site]
+            timezone = "Europe/Vienna"
+            [smart]
+            stack_level = 5
+            [load]
+            fuse_a = 35
+            safe_current_a = 10
+            [meter]
+            transport = "rtu"
+            device = "/dev/ttyUSB0"
+            baud = 19200
+            parity = "E"
+            model = "custom"
+            [[meter.register]]
+            quantity = "current_l1"
+            table = "holding"
+            address = 12
+            type = "i32"
+            word_order = "low_first"
+            scale = 0.001
+            [[meter.register]]
+            quantity = "current_l2"
+            address = 14
+            [[meter.register]]
+            quantity = "current_l3"
+            address = 16
+            [[schedule]]
+            name = "off-peak"
+            chargers = ["CP-1"]
+            [[schedule.window]]
+            days = "mon-fri"
+            from = "22:00"
+            to = "06:00"
+            max_current_a = 16
+            [[charger]]
+            id = "CP-1"
+            rate_unit = "W"
+            pause = "minimum"
+            max_current_a = 16
+            "#,
+            "site.toml",
+        )
+        .unwrap();
+        let s = &c.smart;
+        assert_eq!(s.smart.stack_level, 5);
+        assert_eq!(s.load.as_ref().unwrap().fuse, 35.0);
+        let m = s.meter.as_ref().unwrap();
+        assert!(matches!(
+            &m.transport,
+            Transport::Rtu {
+                baud: 19200,
+                parity: 'E',
+                ..
+            }
+        ));
+        assert_eq!(m.map.current[0].table, Table::Holding);
+        assert!(!m.map.current[0].high_word_first);
+        assert_eq!(m.map.current[0].scale, 0.001);
+        assert!(s.schedule_for("CP-1").is_some() && s.schedule_for("CP-2").is_none());
+        let l = c.limits("CP-1");
+        assert_eq!((l.max_current, l.pause), (16.0, PauseMethod::Minimum));
+        assert_eq!(c.limits("unknown").max_current, 32.0);
+    }
+
+    #[test]
+    fn smart_charging_mistakes_name_their_keys() {
+        let e = Config::parse(
+            r#"
+            [site]
+            timezone = "Mars/Olympus"
+            [load]
+            margin_a = 2
+            [[schedule]]
+            chargers = ["CP-9"]
+            [[schedule.window]]
+            days = "someday"
+            from = "25:00"
+            [[schedule]]
+            chargers = ["*"]
+            [[charger]]
+            id = "CP-1"
+            pause = "sometimes"
+            rate_unit = "kW"
+            "#,
+            "site.toml",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "site.timezone",
+            "load.fuse_a",
+            "meter",
+            "schedule[0].window[0].days",
+            "schedule[0].window[0].from",
+            "schedule[0].chargers",
+            "schedule[1].window",
+            "charger[0].pause",
+            "charger[0].rate_unit",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        let e = Config::parse(
+            "[meter]\naddress = \"10.0.0.5\"\nmodel = \"sdm999\"\n",
+            "m.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "meter.model");
+        assert!(e.problems[0].expected.contains("sdm630"), "{e}");
+        let c = Config::parse("[meter]\naddress = \"10.0.0.5\"\n", "m.toml").unwrap();
+        assert_eq!(
+            c.smart.meter.unwrap().transport,
+            Transport::Tcp("10.0.0.5:502".parse().unwrap())
+        );
     }
 }

@@ -4,6 +4,7 @@ interop test as a charger and as a CSMS on either side of the gateway.
 
     python3 ocpp_peer.py csms             # prints "PORT n", then one JSON line per event
     python3 ocpp_peer.py charger URL ID   # runs a session, prints one JSON line per result
+    python3 ocpp_peer.py validate         # "ACTION<TAB>JSON" lines in, schema verdicts out
 """
 
 import asyncio
@@ -117,8 +118,24 @@ async def charger(url, cp_id):
         out(done=True)
 
 
+def validate():
+    """One "ACTION<TAB>JSON" call payload per stdin line; prints whether the
+    official OCPP 1.6 schema accepts it."""
+    from ocpp.messages import Call, validate_payload
+
+    for line in sys.stdin:
+        action, _, payload = line.rstrip("\n").partition("\t")
+        try:
+            asyncio.run(validate_payload(Call(unique_id="1", action=action, payload=json.loads(payload)), "1.6"))
+            out(action=action, ok=True)
+        except Exception as e:  # the schema's verdict, whatever its class
+            out(action=action, ok=False, error=f"{type(e).__name__}: {e}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "csms":
         asyncio.run(csms())
+    elif sys.argv[1] == "validate":
+        validate()
     else:
         asyncio.run(charger(sys.argv[2], sys.argv[3]))

@@ -121,3 +121,116 @@ async fn python_ocpp_charger_and_csms_through_the_gateway() {
         .await;
     let _ = csms.kill().await;
 }
+
+/// The charging profiles the gateway builds, checked by the `ocpp`
+/// package against the official OCPP 1.6 JSON schemas.
+#[tokio::test]
+async fn our_charging_profiles_pass_the_official_ocpp_schemas() {
+    use chargegate::smart::profile::{self, Electrical, RateUnit, Slot};
+    use chargegate::smart::schedule::{self, Rule, Schedule};
+    use jiff::{SignedDuration, Timestamp};
+    use tokio::io::AsyncWriteExt;
+
+    let tz = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    let now: Timestamp = "2030-03-30T20:15:00Z".parse().unwrap();
+    let sched = Schedule {
+        name: "off-peak".into(),
+        rules: vec![
+            Rule {
+                days: schedule::parse_days("mon-fri").unwrap(),
+                from: 22 * 60,
+                to: 6 * 60,
+                max_current: Some(16.0),
+            },
+            Rule {
+                days: schedule::parse_days("sat,sun").unwrap(),
+                from: 0,
+                to: 1440,
+                max_current: None,
+            },
+        ],
+    };
+    let week = schedule::week_start(now, &tz);
+    let steps: Vec<(Timestamp, f64)> = sched
+        .steps(week, week + schedule::WEEK, &tz)
+        .into_iter()
+        .map(|(t, a)| (t, a.amps(32.0)))
+        .collect();
+    let amps = Electrical {
+        unit: RateUnit::Amps,
+        phases: 3,
+        voltage: 230.0,
+    };
+    let watts = Electrical {
+        unit: RateUnit::Watts,
+        phases: 1,
+        voltage: 230.0,
+    };
+    let slot = |id, level| Slot {
+        id,
+        stack_level: level,
+        purpose: "ChargePointMaxProfile".into(),
+    };
+    let mut calls = vec![
+        (
+            "SetChargingProfile",
+            profile::weekly(&slot(870_001, 8), &amps, week, &steps),
+        ),
+        (
+            "SetChargingProfile",
+            profile::weekly(&slot(870_001, 8), &watts, week, &steps),
+        ),
+        (
+            "SetChargingProfile",
+            profile::absolute(
+                &slot(870_002, 9),
+                &amps,
+                now,
+                SignedDuration::from_secs(300),
+                &[(now, 0.0)],
+            ),
+        ),
+        (
+            "SetChargingProfile",
+            profile::absolute(
+                &Slot {
+                    id: 870_002,
+                    stack_level: 9,
+                    purpose: "TxDefaultProfile".into(),
+                },
+                &watts,
+                now,
+                SignedDuration::from_secs(300),
+                &[(now, 13.3), (now + SignedDuration::from_secs(120), 6.0)],
+            ),
+        ),
+        ("ClearChargingProfile", serde_json::json!({ "id": 870_002 })),
+    ];
+    // And one broken on purpose: the validator must say no.
+    let mut broken = calls[2].1.clone();
+    broken["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] =
+        "lots".into();
+    calls.push(("SetChargingProfile", broken));
+    let input: String = calls.iter().map(|(a, p)| format!("{a}\t{p}\n")).collect();
+
+    let mut child = tokio::process::Command::new("python3")
+        .args([PEER, "validate"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs (set-up: python3 -m pip install -r tests/requirements.txt)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT * 3, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let verdicts = lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(verdicts.len(), calls.len(), "{verdicts:?}");
+    for (i, v) in verdicts.iter().enumerate() {
+        let expect_ok = i + 1 < calls.len();
+        assert_eq!(v["ok"], expect_ok, "{}: {v}", calls[i].1);
+    }
+}

@@ -87,7 +87,12 @@ pub fn to_override(
             if t <= now {
                 return Err(Refusal::BadRequest(format!("until: {t} is in the past")));
             }
-            Some(t.to_string())
+            // Whole seconds: people read it.
+            Some(
+                jiff::Timestamp::from_second(t.as_second())
+                    .unwrap_or(t)
+                    .to_string(),
+            )
         }
     };
     match name {

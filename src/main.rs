@@ -169,12 +169,17 @@ fn main() -> ExitCode {
         return match Config::load(file) {
             Ok(c) => {
                 println!(
-                    "{}: OK ({} chargers, {})",
+                    "{}: OK ({} chargers, {}, {} schedule(s), load management {})",
                     file.display(),
                     c.chargers.len(),
                     c.upstream
                         .as_ref()
-                        .map_or("standalone".into(), |u| format!("cloud {}", u.url))
+                        .map_or("standalone".into(), |u| format!("cloud {}", u.url)),
+                    c.smart.schedules.len(),
+                    match (&c.smart.load, &c.smart.meter) {
+                        (Some(l), Some(m)) => format!("on ({} A fuse, meter {})", l.fuse, m.model),
+                        _ => "off".into(),
+                    }
                 );
                 ExitCode::SUCCESS
             }

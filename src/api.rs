@@ -155,6 +155,7 @@ async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
 }
 
 fn view(ctx: &Ctx) -> Status {
+    let cfg = ctx.live.get();
     let state = ctx.journal.state();
     let connected = ctx.registry.connected();
     let mut chargers: Vec<ChargerView> = state
@@ -162,12 +163,12 @@ fn view(ctx: &Ctx) -> Status {
         .into_values()
         .map(|s| ChargerView {
             connected: connected.contains(&s.id),
-            known: ctx.cfg.chargers.contains_key(&s.id),
+            known: cfg.chargers.contains_key(&s.id),
             outbox: ctx.journal.outbox_stats(&s.id).unwrap_or_default(),
             state: s,
         })
         .collect();
-    for id in ctx.cfg.chargers.keys() {
+    for id in cfg.chargers.keys() {
         if !chargers.iter().any(|c| &c.state.id == id) {
             chargers.push(ChargerView {
                 state: ChargerState {

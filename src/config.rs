@@ -125,7 +125,124 @@ pub struct Config {
     pub smart: Smart,
 }
 
+/// The config in force: replaced on SIGHUP by [`Config::with_live_parts`].
+/// New connections, the API and smart charging read it; a running session
+/// keeps the config it started with.
+#[derive(Clone)]
+pub struct Live(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>);
+
+impl Live {
+    pub fn new(cfg: std::sync::Arc<Config>) -> Live {
+        Live(std::sync::Arc::new(std::sync::RwLock::new(cfg)))
+    }
+
+    /// The config now.
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, cfg: Config) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(cfg);
+    }
+}
+
 impl Config {
+    /// The sections of `new` that differ from `self` and only apply after a
+    /// restart (listeners, storage, the cloud, timeouts, the meter).
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let d = |v: &dyn fmt::Debug| format!("{v:?}");
+        let mut out = Vec::new();
+        let pairs: [(&'static str, String, String); 8] = [
+            (
+                "[gateway]",
+                d(&(&self.gateway_id, &self.data_dir, &self.log_level)),
+                d(&(&new.gateway_id, &new.data_dir, &new.log_level)),
+            ),
+            (
+                "[ocpp]",
+                d(&(
+                    &self.listen,
+                    &self.path_prefix,
+                    self.max_message_size,
+                    self.ping_interval,
+                    self.call_timeout,
+                    self.handshake_timeout,
+                )),
+                d(&(
+                    &new.listen,
+                    &new.path_prefix,
+                    new.max_message_size,
+                    new.ping_interval,
+                    new.call_timeout,
+                    new.handshake_timeout,
+                )),
+            ),
+            (
+                "[offline]",
+                d(&(
+                    &self.policy,
+                    self.tx_attempts,
+                    self.tx_retry_interval,
+                    self.offline_mode,
+                    self.stop_on_invalid_id,
+                )),
+                d(&(
+                    &new.policy,
+                    new.tx_attempts,
+                    new.tx_retry_interval,
+                    new.offline_mode,
+                    new.stop_on_invalid_id,
+                )),
+            ),
+            ("[upstream]", d(&self.upstream), d(&new.upstream)),
+            (
+                "[api]",
+                d(&(
+                    &self.api_listen,
+                    &self.api_token,
+                    &self.default_id_tag,
+                    self.force_stop_wait,
+                )),
+                d(&(
+                    &new.api_listen,
+                    &new.api_token,
+                    &new.default_id_tag,
+                    new.force_stop_wait,
+                )),
+            ),
+            (
+                "[diagnostics]",
+                d(&(&self.upload_listen, self.upload_max_bytes)),
+                d(&(&new.upload_listen, new.upload_max_bytes)),
+            ),
+            (
+                "[journal]",
+                d(&(self.journal_max_age, self.journal_max_bytes)),
+                d(&(new.journal_max_age, new.journal_max_bytes)),
+            ),
+            ("[meter]", d(&self.smart.meter), d(&new.smart.meter)),
+        ];
+        for (name, a, b) in pairs {
+            if a != b {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// `self` with what applies live taken from `new`: the chargers (ids,
+    /// passwords, limits), whether unknown chargers may connect, schedules,
+    /// `[site]`, `[smart]` and `[load]`.
+    pub fn with_live_parts(&self, new: &Config) -> Config {
+        let mut c = self.clone();
+        c.chargers = new.chargers.clone();
+        c.allow_unknown = new.allow_unknown;
+        let meter = c.smart.meter.take();
+        c.smart = new.smart.clone();
+        c.smart.meter = meter;
+        c
+    }
+
     /// A charger's electrical limits (defaults for one not in the config).
     pub fn limits(&self, id: &str) -> ChargerLimits {
         self.chargers

@@ -41,6 +41,8 @@ pub struct Running {
     pub registry: Registry,
     /// The clock schedules run on; tests move it.
     pub clock: crate::clock::Clock,
+    /// The config in force; [`reload`] swaps its live parts.
+    pub live: crate::config::Live,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -89,7 +91,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let uploads = crate::diagnostics::Uploads::default();
     let clock = crate::clock::Clock::default();
     let smart = crate::smart::engine::StatusHandle::default();
+    let live = crate::config::Live::new(cfg.clone());
     let ctx = Ctx {
+        live: live.clone(),
         clock: clock.clone(),
         smart: smart.clone(),
         uploads: uploads.clone(),
@@ -144,6 +148,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         journal,
         registry,
         clock,
+        live,
         shutdown,
         tasks,
     })
@@ -169,25 +174,69 @@ impl Running {
     }
 }
 
-/// SIGHUP: check the config file again and say what it would take to apply
-/// it. Live reload is not implemented yet, so a changed file needs a
-/// restart; a broken one is reported and the running config stays.
-fn reload_check(path: Option<&std::path::Path>, running: &str) {
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The file has problems; the running config stays.
+    Invalid(String),
+    Unchanged,
+    /// Applied what applies live; `restart` lists changed sections that
+    /// need a restart (not applied).
+    Applied {
+        live: bool,
+        restart: Vec<&'static str>,
+    },
+}
+
+/// SIGHUP: read the config file again and apply what applies live
+/// (chargers and their passwords, schedules, load management settings)
+/// without dropping anyone; say which other changes need a restart.
+pub fn reload(path: &std::path::Path, live: &crate::config::Live) -> Reloaded {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return Reloaded::Invalid(e.to_string()),
+    };
+    let now = live.get();
+    let restart = now.restart_needed(&new);
+    let next = now.with_live_parts(&new);
+    let changed = format!("{next:?}") != format!("{now:?}");
+    if changed {
+        live.set(next);
+    }
+    if !changed && restart.is_empty() {
+        return Reloaded::Unchanged;
+    }
+    Reloaded::Applied {
+        live: changed,
+        restart,
+    }
+}
+
+fn reload_and_log(path: Option<&std::path::Path>, live: &crate::config::Live) {
     let Some(path) = path else {
         log::warn!("SIGHUP: running on the embedded default config; nothing to reload");
         return;
     };
-    match Config::load(path) {
-        Err(e) => {
+    match reload(path, live) {
+        Reloaded::Invalid(e) => {
             log::error!("SIGHUP: the config file has problems, keeping the running config:\n{e}")
         }
-        Ok(new) if format!("{new:?}") == running => {
-            log::info!("SIGHUP: {} unchanged", path.display())
+        Reloaded::Unchanged => log::info!("SIGHUP: {} unchanged", path.display()),
+        Reloaded::Applied { live, restart } => {
+            if live {
+                log::info!(
+                    "SIGHUP: applied {}: chargers, schedules and load management as of now",
+                    path.display()
+                );
+            }
+            if !restart.is_empty() {
+                log::warn!(
+                    "SIGHUP: {} changed in {}; restart chargegate to apply those",
+                    path.display(),
+                    restart.join(", ")
+                );
+            }
         }
-        Ok(_) => log::warn!(
-            "SIGHUP: {} changed; restart chargegate to apply it (live reload is not supported yet)",
-            path.display()
-        ),
     }
 }
 
@@ -195,7 +244,6 @@ fn reload_check(path: Option<&std::path::Path>, running: &str) {
 /// bound addresses, which scripts and tests read.
 pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     crate::bench::raise_fd_limit();
-    let running_cfg = format!("{cfg:?}");
     let running = start(cfg).await?;
     // Signal handlers first: once READY is out, systemd may signal at once.
     use tokio::signal::unix::{signal, SignalKind};
@@ -211,7 +259,7 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
         tokio::select! {
             _ = term.recv() => { log::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { log::info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload_check(config_path.as_deref(), &running_cfg),
+            _ = hup.recv() => reload_and_log(config_path.as_deref(), &running.live),
             _ = watchdog.tick(), if period.is_some() => {
                 // Healthy means the main loop runs and the journal's writer
                 // answers (a commit that fails still answers; a hung disk

@@ -48,7 +48,7 @@ pub async fn run(
     let state = ctx.journal.state();
     let charger = state.chargers.get(&id);
     if crate::actions::LOCAL.contains(&name.as_str()) {
-        if charger.is_none() && !ctx.cfg.chargers.contains_key(&id) {
+        if charger.is_none() && !ctx.live.get().chargers.contains_key(&id) {
             return Err(Error::UnknownCharger(id));
         }
         let (mode, limit_a, until) = crate::actions::to_override(&name, &req, ctx.clock.now())
@@ -76,7 +76,7 @@ pub async fn run(
     if name == "check" {
         if ctx.registry.get(&id).is_none()
             && charger.is_none()
-            && !ctx.cfg.chargers.contains_key(&id)
+            && !ctx.live.get().chargers.contains_key(&id)
         {
             return Err(Error::UnknownCharger(id));
         }
@@ -112,7 +112,7 @@ pub async fn run(
         };
     }
     let connected = ctx.registry.get(&id);
-    if charger.is_none() && connected.is_none() && !ctx.cfg.chargers.contains_key(&id) {
+    if charger.is_none() && connected.is_none() && !ctx.live.get().chargers.contains_key(&id) {
         return Err(Error::UnknownCharger(id));
     }
     let (call, payload) = if name == "diagnostics" {

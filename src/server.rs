@@ -28,7 +28,11 @@ use crate::upstream::Connector;
 /// What every session shares.
 #[derive(Clone)]
 pub struct Ctx {
+    /// The config this task started with (for a session: the config in
+    /// force when its charger connected).
     pub cfg: Arc<Config>,
+    /// The config in force now (SIGHUP swaps its live parts).
+    pub live: crate::config::Live,
     pub journal: Journal,
     pub connector: Option<Arc<Connector>>,
     pub registry: Registry,
@@ -306,7 +310,9 @@ pub async fn serve(listener: TcpListener, ctx: Ctx) {
 }
 
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
-async fn handle_connection(stream: TcpStream, addr: SocketAddr, ctx: Ctx) {
+async fn handle_connection(stream: TcpStream, addr: SocketAddr, mut ctx: Ctx) {
+    // This connection's session runs on the config in force now.
+    ctx.cfg = ctx.live.get();
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
     let mut outcome: Option<Result<Accepted, Refusal>> = None;

@@ -27,7 +27,7 @@ use super::profile::{self, Slot};
 use super::schedule::{self, Allowed};
 use super::share::{self, Demand};
 use crate::clock::Clock;
-use crate::config::{ChargerLimits, PauseMethod};
+use crate::config::{ChargerLimits, Config, PauseMethod};
 use crate::event::{Event, Source};
 use crate::meter::MeterStatus;
 use crate::server::Ctx;
@@ -154,6 +154,8 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
         let now = clock.now();
+        // The config in force now: a SIGHUP may have changed schedules.
+        let cfg = ctx.live.get();
         let state = ctx.journal.state();
         let connected = ctx.registry.connected();
         chargers.retain(|id, _| connected.contains(id));
@@ -165,7 +167,7 @@ pub async fn run(
         }
 
         // Load management: sharing while the meter answers, else fallback.
-        let load = ctx.cfg.smart.load.clone();
+        let load = cfg.smart.load.clone();
         let reading = meter.as_ref().and_then(|m| m.borrow().clone().last);
         let fresh = match (&load, &reading) {
             (Some(l), Some(r)) => {
@@ -208,9 +210,9 @@ pub async fn run(
         // Each connected charger: schedule, then override, then load share.
         let mut base: BTreeMap<String, (f64, String)> = BTreeMap::new();
         for id in &connected {
-            let lim = ctx.cfg.limits(id);
-            let (mut amps, mut reason) = match ctx.cfg.smart.schedule_for(id) {
-                Some(s) => match s.allowed_at(now, &ctx.cfg.smart.tz) {
+            let lim = cfg.limits(id);
+            let (mut amps, mut reason) = match cfg.smart.schedule_for(id) {
+                Some(s) => match s.allowed_at(now, &cfg.smart.tz) {
                     Allowed::Closed => {
                         (0.0, format!("schedule \"{}\": outside its windows", s.name))
                     }
@@ -239,8 +241,8 @@ pub async fn run(
                 // What the chargers draw themselves, per phase.
                 let mut draw = [0.0f64; 3];
                 for id in &connected {
-                    let d = charger_draw(state.chargers.get(id), &ctx.cfg.limits(id), now);
-                    let phases = ctx.cfg.limits(id).electrical.phases as usize;
+                    let d = charger_draw(state.chargers.get(id), &cfg.limits(id), now);
+                    let phases = cfg.limits(id).electrical.phases as usize;
                     for p in draw.iter_mut().take(phases) {
                         *p += d;
                     }
@@ -278,7 +280,7 @@ pub async fn run(
                 let demands: Vec<Demand> = sessions
                     .iter()
                     .map(|id| {
-                        let lim = ctx.cfg.limits(id);
+                        let lim = cfg.limits(id);
                         let c = chargers.get(*id);
                         Demand {
                             min: lim.min_current.max(6.0),
@@ -292,7 +294,7 @@ pub async fn run(
                     avail,
                     &demands,
                     now_s,
-                    ctx.cfg.smart.smart.turn.as_secs() as i64,
+                    cfg.smart.smart.turn.as_secs() as i64,
                 );
                 let mut left = avail - got.iter().sum::<f64>();
                 for (id, amps) in sessions.iter().zip(&got) {
@@ -322,7 +324,7 @@ pub async fn run(
                     if sessions.contains(&id) {
                         continue;
                     }
-                    let min = ctx.cfg.limits(id).min_current.max(6.0);
+                    let min = cfg.limits(id).min_current.max(6.0);
                     let b = base
                         .get_mut(id)
                         .expect("every connected charger has a base");
@@ -358,11 +360,11 @@ pub async fn run(
         // Journal what changed; send what must be sent.
         let mut shown = BTreeMap::new();
         for id in &connected {
-            let lim = ctx.cfg.limits(id);
+            let lim = cfg.limits(id);
             let overridden = active_override(state.chargers.get(id), now).is_some();
             let c = chargers.get_mut(id).expect("inserted above");
             let has_live = load.is_some() || overridden;
-            let managed = has_live || ctx.cfg.smart.schedule_for(id).is_some();
+            let managed = has_live || cfg.smart.schedule_for(id).is_some();
             if !managed && c.journaled.is_none() && c.live_sent.is_none() {
                 continue;
             }
@@ -392,7 +394,7 @@ pub async fn run(
                     .await;
                 c.journaled = Some(entry);
             }
-            if let Some(plan) = plan(&ctx, id, c, &lim, amps, has_live, now) {
+            if let Some(plan) = plan(&cfg, id, c, &lim, amps, has_live, now) {
                 c.in_flight = true;
                 c.dirty_at = None;
                 tokio::spawn(send(ctx.clone(), id.clone(), plan, sent_tx.clone()));
@@ -484,7 +486,7 @@ struct Plan {
 }
 
 fn plan(
-    ctx: &Ctx,
+    cfg: &Config,
     id: &str,
     c: &Charger,
     lim: &ChargerLimits,
@@ -497,7 +499,7 @@ fn plan(
         return None;
     }
     let dirty = c.dirty_at.is_some();
-    let s = &ctx.cfg.smart;
+    let s = &cfg.smart;
     let cfg = &s.smart;
     let mut calls = Vec::new();
     let mut standing_key = None;

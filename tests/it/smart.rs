@@ -496,3 +496,77 @@ max_current_a = 20
         Some(10.0)
     );
 }
+
+#[tokio::test]
+async fn sighup_applies_new_chargers_and_schedules_without_dropping_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = config_text(&data, None, "").replace(
+        "allow_unknown_chargers = true",
+        "allow_unknown_chargers = false",
+    );
+    let first = format!("{base}[[charger]]\nid = \"CP-OLD\"\n");
+    let path = write_config(dir.path(), &first);
+    let cfg = chargegate::config::Config::load(&path).unwrap();
+    let running = chargegate::daemon::start(cfg).await.unwrap();
+    let url = |id: &str| format!("ws://{}/ocpp/{id}", running.ocpp_addr);
+    let mut old = Charger::connect(&url("CP-OLD")).await;
+    assert_eq!(
+        old.call("BootNotification", boot()).await[2]["status"],
+        "Accepted"
+    );
+    let refused = connect_status(&url("CP-NEW"), Some("ocpp1.6"), None).await;
+    assert!(refused.is_err(), "unknown before the reload");
+
+    // A new charger, a schedule for the old one, and a new API port (which
+    // needs a restart and is not applied).
+    let second = format!(
+        "{}[[charger]]\nid = \"CP-OLD\"\n[[charger]]\nid = \"CP-NEW\"\n[[schedule]]\nname = \"n\"\nchargers = [\"CP-OLD\"]\n[[schedule.window]]\nfrom = \"22:00\"\nto = \"06:00\"\n",
+        base.replace("[api]\nlisten = \"127.0.0.1:0\"", "[api]\nlisten = \"127.0.0.1:1\"")
+    );
+    std::fs::write(&path, second).unwrap();
+    let r = chargegate::daemon::reload(&path, &running.live);
+    assert_eq!(
+        r,
+        chargegate::daemon::Reloaded::Applied {
+            live: true,
+            restart: vec!["[api]"]
+        }
+    );
+    assert_eq!(
+        running.live.get().api_listen.port(),
+        0,
+        "restart-only parts stay as they run"
+    );
+
+    // The connected charger stays and gets the schedule as a profile.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let f: Value = serde_json::from_str(&old.recv().await).unwrap();
+        if f[2] == "SetChargingProfile" {
+            assert_eq!(
+                f[3]["csChargingProfiles"]["chargingProfileKind"],
+                "Recurring"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no profile after the reload"
+        );
+    }
+    let mut new = Charger::connect(&url("CP-NEW")).await;
+    assert_eq!(
+        new.call("BootNotification", boot()).await[2]["status"],
+        "Accepted"
+    );
+
+    // A broken file changes nothing.
+    std::fs::write(&path, "[ocpp\n").unwrap();
+    assert!(matches!(
+        chargegate::daemon::reload(&path, &running.live),
+        chargegate::daemon::Reloaded::Invalid(_)
+    ));
+    assert!(running.live.get().chargers.contains_key("CP-NEW"));
+    running.stop().await;
+}

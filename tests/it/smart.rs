@@ -570,3 +570,75 @@ async fn sighup_applies_new_chargers_and_schedules_without_dropping_anyone() {
     assert!(running.live.get().chargers.contains_key("CP-NEW"));
     running.stop().await;
 }
+
+#[tokio::test]
+async fn pause_method_stop_stops_the_session_and_starts_it_again_with_the_same_tag() {
+    let gw = Gateway::start(
+        None,
+        r#"
+[site]
+timezone = "Europe/Berlin"
+[[schedule]]
+name = "evening"
+chargers = ["SIM-1"]
+[[schedule.window]]
+from = "18:00"
+to = "23:00"
+[[charger]]
+id = "SIM-1"
+pause = "stop"
+"#,
+    )
+    .await;
+    let clock = gw.running.as_ref().unwrap().clock.clone();
+    clock.set(berlin("2030-01-07T19:00"));
+    let sim = sim(&gw, 1, clock.clone(), Default::default());
+    wait_nth(&gw, "SIM-1", "StartTransaction", 1, |_| true).await;
+
+    // The window closes: no 0 A profile for this charger (it would end the
+    // session its own way), the gateway stops the transaction instead.
+    clock.set(berlin("2030-01-07T23:00:30"));
+    let stop = wait_nth(&gw, "SIM-1", "RemoteAction", 1, |e| {
+        e["action"] == "RemoteStopTransaction"
+    })
+    .await;
+    assert_eq!(stop["source"], "smart");
+    wait_nth(&gw, "SIM-1", "StopTransaction", 1, |e| {
+        e["reason"] == "Remote"
+    })
+    .await;
+    let profiles: Vec<Value> = gw
+        .events("SIM-1")
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .filter(|v| v["kind"] == "RemoteAction" && v["action"] == "SetChargingProfile")
+        .collect();
+    for p in &profiles {
+        for period in p["request"]["csChargingProfiles"]["chargingSchedule"]
+            ["chargingSchedulePeriod"]
+            .as_array()
+            .unwrap()
+        {
+            assert!(
+                period["limit"].as_f64().unwrap() >= 6.0,
+                "never below the minimum: {p}"
+            );
+        }
+    }
+
+    // It opens again: the same tag starts a session on the same connector.
+    clock.set(berlin("2030-01-08T18:00:30"));
+    let start = wait_nth(&gw, "SIM-1", "RemoteAction", 1, |e| {
+        e["action"] == "RemoteStartTransaction"
+    })
+    .await;
+    assert_eq!(
+        start["request"],
+        json!({"connectorId": 1, "idTag": "SIMTAG"})
+    );
+    wait_nth(&gw, "SIM-1", "StartTransaction", 2, |e| {
+        e["id_tag"] == "SIMTAG"
+    })
+    .await;
+    sim.abort();
+}

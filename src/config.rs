@@ -12,7 +12,9 @@ use toml::{Table, Value};
 
 use crate::ocpp::local::{AuthPolicy, Policy};
 
+mod mqtt;
 mod smart;
+pub use self::mqtt::MqttConfig;
 pub use self::smart::{ChargerLimits, LoadConfig, PauseMethod, ScheduleConfig, Smart, SmartConfig};
 
 /// The example config, which is also what `chargegate` runs when no config
@@ -123,6 +125,8 @@ pub struct Config {
     pub chargers: BTreeMap<String, ChargerConfig>,
     /// Schedules, load management, the meter.
     pub smart: Smart,
+    /// The MQTT broker (Home Assistant); none: no MQTT.
+    pub mqtt: Option<MqttConfig>,
 }
 
 /// The config in force: replaced on SIGHUP by [`Config::with_live_parts`].
@@ -152,7 +156,7 @@ impl Config {
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let d = |v: &dyn fmt::Debug| format!("{v:?}");
         let mut out = Vec::new();
-        let pairs: [(&'static str, String, String); 8] = [
+        let pairs: [(&'static str, String, String); 9] = [
             (
                 "[gateway]",
                 d(&(&self.gateway_id, &self.data_dir, &self.log_level)),
@@ -221,6 +225,7 @@ impl Config {
                 d(&(new.journal_max_age, new.journal_max_bytes)),
             ),
             ("[meter]", d(&self.smart.meter), d(&new.smart.meter)),
+            ("[mqtt]", d(&self.mqtt), d(&new.mqtt)),
         ];
         for (name, a, b) in pairs {
             if a != b {
@@ -309,6 +314,24 @@ impl Reader<'_> {
             }
         }
         Some(out)
+    }
+
+    /// An optional PEM file (`ca_file` keys): must exist when given.
+    fn pem_file(&mut self, t: &Table, section: &str, key: &str) -> Option<PathBuf> {
+        let path = self
+            .string(Some(t), section, key, None)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)?;
+        if !path.is_file() {
+            self.problem(
+                &format!("{section}.{key}"),
+                format!(
+                    "expected a readable PEM file, {} does not exist",
+                    path.display()
+                ),
+            );
+        }
+        Some(path)
     }
 
     fn unknown_keys(&mut self, t: &Table, section: &str, known: &[&str]) {
@@ -411,6 +434,7 @@ const TOP: &[&str] = &[
     "load",
     "meter",
     "schedule",
+    "mqtt",
 ];
 
 impl Config {
@@ -660,6 +684,9 @@ impl Config {
             r.int(d, "diagnostics", "max_size_mb", 20, 1, 1024) as usize * 1024 * 1024;
         let chargers = read_chargers(root, r);
         let smart = smart::read(root, r);
+        let mqtt = r
+            .table(root, "mqtt")
+            .and_then(|m| mqtt::read(m, &gateway_id, r));
         for (i, s) in smart.schedules.iter().enumerate() {
             for c in &s.chargers {
                 if c != "*" && !chargers.contains_key(c) && !allow_unknown {
@@ -697,6 +724,7 @@ impl Config {
             journal_max_bytes,
             chargers,
             smart,
+            mqtt,
         }
     }
 }
@@ -728,21 +756,7 @@ fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
         }
         Some(s) => s.trim_end_matches('/').to_string(),
     };
-    let ca_file = r
-        .string(Some(u), "upstream", "ca_file", None)
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from);
-    if let Some(ca) = &ca_file {
-        if !ca.is_file() {
-            r.problem(
-                "upstream.ca_file",
-                format!(
-                    "expected a readable PEM file, {} does not exist",
-                    ca.display()
-                ),
-            );
-        }
-    }
+    let ca_file = r.pem_file(u, "upstream", "ca_file");
     let connect_timeout =
         Duration::from_secs(r.int(Some(u), "upstream", "connect_timeout_secs", 10, 1, 300) as u64);
     let backoff_min = Duration::from_millis(

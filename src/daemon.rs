@@ -115,6 +115,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         )));
         rx
     });
+    if let Some(m) = cfg.mqtt.clone() {
+        tasks.push(tokio::spawn(crate::mqtt::run(ctx.clone(), m)));
+    }
     tasks.push(tokio::spawn(crate::smart::engine::run(
         ctx.clone(),
         clock.clone(),

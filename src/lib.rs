@@ -25,6 +25,7 @@
 //! - [`sim`]: simulated chargers; [`bench`](mod@bench): the relay benchmark.
 //! - [`smart`]: schedules, charging profiles and load management;
 //!   [`meter`]: the site meter over Modbus; [`clock`]: wall-clock time.
+//! - [`mqtt`]: the broker and Home Assistant discovery.
 //! - [`logging`]: journald or stderr; [`notify`]: systemd READY/WATCHDOG.
 
 #![forbid(unsafe_code)]
@@ -45,6 +46,7 @@ pub mod force_stop;
 pub mod journal;
 pub mod logging;
 pub mod meter;
+pub mod mqtt;
 pub mod notify;
 pub mod ocpp;
 pub mod outbox;

@@ -49,41 +49,58 @@ pub struct Connector {
 impl Connector {
     /// Load the trust roots once, at start.
     pub fn new(cfg: &UpstreamConfig, ws: WebSocketConfig) -> Result<Connector, UpstreamError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-        if added == 0 && cfg.url.starts_with("wss://") && cfg.ca_file.is_none() {
-            log::warn!("no system CA certificates found; wss:// to the cloud will fail (install ca-certificates)");
-        }
-        if let Some(path) = &cfg.ca_file {
-            let ca_err = |why: String| UpstreamError::CaFile {
-                path: path.display().to_string(),
-                why,
-            };
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ca_err(e.to_string()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificates in it".into()));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| UpstreamError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = client_tls(
+            cfg.ca_file.as_deref(),
+            cfg.url.starts_with("wss://").then_some("the cloud"),
+        )?;
         Ok(Connector {
             cfg: cfg.clone(),
-            tls: Arc::new(tls),
+            tls,
             ws,
         })
     }
+}
 
+/// A TLS client config (TLS 1.2 and 1.3, ring): the system roots plus
+/// `ca_file`. `peer` names what it is for, to warn when there are no roots.
+pub fn client_tls(
+    ca_file: Option<&std::path::Path>,
+    peer: Option<&str>,
+) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let (0, None, Some(peer)) = (added, ca_file, peer) {
+        log::warn!(
+            "no system CA certificates found; TLS to {peer} will fail (install ca-certificates)"
+        );
+    }
+    if let Some(path) = ca_file {
+        let ca_err = |why: String| UpstreamError::CaFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ca_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_err("no PEM certificates in it".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
+impl Connector {
     /// The URL a charger's upstream connection goes to.
     pub fn url_for(&self, charger_id: &str) -> String {
         format!(

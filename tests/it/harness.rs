@@ -549,3 +549,29 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// `n` simulated chargers (`SIM-1`…) that start one long session each
+/// right away and follow their charging profiles on `clock`.
+pub fn sim_charging(
+    ocpp: SocketAddr,
+    n: usize,
+    clock: chargegate::clock::Clock,
+    stats: std::sync::Arc<chargegate::sim::SimStats>,
+) -> tokio::task::JoinHandle<()> {
+    let opts = chargegate::sim::SimOptions {
+        clock,
+        url: format!("ws://{ocpp}/ocpp"),
+        chargers: n,
+        prefix: "SIM-".into(),
+        password: None,
+        id_tag: "SIMTAG".into(),
+        heartbeat: Duration::from_secs(60),
+        meter_interval: Duration::from_millis(300),
+        meter_values_per_session: 1_000_000,
+        idle: Duration::from_millis(100),
+        duration: Some(Duration::from_secs(120)),
+    };
+    tokio::spawn(async move {
+        chargegate::sim::run_with(opts, stats).await;
+    })
+}

@@ -7,6 +7,7 @@ mod crash;
 mod harness;
 mod hostile;
 mod interop;
+mod mqtt;
 mod offline;
 mod powerloss;
 mod proxy;

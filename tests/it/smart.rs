@@ -21,30 +21,6 @@ fn berlin(civil: &str) -> Timestamp {
         .timestamp()
 }
 
-fn sim(
-    gw: &Gateway,
-    n: usize,
-    clock: chargegate::clock::Clock,
-    stats: Arc<chargegate::sim::SimStats>,
-) -> tokio::task::JoinHandle<()> {
-    let opts = chargegate::sim::SimOptions {
-        clock,
-        url: format!("ws://{}/ocpp", gw.ocpp),
-        chargers: n,
-        prefix: "SIM-".into(),
-        password: None,
-        id_tag: "SIMTAG".into(),
-        heartbeat: Duration::from_secs(60),
-        meter_interval: Duration::from_millis(300),
-        meter_values_per_session: 1_000_000,
-        idle: Duration::from_millis(100),
-        duration: Some(Duration::from_secs(120)),
-    };
-    tokio::spawn(async move {
-        chargegate::sim::run_with(opts, stats).await;
-    })
-}
-
 /// Wait for the `n`-th event of `kind` for `charger` that satisfies `pred`.
 async fn wait_nth(
     gw: &Gateway,
@@ -101,7 +77,7 @@ max_current_a = 16
     let clock = gw.running.as_ref().unwrap().clock.clone();
     // Monday 2030-01-07, 22:30 in Berlin: inside the window.
     clock.set(berlin("2030-01-07T22:30"));
-    let sim = sim(&gw, 1, clock.clone(), Default::default());
+    let sim = sim_charging(gw.ocpp, 1, clock.clone(), Default::default());
 
     wait_nth(&gw, "SIM-1", "StatusNotification", 1, status_is("Charging")).await;
     let l = wait_nth(&gw, "SIM-1", "LimitChanged", 1, |_| true).await;
@@ -280,7 +256,7 @@ timeout_ms = 500
         sims: sims.clone(),
     };
     let server = serve_meter(meter_addr, meter.clone()).await;
-    let sim = sim(&gw, 2, Default::default(), sims);
+    let sim = sim_charging(gw.ocpp, 2, Default::default(), sims);
 
     // 38 A for the chargers less 10 A of house load: 14 A each.
     for id in ["SIM-1", "SIM-2"] {
@@ -592,7 +568,7 @@ pause = "stop"
     .await;
     let clock = gw.running.as_ref().unwrap().clock.clone();
     clock.set(berlin("2030-01-07T19:00"));
-    let sim = sim(&gw, 1, clock.clone(), Default::default());
+    let sim = sim_charging(gw.ocpp, 1, clock.clone(), Default::default());
     wait_nth(&gw, "SIM-1", "StartTransaction", 1, |_| true).await;
 
     // The window closes: no 0 A profile for this charger (it would end the

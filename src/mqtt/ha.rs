@@ -1,0 +1,599 @@
+//! The MQTT topic layout, each charger's state document and the Home
+//! Assistant discovery configs, pure: live state in, topics and JSON out.
+//!
+//! Layout under `{prefix}/{gateway}/` (retained unless noted):
+//!
+//! - `status`: `online` / `offline` (the last will)
+//! - `gateway`: chargers connected, load management (JSON)
+//! - `meter`: the site meter's reading (JSON)
+//! - `{charger}/availability`: `online` while the charger is connected
+//! - `{charger}/state`: the charger's state (JSON, see [`charger_state`])
+//! - `{charger}/event`: each journal event (JSON, not retained)
+//! - `{charger}/cmd/{action}`: commands in (`reboot`, `start`, `stop`,
+//!   `force-stop`, `check`, `pause` ON/OFF, `limit` amperes, …)
+//! - `{charger}/result`: each command's result (JSON, not retained)
+
+use serde_json::{json, Value};
+
+use crate::state::ChargerState;
+
+/// Topic names for one gateway.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `{prefix}/{gateway}`.
+    pub base: String,
+    pub discovery_prefix: String,
+    pub gateway: String,
+}
+
+/// A charger id as one topic level: `+`, `#` and `%` percent-encoded.
+pub fn level(id: &str) -> String {
+    id.replace('%', "%25")
+        .replace('+', "%2B")
+        .replace('#', "%23")
+}
+
+fn unlevel(s: &str) -> String {
+    s.replace("%2B", "+")
+        .replace("%23", "#")
+        .replace("%25", "%")
+}
+
+/// An id Home Assistant accepts in discovery topics and unique ids.
+pub fn object_id(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Layout {
+    pub fn new(prefix: &str, gateway: &str, discovery_prefix: &str) -> Layout {
+        Layout {
+            base: format!("{prefix}/{gateway}"),
+            discovery_prefix: discovery_prefix.to_string(),
+            gateway: gateway.to_string(),
+        }
+    }
+
+    pub fn status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+
+    /// The gateway's own state (chargers connected, load management).
+    pub fn gateway_state(&self) -> String {
+        format!("{}/gateway", self.base)
+    }
+
+    pub fn meter(&self) -> String {
+        format!("{}/meter", self.base)
+    }
+
+    fn charger(&self, id: &str, leaf: &str) -> String {
+        format!("{}/{}/{leaf}", self.base, level(id))
+    }
+
+    pub fn availability(&self, id: &str) -> String {
+        self.charger(id, "availability")
+    }
+
+    pub fn state(&self, id: &str) -> String {
+        self.charger(id, "state")
+    }
+
+    pub fn event(&self, id: &str) -> String {
+        self.charger(id, "event")
+    }
+
+    pub fn result(&self, id: &str) -> String {
+        self.charger(id, "result")
+    }
+
+    pub fn command(&self, id: &str, action: &str) -> String {
+        self.charger(id, &format!("cmd/{action}"))
+    }
+
+    /// Subscription for every charger's commands.
+    pub fn command_filter(&self) -> String {
+        format!("{}/+/cmd/+", self.base)
+    }
+
+    /// (charger, action) of a command topic.
+    pub fn parse_command(&self, topic: &str) -> Option<(String, String)> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let (id, cmd, action) = (parts.next()?, parts.next()?, parts.next()?);
+        (cmd == "cmd" && parts.next().is_none() && !id.is_empty())
+            .then(|| (unlevel(id), action.to_string()))
+    }
+
+    /// Home Assistant's birth message topic.
+    pub fn ha_status(&self) -> String {
+        format!("{}/status", self.discovery_prefix)
+    }
+
+    /// Subscription that returns every retained discovery config, to find
+    /// those of chargers no longer configured.
+    pub fn discovery_filter(&self) -> String {
+        format!("{}/+/+/+/config", self.discovery_prefix)
+    }
+
+    fn gateway_node(&self) -> String {
+        object_id(&format!("chargegate_{}", self.gateway))
+    }
+
+    /// Discovery node id of a charger's device.
+    pub fn charger_node(&self, id: &str) -> String {
+        format!("{}__{}", self.gateway_node(), object_id(id))
+    }
+
+    /// The charger whose node a discovery topic belongs to (its node id).
+    pub fn node_of_discovery_topic<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let rest = topic
+            .strip_prefix(&self.discovery_prefix)?
+            .strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let (_component, node, _object, config) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let ours = node.starts_with(&format!("{}__", self.gateway_node()));
+        (config == "config" && parts.next().is_none() && ours).then_some(node)
+    }
+
+    fn discovery_topic(&self, component: &str, node: &str, object: &str) -> String {
+        format!(
+            "{}/{component}/{node}/{object}/config",
+            self.discovery_prefix
+        )
+    }
+}
+
+/// What a charger's state document is made of besides its journal state.
+pub struct Extra<'a> {
+    pub connected: bool,
+    pub standalone: bool,
+    /// The gateway's limit now and why (smart charging).
+    pub limit: Option<(f64, &'a str)>,
+    /// The current cap staff can set (the number entity's value).
+    pub max_current: f64,
+    pub now_ms: i64,
+}
+
+/// The charger's retained state document.
+pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
+    let status = s
+        .connectors
+        .get(&1)
+        .or_else(|| s.connectors.values().next())
+        .map_or("Unknown", |c| c.status.as_str());
+    let energy_kwh = s.meter.energy_wh.map(|wh| wh / 1000.0);
+    let session = s.transactions.values().next().map(|t| {
+        let started_ms = t
+            .started
+            .parse::<jiff::Timestamp>()
+            .map(|ts| ts.as_millisecond())
+            .ok();
+        json!({
+            "connector": t.connector,
+            "transaction_id": t.transaction_id,
+            "id_tag": t.id_tag,
+            "started": t.started,
+            "energy_kwh": s.meter.energy_wh.map(|wh| (wh - t.meter_start as f64).max(0.0) / 1000.0),
+            "duration_s": started_ms.map(|ms| ((x.now_ms - ms) / 1000).max(0)),
+        })
+    });
+    let paused = s.override_.as_ref().is_some_and(|o| o.limit_a == 0.0);
+    json!({
+        "charger_link": if x.connected { "up" } else { "down" },
+        "cloud_link": if x.standalone { "standalone" } else if s.cloud_link.up { "up" } else { "down" },
+        "status": status,
+        "connectors": s.connectors.iter().map(|(n, c)| (n.to_string(), json!(c.status))).collect::<serde_json::Map<_, _>>(),
+        "power_w": s.meter.power_w,
+        "current_a": s.meter.current_a,
+        "energy_kwh": energy_kwh,
+        "session": session,
+        "session_energy_kwh": session.as_ref().and_then(|v| v["energy_kwh"].as_f64()).unwrap_or(0.0),
+        "limit_a": x.limit.map(|l| l.0),
+        "limit_reason": x.limit.map(|l| l.1),
+        "paused": if paused { "ON" } else { "OFF" },
+        "cap_a": s.override_.as_ref().filter(|o| o.limit_a > 0.0).map_or(x.max_current, |o| o.limit_a),
+        "vendor": s.boot.as_ref().map(|b| &b.vendor),
+        "model": s.boot.as_ref().map(|b| &b.model),
+        "firmware": s.boot.as_ref().and_then(|b| b.firmware.as_ref()),
+        "last_event": s.last_event,
+    })
+}
+
+/// The buttons: (object id, name, action).
+const BUTTONS: &[(&str, &str, &str)] = &[
+    ("reboot", "Reboot", "reboot"),
+    ("start", "Start charge", "start"),
+    ("stop", "Stop charge", "stop"),
+    ("force_stop", "Force stop", "force-stop"),
+    ("check", "Run a check", "check"),
+];
+
+/// Every discovery config (topic, retained JSON) of one charger's device.
+pub fn charger_discovery(
+    l: &Layout,
+    id: &str,
+    s: Option<&ChargerState>,
+    commands: bool,
+    max_current: f64,
+) -> Vec<(String, Value)> {
+    let node = l.charger_node(id);
+    let boot = s.and_then(|s| s.boot.as_ref());
+    let device = json!({
+        "identifiers": [node],
+        "name": id,
+        "manufacturer": boot.map_or("unknown", |b| b.vendor.as_str()),
+        "model": boot.map_or("OCPP 1.6 charger", |b| b.model.as_str()),
+        "sw_version": boot.and_then(|b| b.firmware.clone()),
+        "via_device": l.gateway_node(),
+    });
+    let state = l.state(id);
+    // Most entities need the gateway and the charger; the link sensors only
+    // the gateway (a down link is their news).
+    let both = json!([
+        {"topic": l.status()},
+        {"topic": l.availability(id)},
+    ]);
+    let gateway_only = json!([{"topic": l.status()}]);
+    let entity = |object: &str, name: &str, avail: &Value, extra: Value| {
+        let mut v = json!({
+            "name": name,
+            "unique_id": format!("{node}_{object}"),
+            "object_id": format!("{node}_{object}"),
+            "device": device,
+            "availability": avail,
+            "availability_mode": "all",
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v
+    };
+    let sensor = |object: &str, name: &str, tpl: &str, extra: Value| {
+        let mut e = json!({"state_topic": state, "value_template": tpl});
+        if let (Some(o), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+            o.extend(x.clone());
+        }
+        (
+            l.discovery_topic("sensor", &node, object),
+            entity(object, name, &both, e),
+        )
+    };
+    let mut out = vec![
+        sensor(
+            "status",
+            "Status",
+            "{{ value_json.status }}",
+            json!({"icon": "mdi:ev-station"}),
+        ),
+        sensor(
+            "power",
+            "Power",
+            "{{ value_json.power_w | float(0) }}",
+            json!({"device_class": "power", "unit_of_measurement": "W", "state_class": "measurement"}),
+        ),
+        sensor(
+            "current",
+            "Current",
+            "{{ value_json.current_a | float(0) }}",
+            json!({"device_class": "current", "unit_of_measurement": "A", "state_class": "measurement"}),
+        ),
+        sensor(
+            "energy",
+            "Energy",
+            "{{ value_json.energy_kwh }}",
+            json!({"device_class": "energy", "unit_of_measurement": "kWh", "state_class": "total_increasing"}),
+        ),
+        sensor(
+            "session_energy",
+            "Session energy",
+            "{{ value_json.session_energy_kwh }}",
+            json!({"device_class": "energy", "unit_of_measurement": "kWh", "state_class": "total_increasing"}),
+        ),
+        sensor(
+            "current_limit",
+            "Current limit",
+            "{{ value_json.limit_a }}",
+            json!({"device_class": "current", "unit_of_measurement": "A", "json_attributes_topic": state, "json_attributes_template": "{{ {'reason': value_json.limit_reason} | tojson }}"}),
+        ),
+    ];
+    for (object, name, tpl, avail) in [
+        (
+            "charger_link",
+            "Connected to gateway",
+            "{{ 'ON' if value_json.charger_link == 'up' else 'OFF' }}",
+            &gateway_only,
+        ),
+        (
+            "cloud_link",
+            "Connected to cloud",
+            "{{ 'ON' if value_json.cloud_link in ['up', 'standalone'] else 'OFF' }}",
+            &gateway_only,
+        ),
+    ] {
+        out.push((
+            l.discovery_topic("binary_sensor", &node, object),
+            entity(object, name, avail, json!({"state_topic": state, "value_template": tpl, "device_class": "connectivity"})),
+        ));
+    }
+    if commands {
+        for (object, name, action) in BUTTONS {
+            out.push((
+                l.discovery_topic("button", &node, object),
+                entity(
+                    object,
+                    name,
+                    &both,
+                    json!({"command_topic": l.command(id, action), "payload_press": "PRESS"}),
+                ),
+            ));
+        }
+        out.push((
+            l.discovery_topic("switch", &node, "pause"),
+            entity(
+                "pause",
+                "Pause charging",
+                &both,
+                json!({
+                    "command_topic": l.command(id, "pause"),
+                    "state_topic": state,
+                    "value_template": "{{ value_json.paused }}",
+                    "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
+                    "icon": "mdi:pause-circle",
+                }),
+            ),
+        ));
+        out.push((
+            l.discovery_topic("number", &node, "current_cap"),
+            entity(
+                "current_cap",
+                "Current cap",
+                &both,
+                json!({
+                    "command_topic": l.command(id, "limit"),
+                    "state_topic": state,
+                    "value_template": "{{ value_json.cap_a }}",
+                    "min": 0, "max": max_current, "step": 1, "mode": "box",
+                    "device_class": "current", "unit_of_measurement": "A",
+                }),
+            ),
+        ));
+    }
+    out
+}
+
+/// The topics a charger's discovery would use, to clear them.
+pub fn charger_discovery_topics(l: &Layout, id: &str) -> Vec<String> {
+    charger_discovery(l, id, None, true, 32.0)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// The gateway's own device: chargers connected, and the site meter.
+pub fn gateway_discovery(l: &Layout, meter: bool) -> Vec<(String, Value)> {
+    let node = l.gateway_node();
+    let device = json!({
+        "identifiers": [node],
+        "name": format!("ChargeGate {}", l.gateway),
+        "manufacturer": "ChargeGate",
+        "model": "OCPP gateway",
+        "sw_version": env!("CARGO_PKG_VERSION"),
+    });
+    let avail = json!([{"topic": l.status()}]);
+    let g = l.gateway_state();
+    let mut list = vec![
+        (
+            "chargers_connected",
+            "Chargers connected",
+            g.clone(),
+            "{{ value_json.chargers_connected }}",
+            json!({"icon": "mdi:ev-station", "state_class": "measurement"}),
+        ),
+        (
+            "load_management",
+            "Load management",
+            g.clone(),
+            "{{ value_json.load }}",
+            json!({"icon": "mdi:transmission-tower"}),
+        ),
+        (
+            "available_current",
+            "Current available to chargers",
+            g,
+            "{{ value_json.available_a }}",
+            json!({"device_class": "current", "unit_of_measurement": "A"}),
+        ),
+    ];
+    if meter {
+        let amps = json!({"device_class": "current", "unit_of_measurement": "A", "state_class": "measurement"});
+        for (object, name, tpl, extra) in [
+            (
+                "grid_l1",
+                "Grid current L1",
+                "{{ value_json.current[0] }}",
+                amps.clone(),
+            ),
+            (
+                "grid_l2",
+                "Grid current L2",
+                "{{ value_json.current[1] }}",
+                amps.clone(),
+            ),
+            (
+                "grid_l3",
+                "Grid current L3",
+                "{{ value_json.current[2] }}",
+                amps,
+            ),
+            (
+                "grid_power",
+                "Grid power",
+                "{{ value_json.power_w }}",
+                json!({"device_class": "power", "unit_of_measurement": "W", "state_class": "measurement"}),
+            ),
+            (
+                "grid_energy",
+                "Grid energy import",
+                "{{ value_json.energy_import_kwh }}",
+                json!({"device_class": "energy", "unit_of_measurement": "kWh", "state_class": "total_increasing"}),
+            ),
+        ] {
+            list.push((object, name, l.meter(), tpl, extra));
+        }
+    }
+    list.into_iter()
+        .map(|(object, name, topic, tpl, extra)| {
+            let mut v = json!({
+                "name": name,
+                "unique_id": format!("{node}_{object}"),
+                "object_id": format!("{node}_{object}"),
+                "device": device,
+                "availability": avail,
+                "state_topic": topic,
+                "value_template": tpl,
+            });
+            if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(x.clone());
+            }
+            (l.discovery_topic("sensor", &node, object), v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout::new("chargegate", "site-1", "homeassistant")
+    }
+
+    #[test]
+    fn topics_round_trip_odd_charger_ids() {
+        let l = layout();
+        let t = l.command("CP+1#%", "reboot");
+        assert_eq!(t, "chargegate/site-1/CP%2B1%23%25/cmd/reboot");
+        assert_eq!(
+            l.parse_command(&t),
+            Some(("CP+1#%".into(), "reboot".into()))
+        );
+        assert_eq!(l.parse_command("chargegate/site-1/CP-1/state"), None);
+        assert_eq!(l.parse_command("chargegate/site-2/CP-1/cmd/reboot"), None);
+        assert_eq!(l.parse_command("chargegate/site-1/CP-1/cmd/reboot/x"), None);
+    }
+
+    #[test]
+    fn discovery_has_what_home_assistant_requires() {
+        let l = layout();
+        let configs = charger_discovery(&l, "CP-1", None, true, 32.0);
+        let mut unique = std::collections::BTreeSet::new();
+        for (topic, c) in &configs {
+            assert!(
+                topic.starts_with("homeassistant/") && topic.ends_with("/config"),
+                "{topic}"
+            );
+            assert!(
+                unique.insert(c["unique_id"].as_str().unwrap().to_string()),
+                "unique ids: {topic}"
+            );
+            assert_eq!(c["device"]["identifiers"][0], "chargegate_site-1__CP-1");
+            assert_eq!(c["device"]["via_device"], "chargegate_site-1");
+            assert_eq!(c["availability"][0]["topic"], "chargegate/site-1/status");
+            assert!(
+                c.get("state_topic").is_some() || c.get("command_topic").is_some(),
+                "{c}"
+            );
+            assert_eq!(
+                l.node_of_discovery_topic(topic),
+                Some("chargegate_site-1__CP-1")
+            );
+        }
+        let by = |obj: &str| {
+            &configs
+                .iter()
+                .find(|(t, _)| t.contains(&format!("/{obj}/")))
+                .unwrap()
+                .1
+        };
+        assert_eq!(by("energy")["state_class"], "total_increasing");
+        assert_eq!(by("energy")["unit_of_measurement"], "kWh");
+        assert_eq!(
+            by("reboot")["command_topic"],
+            "chargegate/site-1/CP-1/cmd/reboot"
+        );
+        assert_eq!(by("pause")["payload_on"], "ON");
+        // The link sensors stay available while the charger is away.
+        assert_eq!(
+            by("charger_link")["availability"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(by("power")["availability"].as_array().unwrap().len(), 2);
+        // Read-only: no buttons, switch or number.
+        let ro = charger_discovery(&l, "CP-1", None, false, 32.0);
+        assert!(ro.iter().all(|(_, c)| c.get("command_topic").is_none()));
+        assert!(ro.len() < configs.len());
+        // Not ours: another gateway, or another integration.
+        assert_eq!(
+            l.node_of_discovery_topic("homeassistant/sensor/chargegate_site-2__CP-1/power/config"),
+            None
+        );
+        assert_eq!(
+            l.node_of_discovery_topic("homeassistant/sensor/shelly/power/config"),
+            None
+        );
+        assert!(gateway_discovery(&l, true).len() > gateway_discovery(&l, false).len());
+    }
+
+    #[test]
+    fn state_document_follows_a_session() {
+        let mut s = ChargerState::default();
+        s.connectors.insert(
+            1,
+            crate::state::ConnectorState {
+                status: "Charging".into(),
+                error_code: "NoError".into(),
+                since_ms: 0,
+            },
+        );
+        s.transactions.insert(
+            1,
+            crate::state::Transaction {
+                connector: 1,
+                transaction_id: Some(7),
+                id_tag: "TAG".into(),
+                meter_start: 1000,
+                started: "2030-01-01T10:00:00Z".into(),
+            },
+        );
+        s.meter.energy_wh = Some(3500.0);
+        let now_ms = "2030-01-01T10:30:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        let x = Extra {
+            connected: true,
+            standalone: false,
+            limit: Some((16.0, "schedule")),
+            max_current: 32.0,
+            now_ms,
+        };
+        let v = charger_state(&s, &x);
+        assert_eq!(v["status"], "Charging");
+        assert_eq!(v["energy_kwh"], 3.5);
+        assert_eq!(v["session"]["energy_kwh"], 2.5);
+        assert_eq!(v["session"]["duration_s"], 1800);
+        assert_eq!(v["session_energy_kwh"], 2.5);
+        assert_eq!(v["limit_a"], 16.0);
+        assert_eq!(v["paused"], "OFF");
+        assert_eq!(v["cloud_link"], "down");
+    }
+}

@@ -492,8 +492,15 @@ impl Config {
         let gateway_id = r
             .string(g, "gateway", "id", Some("chargegate"))
             .unwrap_or_default();
+        // Under systemd, StateDirectory= (/var/lib/chargegate) is the
+        // default; elsewhere a folder next to where it runs.
+        let state_dir = std::env::var("STATE_DIRECTORY")
+            .ok()
+            .and_then(|s| s.split(':').next().map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "./chargegate-data".into());
         let data_dir = PathBuf::from(
-            r.string(g, "gateway", "data_dir", Some("./chargegate-data"))
+            r.string(g, "gateway", "data_dir", Some(&state_dir))
                 .unwrap_or_default(),
         );
         let level = r

@@ -326,7 +326,16 @@ fn main() -> ExitCode {
                     duration: duration.map(secs),
                 };
                 let stats = chargegate::sim::run(opts).await;
-                println!("{stats:?}");
+                let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                println!(
+                    "sim: {} connects, {} sessions, {} calls sent ({} answered, {} errors), {} calls from the gateway answered",
+                    n(&stats.connects),
+                    n(&stats.sessions),
+                    n(&stats.calls_sent),
+                    n(&stats.results),
+                    n(&stats.errors),
+                    n(&stats.calls_answered)
+                );
                 Ok(())
             }
             Cmd::Bench(args) => chargegate::bench::run(args).await,

@@ -106,3 +106,116 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         "systemd-analyze verify: {err}"
     );
 }
+
+/// Under journald (JOURNAL_STREAM set) log lines go to the journal as
+/// structured entries with the charger id as CHARGER_ID. On a machine with
+/// no journald (CI's containers), the test listens on journald's socket
+/// itself and reads the entries the daemon sends there; with a journald,
+/// it asks `journalctl CHARGER_ID=…`.
+#[tokio::test]
+async fn log_lines_reach_journald_with_the_charger_id_as_a_field() {
+    const SOCKET: &str = "/run/systemd/journal/socket";
+    let id = format!("CP-J{}", fastrand::u32(..));
+    // journald is running when its socket answers.
+    let real_journald = UnixDatagram::unbound()
+        .and_then(|s| s.connect(SOCKET))
+        .is_ok();
+    let stand_in = if real_journald {
+        None
+    } else {
+        std::fs::create_dir_all("/run/systemd/journal")
+            .expect("can create /run/systemd/journal (root)");
+        // A stale socket file from an earlier run would pass for journald.
+        let _ = std::fs::remove_file(SOCKET);
+        let s = UnixDatagram::bind(SOCKET).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Some(s)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &config_text(&dir.path().join("data"), None, ""));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chargegate"))
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env("JOURNAL_STREAM", "0:0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let line = tokio::time::timeout(WAIT, tokio::io::BufReader::new(out).lines().next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ocpp = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ocpp="))
+        .unwrap()
+        .to_string();
+    let mut cp = Charger::connect(&format!("ws://{ocpp}/ocpp/{id}")).await;
+    cp.call("BootNotification", boot()).await;
+    match stand_in {
+        Some(sock) => {
+            let found = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = sock.recv(&mut buf).expect("an entry before the timeout");
+                    let fields = journal_fields(&buf[..n]);
+                    if fields.get("CHARGER_ID").map(String::as_str) == Some(id.as_str()) {
+                        return fields;
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            let _ = std::fs::remove_file(SOCKET);
+            assert!(found["MESSAGE"].contains("connected"), "{found:?}");
+            assert_eq!(found["SYSLOG_IDENTIFIER"], "chargegate");
+        }
+        None => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let out = std::process::Command::new("journalctl")
+                .args([
+                    format!("CHARGER_ID={id}").as_str(),
+                    "-o",
+                    "cat",
+                    "--no-pager",
+                ])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(&format!("charger {id} connected")), "{text}");
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Fields of one entry in journald's native protocol: `KEY=value` lines,
+/// or `KEY`, a little-endian u64 length and the raw value.
+fn journal_fields(mut b: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    while !b.is_empty() {
+        let nl = b.iter().position(|c| *c == b'\n').unwrap_or(b.len());
+        let line = &b[..nl];
+        if let Some(eq) = line.iter().position(|c| *c == b'=') {
+            out.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            b = &b[(nl + 1).min(b.len())..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &b[(nl + 1).min(b.len())..];
+            if rest.len() < 8 {
+                break;
+            }
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let value = &rest[8..(8 + len).min(rest.len())];
+            out.insert(key, String::from_utf8_lossy(value).into_owned());
+            b = &rest[(8 + len + 1).min(rest.len())..];
+        }
+    }
+    out
+}

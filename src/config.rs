@@ -101,6 +101,12 @@ pub struct Config {
     pub ping_interval: Duration,
     pub call_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// Open charger connections at most, in total and per source address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Messages a second from one charger (0: no limit), and the burst.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
     pub policy: Policy,
     /// OCPP 1.6 TransactionMessageAttempts: tries before a dead letter.
     pub tx_attempts: u32,
@@ -171,6 +177,8 @@ impl Config {
                     self.ping_interval,
                     self.call_timeout,
                     self.handshake_timeout,
+                    (self.max_connections, self.max_connections_per_ip),
+                    (self.rate_per_sec, self.rate_burst),
                 )),
                 d(&(
                     &new.listen,
@@ -179,6 +187,8 @@ impl Config {
                     new.ping_interval,
                     new.call_timeout,
                     new.handshake_timeout,
+                    (new.max_connections, new.max_connections_per_ip),
+                    (new.rate_per_sec, new.rate_burst),
                 )),
             ),
             (
@@ -528,6 +538,10 @@ impl Config {
                     "call_timeout_secs",
                     "handshake_timeout_secs",
                     "heartbeat_interval_secs",
+                    "max_connections",
+                    "max_connections_per_ip",
+                    "rate_limit_per_sec",
+                    "rate_limit_burst",
                 ],
             );
         }
@@ -554,6 +568,13 @@ impl Config {
         let handshake_timeout =
             Duration::from_secs(r.int(o, "ocpp", "handshake_timeout_secs", 10, 1, 300) as u64);
         let heartbeat_interval = r.int(o, "ocpp", "heartbeat_interval_secs", 300, 1, 86_400) as u32;
+        // 0 turns a limit off.
+        let unlimited = |n: i64| if n == 0 { usize::MAX } else { n as usize };
+        let max_connections = unlimited(r.int(o, "ocpp", "max_connections", 4096, 0, 1_000_000));
+        let max_connections_per_ip =
+            unlimited(r.int(o, "ocpp", "max_connections_per_ip", 64, 0, 1_000_000));
+        let rate_per_sec = r.int(o, "ocpp", "rate_limit_per_sec", 100, 0, 1_000_000) as u32;
+        let rate_burst = r.int(o, "ocpp", "rate_limit_burst", 500, 1, 1_000_000) as u32;
 
         let off = r.table(root, "offline");
         if let Some(t) = off {
@@ -715,6 +736,10 @@ impl Config {
             ping_interval,
             call_timeout,
             handshake_timeout,
+            max_connections,
+            max_connections_per_ip,
+            rate_per_sec,
+            rate_burst,
             policy,
             tx_attempts,
             tx_retry_interval,

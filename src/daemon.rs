@@ -93,6 +93,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let smart = crate::smart::engine::StatusHandle::default();
     let live = crate::config::Live::new(cfg.clone());
     let ctx = Ctx {
+        conns: Default::default(),
         live: live.clone(),
         clock: clock.clone(),
         smart: smart.clone(),

@@ -44,6 +44,7 @@ pub mod dispatch;
 pub mod event;
 pub mod force_stop;
 pub mod journal;
+pub mod limits;
 pub mod logging;
 pub mod meter;
 pub mod mqtt;

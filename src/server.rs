@@ -43,6 +43,8 @@ pub struct Ctx {
     pub upload_addr: SocketAddr,
     /// Wall-clock time for schedules (tests move it).
     pub clock: crate::clock::Clock,
+    /// Open charger connections, for the per-address and total caps.
+    pub conns: crate::limits::Connections,
     /// Smart charging's view: limits, load management, the meter.
     pub smart: crate::smart::engine::StatusHandle,
 }
@@ -296,7 +298,20 @@ pub async fn serve(listener: TcpListener, ctx: Ctx) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    tokio::spawn(handle_connection(stream, addr, ctx.clone()));
+                    match ctx.conns.admit(addr.ip(), ctx.cfg.max_connections, ctx.cfg.max_connections_per_ip) {
+                        Ok(place) => {
+                            tokio::spawn(handle_connection(stream, addr, ctx.clone(), place));
+                        }
+                        Err(why) => {
+                            // Closed before the handshake costs anything.
+                            drop(stream);
+                            if ctx.conns.report_refusal(addr.ip(), std::time::Instant::now()) {
+                                log::warn!("refused {addr}: {why} (reported once a minute per address)");
+                                let ev = Event::Refused { reason: why.to_string(), remote: addr.to_string() };
+                                ctx.journal.record(None, ev).await;
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait, do not spin.
@@ -310,7 +325,12 @@ pub async fn serve(listener: TcpListener, ctx: Ctx) {
 }
 
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
-async fn handle_connection(stream: TcpStream, addr: SocketAddr, mut ctx: Ctx) {
+async fn handle_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut ctx: Ctx,
+    _place: crate::limits::Admitted,
+) {
     // This connection's session runs on the config in force now.
     ctx.cfg = ctx.live.get();
     let _ = stream.set_nodelay(true);

@@ -224,7 +224,7 @@ async fn start_gateway(
     threads: Option<usize>,
 ) -> anyhow::Result<(Child, String, std::net::SocketAddr)> {
     let cfg = format!(
-        "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n",
+        "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\nmax_connections = 0\nmax_connections_per_ip = 0\nrate_limit_per_sec = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n",
         dir.join("data")
     );
     let path = dir.join("gateway.toml");

@@ -163,6 +163,8 @@ struct Session {
     resync: Resync,
     last_rx: Instant,
     last_ping: Instant,
+    /// The charger's message rate (`ocpp.rate_limit_per_sec`).
+    rate: Option<crate::limits::Rate>,
 }
 
 /// Run a charger's session until either side ends it.
@@ -216,6 +218,8 @@ pub async fn run(
         deauthorized: Default::default(),
         last_rx: now,
         last_ping: now,
+        rate: (cfg.rate_per_sec > 0)
+            .then(|| crate::limits::Rate::new(cfg.rate_per_sec, cfg.rate_burst, now.into_std())),
     };
     let connect_ev = Event::Connect {
         link: Link::Charger,
@@ -319,7 +323,14 @@ impl Session {
     async fn on_charger_msg(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
         self.last_rx = Instant::now();
         match msg {
-            Some(Ok(Message::Text(t))) => self.on_charger_text(t.as_str()).await,
+            Some(Ok(Message::Text(t))) => {
+                if let Some(rate) = &mut self.rate {
+                    if !rate.take(self.last_rx.into_std()) {
+                        return self.over_rate(t.as_str()).await;
+                    }
+                }
+                self.on_charger_text(t.as_str()).await
+            }
             Some(Ok(Message::Binary(_))) => {
                 self.protocol_error(
                     Link::Charger,
@@ -350,6 +361,44 @@ impl Session {
             Some(Err(e)) => Err(End::new(format!("connection lost: {e}"), None)),
             None => Err(End::new("connection lost", None)),
         }
+    }
+
+    /// A message over the charger's rate: a CALL is answered with a
+    /// CALLERROR and not relayed, anything else dropped; one that keeps
+    /// flooding is closed with 1008 (policy violation).
+    async fn over_rate(&mut self, text: &str) -> Result<(), End> {
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        let (abusive, refused) = (rate.abusive(), rate.refused);
+        if abusive {
+            return Err(End::new(
+                format!("charger kept sending over its message rate ({refused} refused in a row)"),
+                Some((CloseCode::Policy, "message rate limit exceeded")),
+            ));
+        }
+        if refused == 1 {
+            let limit = self.ctx.cfg.rate_per_sec;
+            self.protocol_error(
+                Link::Charger,
+                "GenericError",
+                &format!("message rate limit exceeded ({limit}/s): not relayed"),
+                text,
+            )
+            .await;
+        }
+        if let Ok(Frame::Call { id, .. }) = frame::parse(text) {
+            let reply = frame::call_error(
+                &id,
+                "GenericError",
+                &format!(
+                    "rate limit exceeded ({}/s); try again later",
+                    self.ctx.cfg.rate_per_sec
+                ),
+            );
+            self.send_charger(reply).await?;
+        }
+        Ok(())
     }
 
     /// Parse a frame from either side. A malformed one is journaled, and

@@ -1,5 +1,6 @@
 //! Refusals at the handshake and malformed frames.
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -153,4 +154,113 @@ async fn an_oversized_message_closes_only_that_charger() {
         "closed with Message Too Big or dropped: {code:?}"
     );
     assert_eq!(ok.call("Heartbeat", json!({})).await[0], 3);
+}
+
+/// A gateway with tight limits, started from the harness's config.
+async fn limited(extra_ocpp: &str) -> (chargegate::daemon::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&dir.path().join("data"), None, "").replace(
+        "call_timeout_secs = 3\n",
+        &format!("call_timeout_secs = 3\nhandshake_timeout_secs = 1\n{extra_ocpp}"),
+    );
+    let cfg = chargegate::config::Config::parse(&text, "t.toml").unwrap();
+    (chargegate::daemon::start(cfg).await.unwrap(), dir)
+}
+
+#[tokio::test]
+async fn a_flooding_charger_is_rate_limited_then_closed_while_others_carry_on() {
+    let (gw, _dir) = limited("rate_limit_per_sec = 50\nrate_limit_burst = 50\n").await;
+    let url = |id: &str| format!("ws://{}/ocpp/{id}", gw.ocpp_addr);
+    let mut normal = Charger::connect(&url("CP-N")).await;
+    normal.call("BootNotification", boot()).await;
+    let mut flood = Charger::connect(&url("CP-F")).await;
+    // 2,000 CALLs without waiting for answers.
+    for i in 0..2000 {
+        flood
+            .send(&json!([2, format!("f{i}"), "Heartbeat", {}]).to_string())
+            .await;
+    }
+    let (mut results, mut limited_errors) = (0, 0);
+    loop {
+        match tokio::time::timeout(WAIT, flood.ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v[0].as_i64() {
+                    Some(3) => results += 1,
+                    Some(4) if v[2] == "GenericError" => {
+                        assert!(v[3].as_str().unwrap().contains("rate limit"), "{v}");
+                        limited_errors += 1;
+                    }
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(1008), "policy violation");
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the flooding charger was not closed: {other:?}"),
+        }
+    }
+    assert!(results >= 50, "the burst went through: {results}");
+    assert!(limited_errors > 0, "then CALLERRORs");
+    assert!(
+        results + limited_errors < 2000,
+        "and a close before the end"
+    );
+    // The well-behaved charger never noticed.
+    for _ in 0..20 {
+        let a = normal.call("Heartbeat", json!({})).await;
+        assert_eq!(a[0], 3, "{a}");
+    }
+    let ev = gw
+        .journal
+        .query(&Default::default())
+        .unwrap()
+        .into_iter()
+        .find(|r| r.charger.as_deref() == Some("CP-F") && r.event.kind() == "Disconnect")
+        .expect("the close is journaled");
+    assert!(
+        ev.event.summary().contains("message rate"),
+        "{}",
+        ev.event.summary()
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_address_and_unfinished_handshakes_are_dropped() {
+    let (gw, _dir) = limited("max_connections_per_ip = 3\n").await;
+    let url = |id: &str| format!("ws://{}/ocpp/{id}", gw.ocpp_addr);
+    let _a = Charger::connect(&url("CP-1")).await;
+    let _b = Charger::connect(&url("CP-2")).await;
+    // A third connection that never finishes its handshake holds a place
+    // only until the handshake timeout (1 s here).
+    let mut idle = tokio::net::TcpStream::connect(gw.ocpp_addr).await.unwrap();
+    // The fourth from the same address is closed at once.
+    let over = tokio_tungstenite::connect_async(url("CP-4")).await;
+    assert!(
+        over.is_err(),
+        "a fourth connection from one address is refused"
+    );
+    let mut buf = [0u8; 16];
+    use tokio::io::AsyncReadExt;
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the silent connection was closed");
+    // Its place is free again.
+    let mut c = Charger::connect(&url("CP-4")).await;
+    assert_eq!(c.call("Heartbeat", json!({})).await[0], 3);
+    let refused = gw
+        .journal
+        .query(&Default::default())
+        .unwrap()
+        .into_iter()
+        .find(|r| {
+            r.event.kind() == "Refused" && r.event.summary().contains("max_connections_per_ip")
+        });
+    assert!(refused.is_some(), "the refusal is journaled");
+    gw.stop().await;
 }

@@ -1,0 +1,190 @@
+//! Limits that keep one peer from hurting the others: connections per
+//! source address and in total, and a message rate per connection (a token
+//! bucket). Pure bookkeeping; the server and the session apply it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Open connections, by source address and in total.
+#[derive(Clone, Default)]
+pub struct Connections {
+    inner: Arc<Mutex<ConnCount>>,
+}
+
+#[derive(Default)]
+struct ConnCount {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+    /// Last time a refusal from an address was reported, so that a flood
+    /// of refusals does not flood the journal too.
+    reported: HashMap<IpAddr, Instant>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TooMany {
+    Total(usize),
+    FromAddress(usize),
+}
+
+impl std::fmt::Display for TooMany {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TooMany::Total(n) => write!(f, "too many connections ({n} open, ocpp.max_connections)"),
+            TooMany::FromAddress(n) => {
+                write!(f, "too many connections from this address ({n} open, ocpp.max_connections_per_ip)")
+            }
+        }
+    }
+}
+
+/// Holds a connection's place; dropping it frees the place.
+pub struct Admitted {
+    conns: Connections,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut c = self.conns.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnCount> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admit a connection from `ip` if both limits allow it.
+    pub fn admit(
+        &self,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Admitted, TooMany> {
+        let mut c = self.lock();
+        if c.total >= max_total {
+            return Err(TooMany::Total(c.total));
+        }
+        let from = c.by_ip.get(&ip).copied().unwrap_or(0);
+        if from >= max_per_ip {
+            return Err(TooMany::FromAddress(from));
+        }
+        c.total += 1;
+        *c.by_ip.entry(ip).or_insert(0) += 1;
+        Ok(Admitted {
+            conns: self.clone(),
+            ip,
+        })
+    }
+
+    /// Whether a refusal from `ip` should be reported now (once a minute).
+    pub fn report_refusal(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut c = self.lock();
+        if c.reported.len() > 10_000 {
+            c.reported.clear();
+        }
+        match c.reported.get(&ip) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
+            _ => {
+                c.reported.insert(ip, now);
+                true
+            }
+        }
+    }
+}
+
+/// A token bucket: `rate` messages a second, bursts of up to `burst`.
+#[derive(Debug, Clone)]
+pub struct Rate {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+    /// Messages refused since the bucket last had room.
+    pub refused: u64,
+}
+
+impl Rate {
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Rate {
+        Rate {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            at: now,
+            refused: 0,
+        }
+    }
+
+    /// Take one message's token; false when over the rate.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused = 0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// A peer that keeps sending into a full bucket (another burst's worth
+    /// refused in a row) is not a charger having a moment; it gets closed.
+    pub fn abusive(&self) -> bool {
+        self.refused as f64 > self.burst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_places_are_counted_and_freed() {
+        let c = Connections::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let one = c.admit(a, 3, 2).unwrap();
+        let _two = c.admit(a, 3, 2).unwrap();
+        assert_eq!(c.admit(a, 3, 2).err(), Some(TooMany::FromAddress(2)));
+        let _three = c.admit(b, 3, 2).unwrap();
+        assert_eq!(c.admit(b, 3, 2).err(), Some(TooMany::Total(3)));
+        drop(one);
+        assert!(
+            c.admit(a, 3, 2).is_ok(),
+            "a place freed when a connection ends"
+        );
+        let now = Instant::now();
+        assert!(c.report_refusal(a, now));
+        assert!(!c.report_refusal(a, now + Duration::from_secs(5)));
+        assert!(c.report_refusal(a, now + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn token_bucket_allows_bursts_then_the_rate() {
+        let t0 = Instant::now();
+        let mut r = Rate::new(10, 5, t0);
+        assert!((0..5).all(|_| r.take(t0)), "a burst of 5");
+        assert!(!r.take(t0));
+        assert!(!r.abusive());
+        assert!(r.take(t0 + Duration::from_millis(100)), "refilled at 10/s");
+        for _ in 0..6 {
+            r.take(t0 + Duration::from_millis(100));
+        }
+        assert!(r.abusive(), "kept sending into a full bucket");
+        assert!(r.take(t0 + Duration::from_secs(2)));
+        assert_eq!(r.refused, 0);
+    }
+}

@@ -55,6 +55,47 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The wss:// listener for Security Profiles 2 and 3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    /// The gateway's certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that signs the chargers' client certificates (Profile 3).
+    pub client_ca: Option<PathBuf>,
+}
+
+fn read_tls(o: &Table, r: &mut Reader) -> Option<TlsListen> {
+    let listen = r.string(Some(o), "ocpp", "tls_listen", None)?;
+    let Ok(listen) = listen.parse() else {
+        r.problem(
+            "ocpp.tls_listen",
+            format!("expected an address like \"0.0.0.0:8443\", found {listen:?}"),
+        );
+        return None;
+    };
+    let mut file = |key: &str| {
+        let p = r.pem_file(o, "ocpp", key);
+        if p.is_none() {
+            r.problem(
+                &format!("ocpp.{key}"),
+                "expected a PEM file: tls_listen needs tls_cert and tls_key",
+            );
+        }
+        p
+    };
+    let cert = file("tls_cert");
+    let key = file("tls_key");
+    let client_ca = r.pem_file(o, "ocpp", "client_ca");
+    Some(TlsListen {
+        listen,
+        cert: cert?,
+        key: key?,
+        client_ca,
+    })
+}
+
 /// One known charger.
 #[derive(Debug, Clone)]
 pub struct ChargerConfig {
@@ -63,6 +104,9 @@ pub struct ChargerConfig {
     pub password: Option<String>,
     /// Password to present to the cloud instead of passing the charger's on.
     pub upstream_password: Option<String>,
+    /// OCPP Security Profile: 1 (Basic auth, ws or wss), 2 (wss and Basic
+    /// auth), 3 (wss with a client certificate for this id).
+    pub profile: u8,
     /// Electrical limits and quirks, for smart charging.
     pub limits: ChargerLimits,
 }
@@ -107,6 +151,8 @@ pub struct Config {
     /// Messages a second from one charger (0: no limit), and the burst.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// The wss:// listener (Security Profiles 2 and 3), if configured.
+    pub tls: Option<TlsListen>,
     pub policy: Policy,
     /// OCPP 1.6 TransactionMessageAttempts: tries before a dead letter.
     pub tx_attempts: u32,
@@ -179,6 +225,7 @@ impl Config {
                     self.handshake_timeout,
                     (self.max_connections, self.max_connections_per_ip),
                     (self.rate_per_sec, self.rate_burst),
+                    &self.tls,
                 )),
                 d(&(
                     &new.listen,
@@ -189,6 +236,7 @@ impl Config {
                     new.handshake_timeout,
                     (new.max_connections, new.max_connections_per_ip),
                     (new.rate_per_sec, new.rate_burst),
+                    &new.tls,
                 )),
             ),
             (
@@ -542,6 +590,10 @@ impl Config {
                     "max_connections_per_ip",
                     "rate_limit_per_sec",
                     "rate_limit_burst",
+                    "tls_listen",
+                    "tls_cert",
+                    "tls_key",
+                    "client_ca",
                 ],
             );
         }
@@ -575,6 +627,7 @@ impl Config {
             unlimited(r.int(o, "ocpp", "max_connections_per_ip", 64, 0, 1_000_000));
         let rate_per_sec = r.int(o, "ocpp", "rate_limit_per_sec", 100, 0, 1_000_000) as u32;
         let rate_burst = r.int(o, "ocpp", "rate_limit_burst", 500, 1, 1_000_000) as u32;
+        let tls = o.and_then(|o| read_tls(o, r));
 
         let off = r.table(root, "offline");
         if let Some(t) = off {
@@ -710,7 +763,7 @@ impl Config {
         let upload_listen = r.addr(d, "diagnostics", "listen", &default_upload);
         let upload_max_bytes =
             r.int(d, "diagnostics", "max_size_mb", 20, 1, 1024) as usize * 1024 * 1024;
-        let chargers = read_chargers(root, r);
+        let chargers = read_chargers(root, r, tls.as_ref());
         let smart = smart::read(root, r);
         let mqtt = r
             .table(root, "mqtt")
@@ -740,6 +793,7 @@ impl Config {
             max_connections_per_ip,
             rate_per_sec,
             rate_burst,
+            tls,
             policy,
             tx_attempts,
             tx_retry_interval,
@@ -805,13 +859,17 @@ fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
     })
 }
 
-fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig> {
+fn read_chargers(
+    root: &Table,
+    r: &mut Reader,
+    tls: Option<&TlsListen>,
+) -> BTreeMap<String, ChargerConfig> {
     let mut chargers = BTreeMap::new();
     let list = r
         .entries(root, "charger", "charger", None)
         .unwrap_or_default();
     for (section, t) in list {
-        let mut known = vec!["id", "password", "upstream_password"];
+        let mut known = vec!["id", "password", "upstream_password", "security_profile"];
         known.extend_from_slice(smart::CHARGER_KEYS);
         r.unknown_keys(t, &section, &known);
         let Some(id) = r.string(Some(t), &section, "id", None) else {
@@ -827,6 +885,32 @@ fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig
         let password = r
             .string(Some(t), &section, "password", None)
             .filter(|p| !p.is_empty());
+        if let Some(p) = &password {
+            if p.starts_with(crate::password::HASH_PREFIX) {
+                if crate::password::parse_hash(p).is_none() {
+                    r.problem(
+                        &format!("{section}.password"),
+                        "expected a hash as `chargegate hash-password` prints it",
+                    );
+                }
+            } else if let Err(why) = crate::password::check_strength(p) {
+                r.problem(&format!("{section}.password"), why);
+            }
+        }
+        let profile = r.int(Some(t), &section, "security_profile", 1, 1, 3) as u8;
+        let key = format!("{section}.security_profile");
+        if profile >= 2 && tls.is_none() {
+            r.problem(&key, format!("profile {profile} needs the wss:// listener: set [ocpp] tls_listen, tls_cert and tls_key"));
+        }
+        if profile == 3 && tls.is_some_and(|t| t.client_ca.is_none()) {
+            r.problem(
+                &key,
+                "profile 3 needs [ocpp] client_ca, the CA of the chargers' certificates",
+            );
+        }
+        if profile == 2 && password.is_none() {
+            r.problem(&key, "profile 2 needs a password");
+        }
         let upstream_password = r
             .string(Some(t), &section, "upstream_password", None)
             .filter(|p| !p.is_empty());
@@ -838,6 +922,7 @@ fn read_chargers(root: &Table, r: &mut Reader) -> BTreeMap<String, ChargerConfig
                     id: id.clone(),
                     password,
                     upstream_password,
+                    profile,
                     limits,
                 },
             )

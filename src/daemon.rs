@@ -25,6 +25,8 @@ pub enum StartError {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("TLS for the wss:// listener ([ocpp] tls_cert, tls_key, client_ca): {0}")]
+    Tls(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -39,6 +41,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     pub journal: Journal,
     pub registry: Registry,
+    /// The wss:// listener's address, when configured.
+    pub tls_addr: Option<SocketAddr>,
     /// The clock schedules run on; tests move it.
     pub clock: crate::clock::Clock,
     /// The config in force; [`reload`] swaps its live parts.
@@ -105,7 +109,37 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         registry: registry.clone(),
         shutdown: shutdown_rx.clone(),
     };
-    let mut tasks = vec![tokio::spawn(server::serve(ocpp, ctx.clone()))];
+    let mut tasks = vec![tokio::spawn(server::serve(ocpp, ctx.clone(), None))];
+    let mut tls_addr = None;
+    if let Some(t) = &cfg.tls {
+        let server = crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+            .map_err(StartError::Tls)?;
+        let (listener, addr) = bind(t.listen, "ocpp.tls_listen").await?;
+        tls_addr = Some(addr);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            ctx.clone(),
+            Some(acceptor),
+        )));
+        log::info!(
+            "ocpp on wss://{addr}{}/{{id}} (security profiles 2 and 3)",
+            cfg.path_prefix
+        );
+    }
+    let plain: Vec<&str> = cfg
+        .chargers
+        .values()
+        .filter(|c| c.profile == 1)
+        .map(|c| c.id.as_str())
+        .collect();
+    if !plain.is_empty() || cfg.allow_unknown {
+        log::warn!(
+            "security profile 1 (plain ws://, Basic auth at most) for {}{}: for trusted networks only",
+            if plain.is_empty() { "no listed charger".to_string() } else { format!("{} charger(s): {}", plain.len(), plain.iter().take(10).copied().collect::<Vec<_>>().join(", ")) },
+            if cfg.allow_unknown { ", and any unknown charger (allow_unknown_chargers)" } else { "" }
+        );
+    }
     let meter = cfg.smart.meter.clone().map(|m| {
         let (tx, rx) = watch::channel(crate::meter::MeterStatus::default());
         tasks.push(tokio::spawn(crate::meter::run(
@@ -151,6 +185,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         api_addr,
         journal,
         registry,
+        tls_addr,
         clock,
         live,
         shutdown,

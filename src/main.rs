@@ -37,6 +37,9 @@ enum Cmd {
     Run,
     /// Check a config file; prints every problem and exits 64 if there are any.
     CheckConfig { file: PathBuf },
+    /// Hash a charger password for the config (reads it from stdin, one
+    /// line); the config then holds `password = "pbkdf2-sha256$…"`.
+    HashPassword,
     /// Show every charger: links, connectors, transactions, last event.
     Status {
         #[arg(long)]
@@ -165,6 +168,20 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Cmd::Run);
+    if let Cmd::HashPassword = &command {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() {
+            eprintln!("chargegate: cannot read the password from stdin");
+            return ExitCode::FAILURE;
+        }
+        let pw = line.trim_end_matches(['\r', '\n']);
+        if let Err(why) = chargegate::password::check_strength(pw) {
+            eprintln!("chargegate: weak password: {why}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        println!("{}", chargegate::password::hash(pw));
+        return ExitCode::SUCCESS;
+    }
     if let Cmd::CheckConfig { file } = &command {
         return match Config::load(file) {
             Ok(c) => {
@@ -207,7 +224,7 @@ fn main() -> ExitCode {
                 chargegate::logging::init(cfg.log_level);
                 chargegate::daemon::run(cfg, config_path(cli.config.as_ref())).await
             }
-            Cmd::CheckConfig { .. } => Ok(()),
+            Cmd::CheckConfig { .. } | Cmd::HashPassword => Ok(()),
             Cmd::Status { json } => {
                 let s: Status = api.get("/api/v1/status").await?;
                 if json {

@@ -23,6 +23,7 @@ use crate::event::Event;
 use crate::journal::Journal;
 use crate::ocpp::Protocol;
 use crate::session::{self, Command};
+use crate::tls::{ChargerStream, Transport};
 use crate::upstream::Connector;
 
 /// What every session shares.
@@ -189,8 +190,13 @@ fn refuse(status: StatusCode, reason: impl Into<String>, known_id: Option<&str>)
     }
 }
 
-/// Decide whether a handshake request may connect. Pure.
-pub fn check_request(req: &Request, cfg: &Config) -> Result<Accepted, Refusal> {
+/// Decide whether a handshake request may connect, given how the charger
+/// reached the gateway (its security profile). Pure.
+pub fn check_request(
+    req: &Request,
+    cfg: &Config,
+    transport: &Transport,
+) -> Result<Accepted, Refusal> {
     let path = req.uri().path();
     let rest = path
         .strip_prefix(cfg.path_prefix.as_str())
@@ -244,6 +250,23 @@ pub fn check_request(req: &Request, cfg: &Config) -> Result<Accepted, Refusal> {
         .get("Authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let profile = known.map_or(1, |c| c.profile);
+    if profile >= 2 && !transport.tls {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("security profile {profile}: this charger must connect with wss://, not ws://"),
+            Some(&id),
+        ));
+    }
+    if profile == 3 && transport.client_cn.as_deref() != Some(id.as_str()) {
+        let why = match &transport.client_cn {
+            None => "security profile 3: no client certificate".to_string(),
+            Some(cn) => {
+                format!("security profile 3: the client certificate is for {cn:?}, not {id:?}")
+            }
+        };
+        return Err(refuse(StatusCode::FORBIDDEN, why, Some(&id)));
+    }
     if let Some(expected) = known.and_then(|c| c.password.as_deref()) {
         let ok = authorization
             .as_deref()
@@ -251,7 +274,7 @@ pub fn check_request(req: &Request, cfg: &Config) -> Result<Accepted, Refusal> {
             .is_some_and(|(user, pass)| {
                 // Both compared in full, so timing does not tell which was wrong.
                 let u = constant_time_eq(user.as_bytes(), id.as_bytes());
-                let p = constant_time_eq(&pass, expected.as_bytes());
+                let p = crate::password::verify(expected, &pass);
                 u & p
             });
         if !ok {
@@ -292,7 +315,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Accept chargers until shutdown.
-pub async fn serve(listener: TcpListener, ctx: Ctx) {
+/// Accept chargers on `listener` (wss:// when `tls` is given) until
+/// shutdown.
+pub async fn serve(listener: TcpListener, ctx: Ctx, tls: Option<tokio_rustls::TlsAcceptor>) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
@@ -300,7 +325,7 @@ pub async fn serve(listener: TcpListener, ctx: Ctx) {
                 Ok((stream, addr)) => {
                     match ctx.conns.admit(addr.ip(), ctx.cfg.max_connections, ctx.cfg.max_connections_per_ip) {
                         Ok(place) => {
-                            tokio::spawn(handle_connection(stream, addr, ctx.clone(), place));
+                            tokio::spawn(handle_connection(stream, addr, ctx.clone(), place, tls.clone()));
                         }
                         Err(why) => {
                             // Closed before the handshake costs anything.
@@ -330,14 +355,55 @@ async fn handle_connection(
     addr: SocketAddr,
     mut ctx: Ctx,
     _place: crate::limits::Admitted,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     // This connection's session runs on the config in force now.
     ctx.cfg = ctx.live.get();
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
+    // TLS and WebSocket handshakes together within the handshake timeout.
+    let deadline = tokio::time::Instant::now() + ctx.cfg.handshake_timeout;
+    let (stream, transport) = match tls {
+        None => (ChargerStream::Plain(stream), Transport::default()),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => {
+                let client_cn = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::tls::common_name(c));
+                let t = Transport {
+                    tls: true,
+                    client_cn,
+                };
+                (ChargerStream::Tls(Box::new(s)), t)
+            }
+            Ok(Err(e)) => {
+                // Wrong CA, expired or unknown certificate, plain ws on the
+                // wss port…: reported once a minute per address.
+                if ctx
+                    .conns
+                    .report_refusal(addr.ip(), std::time::Instant::now())
+                {
+                    log::warn!("refused {addr}: TLS handshake failed: {e}");
+                    let ev = Event::Refused {
+                        reason: format!("TLS handshake failed: {e}"),
+                        remote: addr.to_string(),
+                    };
+                    ctx.journal.record(None, ev).await;
+                }
+                return;
+            }
+            Err(_) => {
+                log::debug!("{addr}: TLS handshake not finished in time, closed");
+                return;
+            }
+        },
+    };
     let mut outcome: Option<Result<Accepted, Refusal>> = None;
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        match check_request(req, &ctx.cfg) {
+        match check_request(req, &ctx.cfg, &transport) {
             Ok(acc) => {
                 resp.headers_mut().insert(
                     "Sec-WebSocket-Protocol",
@@ -362,7 +428,7 @@ async fn handle_connection(
     };
     let cfg = ws_config(ctx.cfg.max_message_size);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(cfg));
-    let result = tokio::time::timeout(ctx.cfg.handshake_timeout, handshake).await;
+    let result = tokio::time::timeout_at(deadline, handshake).await;
     match (result, outcome) {
         (Ok(Ok(ws)), Some(Ok(acc))) => {
             let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id, local);
@@ -392,6 +458,10 @@ mod tests {
     use super::*;
     use crate::upstream::basic_auth;
 
+    fn check_request_plain(req: &Request, cfg: &Config) -> Result<Accepted, Refusal> {
+        check_request(req, cfg, &Transport::default())
+    }
+
     fn cfg(allow_unknown: bool) -> Config {
         let text = format!(
             "[ocpp]\nallow_unknown_chargers = {allow_unknown}\n[[charger]]\nid = \"CP-1\"\npassword = \"secret-secret-16\"\n[[charger]]\nid = \"CPé2\"\n"
@@ -411,12 +481,47 @@ mod tests {
     }
 
     #[test]
+    fn hashed_passwords_and_security_profiles() {
+        let hashed = crate::password::hash("hashed-secret-123");
+        let text = format!(
+            "[[charger]]\nid = \"CP-H\"\npassword = \"{hashed}\"\n[[charger]]\nid = \"CP-W\"\npassword = \"weak\"\n"
+        );
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key, "charger[1].password");
+        let c = Config::parse(
+            &text.replace("\"weak\"", "\"strong-enough-pass\""),
+            "t.toml",
+        )
+        .unwrap();
+        let good = basic_auth("CP-H", "hashed-secret-123");
+        assert!(check_request_plain(&req("/ocpp/CP-H", Some("ocpp1.6"), Some(&good)), &c).is_ok());
+        let bad = basic_auth("CP-H", "hashed-secret-124");
+        let r =
+            check_request_plain(&req("/ocpp/CP-H", Some("ocpp1.6"), Some(&bad)), &c).unwrap_err();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        // Profiles 2 and 3 need the wss:// listener.
+        let e = Config::parse(
+            "[[charger]]\nid = \"CP-2\"\nsecurity_profile = 2\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["charger[0].security_profile", "charger[0].security_profile"],
+            "{e}"
+        );
+    }
+
+    #[test]
     fn known_charger_with_password() {
         let c = cfg(false);
         let good = basic_auth("CP-1", "secret-secret-16");
-        let acc = check_request(&req("/ocpp/CP-1", Some("ocpp1.6"), Some(&good)), &c).unwrap();
+        let acc =
+            check_request_plain(&req("/ocpp/CP-1", Some("ocpp1.6"), Some(&good)), &c).unwrap();
         assert_eq!((acc.id.as_str(), acc.proto), ("CP-1", Protocol::Ocpp16));
-        let r = check_request(
+        let r = check_request_plain(
             &req(
                 "/ocpp/CP-1",
                 Some("ocpp1.6"),
@@ -427,7 +532,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         assert_eq!(r.known_id.as_deref(), Some("CP-1"));
-        let r = check_request(
+        let r = check_request_plain(
             &req(
                 "/ocpp/CP-1",
                 Some("ocpp1.6"),
@@ -441,7 +546,7 @@ mod tests {
             StatusCode::UNAUTHORIZED,
             "user must be the charge point id"
         );
-        let r = check_request(&req("/ocpp/CP-1", Some("ocpp1.6"), None), &c).unwrap_err();
+        let r = check_request_plain(&req("/ocpp/CP-1", Some("ocpp1.6"), None), &c).unwrap_err();
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
 
@@ -449,28 +554,28 @@ mod tests {
     fn ids_are_percent_decoded_and_unknown_ones_refused() {
         let c = cfg(false);
         assert_eq!(
-            check_request(&req("/ocpp/CP%C3%A92", Some("ocpp1.6"), None), &c)
+            check_request_plain(&req("/ocpp/CP%C3%A92", Some("ocpp1.6"), None), &c)
                 .unwrap()
                 .id,
             "CPé2"
         );
-        let r = check_request(&req("/ocpp/CP-9", Some("ocpp1.6"), None), &c).unwrap_err();
+        let r = check_request_plain(&req("/ocpp/CP-9", Some("ocpp1.6"), None), &c).unwrap_err();
         assert_eq!((r.status, r.known_id), (StatusCode::NOT_FOUND, None));
-        assert!(check_request(&req("/ocpp/CP-9", Some("ocpp1.6"), None), &cfg(true)).is_ok());
+        assert!(check_request_plain(&req("/ocpp/CP-9", Some("ocpp1.6"), None), &cfg(true)).is_ok());
         assert_eq!(
-            check_request(&req("/other/CP-1", Some("ocpp1.6"), None), &c)
+            check_request_plain(&req("/other/CP-1", Some("ocpp1.6"), None), &c)
                 .unwrap_err()
                 .status,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            check_request(&req("/ocpp/a%2Fb", Some("ocpp1.6"), None), &cfg(true))
+            check_request_plain(&req("/ocpp/a%2Fb", Some("ocpp1.6"), None), &cfg(true))
                 .unwrap_err()
                 .status,
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            check_request(&req("/ocpp/", Some("ocpp1.6"), None), &cfg(true))
+            check_request_plain(&req("/ocpp/", Some("ocpp1.6"), None), &cfg(true))
                 .unwrap_err()
                 .status,
             StatusCode::BAD_REQUEST
@@ -480,11 +585,11 @@ mod tests {
     #[test]
     fn subprotocol_is_required() {
         let c = cfg(true);
-        let r = check_request(&req("/ocpp/X", Some("ocpp1.5"), None), &c).unwrap_err();
+        let r = check_request_plain(&req("/ocpp/X", Some("ocpp1.5"), None), &c).unwrap_err();
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert!(r.reason.contains("ocpp1.6"));
         assert_eq!(
-            check_request(&req("/ocpp/X", Some("ocpp2.0.1"), None), &c)
+            check_request_plain(&req("/ocpp/X", Some("ocpp2.0.1"), None), &c)
                 .unwrap()
                 .proto,
             Protocol::Ocpp201

@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -138,7 +137,7 @@ struct Session {
     id: String,
     proto: Protocol,
     authorization: Option<String>,
-    charger: WebSocketStream<TcpStream>,
+    charger: WebSocketStream<crate::tls::ChargerStream>,
     upstream: Option<UpStream>,
     link: UpLink,
     connecting: Option<Connecting>,
@@ -173,7 +172,7 @@ pub async fn run(
     ctx: Ctx,
     acc: Accepted,
     remote: SocketAddr,
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<crate::tls::ChargerStream>,
     conn: u64,
     mut cmd_rx: mpsc::Receiver<Command>,
     done: watch::Sender<bool>,

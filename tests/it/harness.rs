@@ -161,7 +161,7 @@ type Ws =
 /// A raw OCPP-J charger: sends exactly the text it is given.
 pub struct Charger {
     pub ws: Ws,
-    next: u64,
+    pub next: u64,
 }
 
 /// Why a handshake failed: the HTTP status.

@@ -14,4 +14,5 @@ mod proxy;
 mod service;
 mod smart;
 mod standalone;
+mod tls;
 mod web;

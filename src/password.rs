@@ -1,0 +1,120 @@
+//! Charger passwords (OCPP Security Profiles 1 and 2): the rules they must
+//! follow, how the config may hold them hashed, and a comparison that
+//! takes the same time whatever is wrong.
+
+use base64::Engine;
+
+/// Prefix of a hashed password in the config.
+pub const HASH_PREFIX: &str = "pbkdf2-sha256$";
+const ITERATIONS: u32 = 100_000;
+
+/// OCPP's rules: 1.6's AuthorizationKey is 16 to 20 bytes (set as up to 40
+/// hex digits), 2.0.1's BasicAuthPassword 16 to 40 characters of
+/// `a-z A-Z 0-9 * - _ = : + | @ .`. Both are accepted; anything shorter,
+/// longer, outside that set or with fewer than 6 different characters is
+/// refused.
+pub fn check_strength(pw: &str) -> Result<(), String> {
+    let n = pw.len();
+    if !(16..=40).contains(&n) {
+        return Err(format!("expected 16 to 40 characters (OCPP), found {n}"));
+    }
+    if let Some(c) = pw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "*-_=:+|@.".contains(*c)))
+    {
+        return Err(format!(
+            "expected only a-z A-Z 0-9 * - _ = : + | @ . (OCPP 2.0.1's set), found {c:?}"
+        ));
+    }
+    let distinct = pw.chars().collect::<std::collections::BTreeSet<_>>().len();
+    if distinct < 6 {
+        return Err(format!("too weak: only {distinct} different characters"));
+    }
+    Ok(())
+}
+
+/// Hash a password for the config (`chargegate hash-password`).
+pub fn hash(pw: &str) -> String {
+    let salt: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let mut out = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(ITERATIONS).expect("non-zero"),
+        &salt,
+        pw.as_bytes(),
+        &mut out,
+    );
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    format!(
+        "{HASH_PREFIX}{ITERATIONS}${}${}",
+        b64.encode(salt),
+        b64.encode(out)
+    )
+}
+
+/// Whether a stored password (plain or hashed) is well formed.
+pub fn parse_hash(stored: &str) -> Option<(u32, Vec<u8>, Vec<u8>)> {
+    let rest = stored.strip_prefix(HASH_PREFIX)?;
+    let mut parts = rest.split('$');
+    let iterations: u32 = parts.next()?.parse().ok().filter(|n| *n >= 1000)?;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let salt = b64.decode(parts.next()?).ok()?;
+    let hash = b64.decode(parts.next()?).ok().filter(|h| h.len() == 32)?;
+    parts.next().is_none().then_some((iterations, salt, hash))
+}
+
+/// Compare what a charger sent with what the config holds.
+pub fn verify(stored: &str, given: &[u8]) -> bool {
+    match parse_hash(stored) {
+        Some((iterations, salt, hash)) => ring::pbkdf2::verify(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(iterations).expect("checked above"),
+            &salt,
+            given,
+            &hash,
+        )
+        .is_ok(),
+        None if stored.starts_with(HASH_PREFIX) => false,
+        None => crate::server::constant_time_eq(given, stored.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules() {
+        assert!(check_strength("0123456789abcdef").is_ok());
+        assert!(
+            check_strength("A1b2C3d4E5f6G7h8i9J0A1b2C3d4E5f6G7h8i9J0").is_ok(),
+            "40 hex digits"
+        );
+        assert!(check_strength("short").is_err());
+        assert!(
+            check_strength("aaaaaaaaaaaaaaaaaaaa").is_err(),
+            "one character repeated"
+        );
+        assert!(
+            check_strength("abcabcabcabcabcabcab").is_err(),
+            "three characters"
+        );
+        assert!(check_strength("with space 0123456789").is_err());
+        assert!(check_strength(&"x1".repeat(21)).is_err(), "42 characters");
+    }
+
+    #[test]
+    fn hashed_passwords_verify() {
+        let h = hash("correct-horse-battery");
+        assert!(h.starts_with(HASH_PREFIX) && parse_hash(&h).is_some());
+        assert!(verify(&h, b"correct-horse-battery"));
+        assert!(!verify(&h, b"correct-horse-batterY"));
+        assert_ne!(hash("correct-horse-battery"), h, "salted");
+        assert!(verify("plain-password-16", b"plain-password-16"));
+        assert!(!verify("plain-password-16", b"plain-password-17"));
+        assert!(
+            !verify("pbkdf2-sha256$broken", b"pbkdf2-sha256$broken"),
+            "a broken hash matches nothing"
+        );
+    }
+}

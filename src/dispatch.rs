@@ -165,7 +165,7 @@ pub async fn run(
         charger: id,
         action: name,
         call: call.into(),
-        request: payload,
+        request: crate::event::redact(call, &payload),
         outcome: outcome.into(),
         result,
         error: err,

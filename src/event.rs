@@ -33,6 +33,27 @@ pub enum Source {
     Smart,
 }
 
+/// A call's payload as the journal keeps it: secrets set through
+/// ChangeConfiguration (AuthorizationKey, passwords) replaced, so that the
+/// journal, the API and MQTT never show them.
+pub fn redact(action: &str, request: &Value) -> Value {
+    let secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        k.contains("authorizationkey") || k.contains("password") || k.contains("secret")
+    };
+    if action == "ChangeConfiguration"
+        && request
+            .get("key")
+            .and_then(Value::as_str)
+            .is_some_and(secret)
+    {
+        let mut r = request.clone();
+        r["value"] = Value::String("(redacted)".into());
+        return r;
+    }
+    request.clone()
+}
+
 /// One journal event. The `kind` tag is the name a person reads in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]

@@ -638,7 +638,7 @@ impl Session {
         let ev = Event::RemoteAction {
             action: p.action.clone(),
             source: p.source,
-            request: p.request.clone(),
+            request: crate::event::redact(&p.action, &p.request),
             result,
             error,
         };

@@ -518,4 +518,26 @@ async fn the_installers_daily_tools_map_to_their_ocpp_calls() {
         7,
         "each action journaled"
     );
+
+    // A secret goes to the charger as it is, and nowhere else.
+    let body =
+        json!({"key": "AuthorizationKey", "value": "0011223344556677889900aabbccddeeff001122"});
+    let req = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.post::<ActionResult>("/api/v1/chargers/CP-TOOLS/actions/change-config", &body)
+                .await
+                .unwrap()
+        }
+    });
+    let v = answer_next(&mut cp, json!({"status": "Accepted"})).await;
+    assert_eq!(v[3]["value"], "0011223344556677889900aabbccddeeff001122");
+    let r = req.await.unwrap();
+    assert_eq!(r.request["value"], "(redacted)", "the API does not echo it");
+    let ev = gw
+        .wait_event("CP-TOOLS", "RemoteAction", |e| {
+            e["request"]["key"] == "AuthorizationKey"
+        })
+        .await;
+    assert_eq!(ev["request"]["value"], "(redacted)", "nor does the journal");
 }

@@ -103,6 +103,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/events/stream", get(stream))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .layer(middleware::from_fn(same_site_only))
         // The page itself holds no data; everything it shows needs the token.
         .route("/", get(page))
         .with_state(ctx)
@@ -124,6 +125,41 @@ async fn page() -> Response {
         PAGE,
     )
         .into_response()
+}
+
+/// CSRF: a request that changes something must be JSON (which another
+/// site's page cannot send without a CORS preflight, never granted here)
+/// and, when the browser names its origin, come from this very host. This
+/// matters most without a token (loopback), where a page in a browser on
+/// the gateway could otherwise press buttons.
+async fn same_site_only(req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    let h = req.headers();
+    let json = h
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send JSON (Content-Type: application/json)",
+        );
+    }
+    if let Some(origin) = h.get("origin").and_then(|v| v.to_str().ok()) {
+        let host = h.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let origin_host = origin.split("://").nth(1).unwrap_or(origin);
+        if origin_host != host {
+            return error(StatusCode::FORBIDDEN, "cross-site request refused");
+        }
+    }
+    next.run(req).await
 }
 
 async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {

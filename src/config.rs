@@ -104,6 +104,9 @@ pub struct ChargerConfig {
     pub password: Option<String>,
     /// Password to present to the cloud instead of passing the charger's on.
     pub upstream_password: Option<String>,
+    /// Client certificate and key (PEM) the gateway presents to the cloud
+    /// for this charger (clouds on Security Profile 3).
+    pub upstream_identity: Option<(PathBuf, PathBuf)>,
     /// OCPP Security Profile: 1 (Basic auth, ws or wss), 2 (wss and Basic
     /// auth), 3 (wss with a client certificate for this id).
     pub profile: u8,
@@ -869,7 +872,14 @@ fn read_chargers(
         .entries(root, "charger", "charger", None)
         .unwrap_or_default();
     for (section, t) in list {
-        let mut known = vec!["id", "password", "upstream_password", "security_profile"];
+        let mut known = vec![
+            "id",
+            "password",
+            "upstream_password",
+            "security_profile",
+            "upstream_cert",
+            "upstream_key",
+        ];
         known.extend_from_slice(smart::CHARGER_KEYS);
         r.unknown_keys(t, &section, &known);
         let Some(id) = r.string(Some(t), &section, "id", None) else {
@@ -914,6 +924,19 @@ fn read_chargers(
         let upstream_password = r
             .string(Some(t), &section, "upstream_password", None)
             .filter(|p| !p.is_empty());
+        let upstream_cert = r.pem_file(t, &section, "upstream_cert");
+        let upstream_key = r.pem_file(t, &section, "upstream_key");
+        let upstream_identity = match (upstream_cert, upstream_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                r.problem(
+                    &format!("{section}.upstream_cert"),
+                    "expected upstream_cert and upstream_key together (the client certificate this charger presents to the cloud)",
+                );
+                None
+            }
+        };
         let limits = smart::read_charger_limits(t, &section, r);
         if chargers
             .insert(
@@ -922,6 +945,7 @@ fn read_chargers(
                     id: id.clone(),
                     password,
                     upstream_password,
+                    upstream_identity,
                     profile,
                     limits,
                 },

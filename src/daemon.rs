@@ -75,6 +75,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         Some(u) => Some(Arc::new(Connector::new(
             u,
             server::ws_config(cfg.max_message_size),
+            &cfg.chargers,
         )?)),
         None => None,
     };

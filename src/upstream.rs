@@ -43,19 +43,31 @@ pub enum UpstreamError {
 pub struct Connector {
     cfg: UpstreamConfig,
     tls: Arc<rustls::ClientConfig>,
+    /// Chargers that present their own client certificate to the cloud.
+    per_charger: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
     ws: WebSocketConfig,
 }
 
 impl Connector {
     /// Load the trust roots once, at start.
-    pub fn new(cfg: &UpstreamConfig, ws: WebSocketConfig) -> Result<Connector, UpstreamError> {
-        let tls = client_tls(
-            cfg.ca_file.as_deref(),
-            cfg.url.starts_with("wss://").then_some("the cloud"),
-        )?;
+    pub fn new(
+        cfg: &UpstreamConfig,
+        ws: WebSocketConfig,
+        chargers: &std::collections::BTreeMap<String, crate::config::ChargerConfig>,
+    ) -> Result<Connector, UpstreamError> {
+        let peer = cfg.url.starts_with("wss://").then_some("the cloud");
+        let tls = client_tls(cfg.ca_file.as_deref(), peer, None)?;
+        let mut per_charger = std::collections::HashMap::new();
+        for c in chargers.values() {
+            if let Some((cert, key)) = &c.upstream_identity {
+                let t = client_tls(cfg.ca_file.as_deref(), peer, Some((cert, key)))?;
+                per_charger.insert(c.id.clone(), t);
+            }
+        }
         Ok(Connector {
             cfg: cfg.clone(),
             tls,
+            per_charger,
             ws,
         })
     }
@@ -66,6 +78,7 @@ impl Connector {
 pub fn client_tls(
     ca_file: Option<&std::path::Path>,
     peer: Option<&str>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -95,8 +108,24 @@ pub fn client_tls(
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| UpstreamError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match identity {
+        None => tls.with_no_client_auth(),
+        Some((cert, key)) => {
+            let file_err = |p: &std::path::Path, e: String| UpstreamError::CaFile {
+                path: p.display().to_string(),
+                why: e,
+            };
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| file_err(cert, e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_err(cert, e.to_string()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| file_err(key, e.to_string()))?;
+            tls.with_client_auth_cert(chain, key)
+                .map_err(|e| UpstreamError::Tls(e.to_string()))?
+        }
+    };
     Ok(Arc::new(tls))
 }
 
@@ -134,7 +163,12 @@ impl Connector {
                 HeaderValue::from_str(a).map_err(|_| "invalid Authorization header".to_string())?,
             );
         }
-        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        let tls = self
+            .per_charger
+            .get(charger_id)
+            .unwrap_or(&self.tls)
+            .clone();
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
         let fut = tokio_tungstenite::connect_async_tls_with_config(
             req,
             Some(self.ws),
@@ -169,6 +203,9 @@ fn describe(url: &str, e: tokio_tungstenite::tungstenite::Error) -> String {
     match e {
         E::Http(resp) => format!("cloud refused {url}: HTTP {}", resp.status()),
         E::Tls(t) => format!("TLS to {url} failed: {t}"),
+        E::Io(io) if io.to_string().contains("certificate") => {
+            format!("CERTIFICATE: TLS to {url} failed: {io}")
+        }
         E::Io(io) => format!("cannot reach {url}: {io}"),
         other => format!("{url}: {other}"),
     }
@@ -242,7 +279,7 @@ mod tests {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(2),
         };
-        let c = Connector::new(&cfg, WebSocketConfig::default()).unwrap();
+        let c = Connector::new(&cfg, WebSocketConfig::default(), &Default::default()).unwrap();
         assert_eq!(c.url_for("CP 1#x"), "ws://cloud/ocpp/CP%201%23x");
         assert_eq!(c.url_for("CP-1"), "ws://cloud/ocpp/CP-1");
     }

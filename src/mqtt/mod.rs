@@ -49,7 +49,7 @@ pub async fn run(ctx: Ctx, cfg: MqttConfig) {
         opts.set_credentials(u, p.clone().unwrap_or_default());
     }
     if cfg.tls {
-        match crate::upstream::client_tls(cfg.ca_file.as_deref(), Some("the MQTT broker")) {
+        match crate::upstream::client_tls(cfg.ca_file.as_deref(), Some("the MQTT broker"), None) {
             Ok(tls) => opts.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(tls),
             )),

@@ -42,7 +42,12 @@ impl Session {
             }
             Err(e) => {
                 if self.last_connect_error.as_ref() != Some(&e) {
-                    log::warn!(charger_id = self.id.as_str(); "{}: cloud connect failed: {e}", self.id);
+                    if e.starts_with("CERTIFICATE:") {
+                        // Not a network hiccup: someone has to act.
+                        log::error!(charger_id = self.id.as_str(); "{}: ALARM: the cloud's TLS certificate was refused ({e}); check [upstream] ca_file and the cloud's certificate", self.id);
+                    } else {
+                        log::warn!(charger_id = self.id.as_str(); "{}: cloud connect failed: {e}", self.id);
+                    }
                     self.journal(Event::Disconnect {
                         link: Link::Cloud,
                         reason: format!("connect failed: {e}"),

@@ -232,3 +232,105 @@ async fn security_profiles_2_and_3_let_in_the_right_certificates_only() {
     }
     gw.stop().await;
 }
+
+/// The cloud side over wss:// with a client certificate per charger
+/// (clouds on Profile 3), against a second gateway playing the cloud; and
+/// a cloud certificate the gateway does not trust, journaled as such.
+#[tokio::test]
+async fn the_cloud_link_presents_the_chargers_client_certificate_and_checks_the_clouds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca1 = ca("Cloud CA");
+    let rogue = ca("Rogue CA");
+    let (server_cert, server_key) = leaf(&ca1, "cloud", true, false);
+    let (cp_cert, cp_key) = leaf(&ca1, "CP-U", false, false);
+    let p = |n: &str, t: &str| write(dir.path(), n, t);
+    let (cert, key, ca_file, rogue_file) = (
+        p("cloud.pem", &server_cert),
+        p("cloud.key", &server_key),
+        p("ca.pem", &ca1.pem),
+        p("rogue.pem", &rogue.pem),
+    );
+    let (cp_cert, cp_key) = (p("cp.pem", &cp_cert), p("cp.key", &cp_key));
+
+    // The "cloud": a gateway that requires Profile 3 from CP-U.
+    let cloud_text = config_text(&dir.path().join("cloud-data"), None, "").replace(
+        "call_timeout_secs = 3\n",
+        &format!("call_timeout_secs = 3\ntls_listen = \"127.0.0.1:0\"\ntls_cert = {cert:?}\ntls_key = {key:?}\nclient_ca = {ca_file:?}\n"),
+    ) + "[[charger]]\nid = \"CP-U\"\nsecurity_profile = 3\n";
+    let cloud = chargegate::daemon::start(
+        chargegate::config::Config::parse(&cloud_text, "cloud.toml").unwrap(),
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://{}/ocpp", cloud.tls_addr.unwrap());
+
+    let site = |trust: &std::path::Path, data: &str| {
+        config_text(&dir.path().join(data), Some(&url), "").replace(
+            "backoff_max_secs = 1\n",
+            &format!("backoff_max_secs = 1\nca_file = {trust:?}\n"),
+        ) + &format!(
+            "[[charger]]\nid = \"CP-U\"\nupstream_cert = {cp_cert:?}\nupstream_key = {cp_key:?}\n"
+        )
+    };
+    let gw = chargegate::daemon::start(
+        chargegate::config::Config::parse(&site(&ca_file, "a"), "a.toml").unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut cp = Charger::connect(&format!("ws://{}/ocpp/CP-U", gw.ocpp_addr)).await;
+    let q = chargegate::journal::Query {
+        charger: Some("CP-U".into()),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !gw
+        .journal
+        .query(&q)
+        .unwrap()
+        .iter()
+        .any(|r| r.event.kind() == "Connect" && r.event.summary().contains("Cloud"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:#?}",
+            gw.journal.query(&q).unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cp.call("BootNotification", boot()).await[2]["status"],
+        "Accepted"
+    );
+    // The cloud saw CP-U connect with its certificate.
+    assert!(cloud
+        .journal
+        .query(&q)
+        .unwrap()
+        .iter()
+        .any(|r| r.event.kind() == "Connect"));
+    gw.stop().await;
+
+    // A site that does not trust the cloud's CA says so, in words.
+    let gw = chargegate::daemon::start(
+        chargegate::config::Config::parse(&site(&rogue_file, "b"), "b.toml").unwrap(),
+    )
+    .await
+    .unwrap();
+    let _cp = Charger::connect(&format!("ws://{}/ocpp/CP-U", gw.ocpp_addr)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let evs = gw.journal.query(&q).unwrap();
+        if let Some(r) = evs.iter().find(|r| r.event.kind() == "Disconnect") {
+            let s = r.event.summary();
+            assert!(
+                s.contains("CERTIFICATE") && s.to_lowercase().contains("certificate"),
+                "{s}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{evs:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+    cloud.stop().await;
+}

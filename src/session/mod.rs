@@ -166,6 +166,12 @@ struct Session {
     rate: Option<crate::limits::Rate>,
 }
 
+/// Calls waiting for the charger or for its answer before the gateway
+/// answers new ones from the cloud with "busy" (the cloud's own calls are
+/// relayed as they come; a charger that never answers must not make the
+/// gateway remember them without bound).
+const MAX_QUEUED_DOWN: usize = 64;
+
 /// Run a charger's session until either side ends it.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -693,6 +699,19 @@ impl Session {
                 action,
                 payload,
             } => {
+                if self.queue_down.len() + self.pending_down.len() >= MAX_QUEUED_DOWN {
+                    // A cloud that sends faster than the charger answers
+                    // must not grow the gateway's memory without bound.
+                    let reply = frame::call_error(
+                        &id,
+                        "GenericError",
+                        "charger busy: too many calls waiting for it at the gateway",
+                    );
+                    if !self.send_upstream(&reply).await {
+                        self.link_down("write to cloud failed".into(), None).await?;
+                    }
+                    return Ok(());
+                }
                 let request = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
                 self.queue_down.push_back(Queued::Cloud {
                     text: text.to_string(),

@@ -421,3 +421,33 @@ async fn cross_site_requests_to_the_api_are_refused() {
     );
     assert_eq!(post(same, "{}").await, 404);
 }
+
+#[tokio::test]
+async fn a_cloud_flooding_a_slow_charger_gets_busy_answers_not_a_growing_queue() {
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut slow = Charger::connect(&gw.url("CP-SLOW")).await; // never answers
+    csms.next_connect().await;
+    for i in 0..200 {
+        csms.send(
+            "CP-SLOW",
+            &json!([2, format!("c{i}"), "Reset", {"type": "Soft"}]).to_string(),
+        );
+    }
+    let mut busy = std::collections::BTreeSet::new();
+    while busy.len() < 136 {
+        let v: Value = serde_json::from_str(&csms.next_frame("CP-SLOW").await).unwrap();
+        if v[0] == 4 && v[3].as_str().is_some_and(|d| d.contains("charger busy")) {
+            busy.insert(v[1].as_str().unwrap()[1..].parse::<usize>().unwrap());
+        }
+    }
+    assert_eq!(
+        busy,
+        (64..200).collect(),
+        "the first 64 relayed, the rest refused"
+    );
+    for i in 0..64 {
+        let v: Value = serde_json::from_str(&slow.recv().await).unwrap();
+        assert_eq!(v[1], format!("c{i}"));
+    }
+}

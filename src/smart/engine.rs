@@ -81,11 +81,18 @@ struct LiveSent {
     at: Instant,
 }
 
+/// What a send did to the live profile.
+#[derive(Clone, Copy)]
+enum LiveChange {
+    Set(f64),
+    Cleared,
+}
+
 /// A finished send, back to the loop.
 struct Sent {
     charger: String,
     standing: Option<String>,
-    live: Option<f64>,
+    live: Option<LiveChange>,
     ok: bool,
 }
 
@@ -141,8 +148,10 @@ pub async fn run(
                         if done.standing.is_some() {
                             c.standing_sent = done.standing;
                         }
-                        if let Some(amps) = done.live {
-                            c.live_sent = Some(LiveSent { amps, at: Instant::now() });
+                        match done.live {
+                            Some(LiveChange::Set(amps)) => c.live_sent = Some(LiveSent { amps, at: Instant::now() }),
+                            Some(LiveChange::Cleared) => c.live_sent = None,
+                            None => {}
                         }
                     } else {
                         // Rejected or unanswered: try again later, not in a loop.
@@ -482,7 +491,7 @@ fn charger_draw(c: Option<&ChargerState>, lim: &ChargerLimits, now: Timestamp) -
 struct Plan {
     calls: Vec<Value>,
     standing_key: Option<String>,
-    live_amps: Option<f64>,
+    live_amps: Option<LiveChange>,
 }
 
 fn plan(
@@ -569,12 +578,12 @@ fn plan(
                 lease,
                 &steps,
             ));
-            live_amps = Some(amps);
+            live_amps = Some(LiveChange::Set(amps));
         }
     } else if c.live_sent.is_some() {
         // No live limit any more (a pause ended): remove the live profile.
         calls.push(json!({ "id": cfg.profile_id + 1 }));
-        live_amps = Some(lim.max_current);
+        live_amps = Some(LiveChange::Cleared);
     }
     (!calls.is_empty()).then_some(Plan {
         calls,

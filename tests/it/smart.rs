@@ -146,6 +146,18 @@ max_current_a = 16
     let (code, _) = http_post(api, "/api/v1/chargers/SIM-1/actions/resume", &json!({})).await;
     assert_eq!(code, 200);
     wait_nth(&gw, "SIM-1", "StatusNotification", 3, status_is("Charging")).await;
+    // The live profile is cleared once, not again and again.
+    wait_nth(&gw, "SIM-1", "RemoteAction", 1, |e| {
+        e["action"] == "ClearChargingProfile"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let clears = gw
+        .events("SIM-1")
+        .iter()
+        .filter(|r| serde_json::to_value(r).unwrap()["action"] == "ClearChargingProfile")
+        .count();
+    assert_eq!(clears, 1);
     sim.abort();
 }
 

@@ -389,7 +389,13 @@ pub async fn run(
             shown.insert(id.clone(), entry.clone());
             let changed = match &c.journaled {
                 None => true,
-                Some(j) => j.reason != entry.reason || (j.limit_a - entry.limit_a).abs() >= 0.1,
+                // Load shares move with every reading: the journal gets
+                // the changes worth a new profile, not the noise.
+                Some(j) => {
+                    j.reason != entry.reason
+                        || (j.limit_a - entry.limit_a).abs() >= cfg.smart.smart.hysteresis
+                        || (entry.limit_a == 0.0) != (j.limit_a == 0.0)
+                }
             };
             if changed {
                 ctx.journal

@@ -26,6 +26,9 @@
 //! - [`smart`]: schedules, charging profiles and load management;
 //!   [`meter`]: the site meter over Modbus; [`clock`]: wall-clock time.
 //! - [`mqtt`]: the broker and Home Assistant discovery.
+//! - [`tls`]: the wss:// listener (Security Profiles 2 and 3);
+//!   [`password`]: password rules and hashes; [`limits`]: connection caps
+//!   and message rates.
 //! - [`logging`]: journald or stderr; [`notify`]: systemd READY/WATCHDOG.
 
 #![forbid(unsafe_code)]

@@ -37,7 +37,7 @@ use crate::state::ChargerState;
 /// Load management's state, as the API shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SmartStatus {
-    /// `off` (no [load]), `sharing` or `fallback`.
+    /// `off` (no `[load]` section), `sharing` or `fallback`.
     pub load: String,
     /// Amperes per phase the chargers may use together (sharing only).
     #[serde(skip_serializing_if = "Option::is_none")]

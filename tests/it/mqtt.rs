@@ -379,3 +379,89 @@ async fn charging_goes_on_while_the_broker_is_away_and_the_gateway_reconnects() 
     sim.abort();
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn the_broker_can_be_reached_over_tls_with_its_own_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::tls::ca("Broker CA");
+    let (cert, key) = crate::tls::leaf(&ca, "broker", true, false);
+    let w = |n: &str, t: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, t).unwrap();
+        p
+    };
+    let (ca_file, cert_file, key_file) = (
+        w("ca.pem", &ca.pem),
+        w("broker.pem", &cert),
+        w("broker.key", &key),
+    );
+    // Mosquitto with a plain listener (for the test's watcher) and a TLS one.
+    let (plain, tls) = (free_addr(), free_addr());
+    let conf = w(
+        "mosquitto.conf",
+        &format!(
+            "allow_anonymous true\npersistence false\nlistener {} 127.0.0.1\nlistener {} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            plain.port(),
+            tls.port(),
+            ca_file.display(),
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is installed");
+    let mut broker = tokio::process::Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(plain).await.is_err()
+        || tokio::net::TcpStream::connect(tls).await.is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let watcher = Watcher::start(plain).await;
+    let gw = Gateway::start(
+        None,
+        &format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\ntls = true\nca_file = {:?}\nbackoff_max_secs = 1\n",
+            tls.port(),
+            ca_file
+        ),
+    )
+    .await;
+    watcher
+        .wait("chargegate/chargegate/status", |p| p == "online")
+        .await;
+    // A gateway that does not trust the broker's CA never gets in.
+    let d2 = tempfile::tempdir().unwrap();
+    let text = config_text(&d2.path().join("data"), None, "")
+        .replace("[gateway]\n", "[gateway]\nid = \"untrusting\"\n")
+        + &format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\ntls = true\nbackoff_max_secs = 1\n",
+            tls.port()
+        );
+    let other =
+        chargegate::daemon::start(chargegate::config::Config::parse(&text, "t.toml").unwrap())
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        watcher.count("chargegate/untrusting/"),
+        0,
+        "no TLS without a trusted certificate"
+    );
+    other.stop().await;
+    drop(gw);
+    let _ = broker.kill().await;
+}

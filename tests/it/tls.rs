@@ -16,12 +16,12 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::harness::*;
 
-struct Ca {
+pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub pem: String,
 }
 
-fn ca(name: &str) -> Ca {
+pub fn ca(name: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -35,7 +35,7 @@ fn ca(name: &str) -> Ca {
 }
 
 /// (certificate PEM, key PEM) signed by `ca`.
-fn leaf(ca: &Ca, cn: &str, server: bool, expired: bool) -> (String, String) {
+pub fn leaf(ca: &Ca, cn: &str, server: bool, expired: bool) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);

@@ -111,6 +111,14 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = ctx.shutdown.clone();
     let mut meter_ok: Option<bool> = None;
+    // A gateway with no schedule, no load management and no pause ever
+    // does nothing here; it should not pay a state copy a second for it.
+    let mut overrides = ctx
+        .journal
+        .state()
+        .chargers
+        .values()
+        .any(|c| c.override_.is_some());
     let mut rest_history: std::collections::VecDeque<[f64; 3]> = Default::default();
     let mut last_reading: Option<Timestamp> = None;
     let started = Instant::now();
@@ -134,7 +142,8 @@ pub async fn run(
                                 c.dirty_at = Some(Instant::now());
                             }
                         }
-                        Event::StartTransaction { .. } | Event::StopTransaction { .. } | Event::Override { .. } => {}
+                        Event::Override { .. } => overrides = true,
+                        Event::StartTransaction { .. } | Event::StopTransaction { .. } => {}
                         _ => continue,
                     }
                 }
@@ -165,6 +174,13 @@ pub async fn run(
         let now = clock.now();
         // The config in force now: a SIGHUP may have changed schedules.
         let cfg = ctx.live.get();
+        let idle = cfg.smart.schedules.is_empty()
+            && cfg.smart.load.is_none()
+            && !overrides
+            && chargers.values().all(|c| c.journaled.is_none() && c.live_sent.is_none());
+        if idle {
+            continue;
+        }
         let state = ctx.journal.state();
         let connected = ctx.registry.connected();
         chargers.retain(|id, _| connected.contains(id));

@@ -176,6 +176,7 @@ pub async fn run(
         let cfg = ctx.live.get();
         let idle = cfg.smart.schedules.is_empty()
             && cfg.smart.load.is_none()
+            && meter.is_none()
             && !overrides
             && chargers.values().all(|c| c.journaled.is_none() && c.live_sent.is_none());
         if idle {

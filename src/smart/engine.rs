@@ -178,7 +178,9 @@ pub async fn run(
             && cfg.smart.load.is_none()
             && meter.is_none()
             && !overrides
-            && chargers.values().all(|c| c.journaled.is_none() && c.live_sent.is_none());
+            && chargers
+                .values()
+                .all(|c| c.journaled.is_none() && c.live_sent.is_none());
         if idle {
             continue;
         }

@@ -231,12 +231,27 @@ fn view(ctx: &Ctx) -> Status {
     }
 }
 
+/// `view` reads storage for every charger: it runs on a blocking thread,
+/// so a status request on a big site never holds up the relay.
+async fn view_off_runtime(ctx: Ctx) -> Result<Status, Response> {
+    tokio::task::spawn_blocking(move || view(&ctx))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
 async fn status(State(ctx): State<Ctx>) -> Response {
-    Json(view(&ctx)).into_response()
+    match view_off_runtime(ctx).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn charger(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    match view(&ctx).chargers.into_iter().find(|c| c.state.id == id) {
+    let v = match view_off_runtime(ctx).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match v.chargers.into_iter().find(|c| c.state.id == id) {
         Some(c) => Json(c).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("unknown charger {id:?}")),
     }
@@ -342,19 +357,26 @@ async fn events(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> R
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match ctx.journal.query(&q) {
-        Ok(records) => {
+    // Up to 100,000 records: read and rendered on a blocking thread, off
+    // the runtime that relays the chargers.
+    let journal = ctx.journal.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        journal.query(&q).map(|records| {
             // Each record with a one-line summary, as the CLI's log shows it.
-            let out: Vec<serde_json::Value> = records
+            records
                 .iter()
                 .map(|r| {
                     let mut v = serde_json::to_value(r).unwrap_or_default();
                     v["summary"] = r.event.summary().into();
                     v
                 })
-                .collect();
-            Json(out).into_response()
-        }
+                .collect::<Vec<serde_json::Value>>()
+        })
+    })
+    .await;
+    match out {
+        Ok(Ok(out)) => Json(out).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -437,9 +437,11 @@ pub fn for_charger_call(
     answer: Option<&RawValue>,
     answered_by: Source,
 ) -> Option<Event> {
+    if action == "Heartbeat" {
+        return None; // the most frequent message: not even its answer is read
+    }
     let fields = answer.map(AnswerFields::read).unwrap_or_default();
     Some(match action {
-        "Heartbeat" => return None,
         "BootNotification" => {
             let b: messages::BootNotification = decode(payload).ok()?;
             Event::BootNotification {

@@ -274,7 +274,7 @@ pub fn check_request(
             .is_some_and(|(user, pass)| {
                 // Both compared in full, so timing does not tell which was wrong.
                 let u = constant_time_eq(user.as_bytes(), id.as_bytes());
-                let p = crate::password::verify(expected, &pass);
+                let p = verify_off_worker(expected, &pass);
                 u & p
             });
         if !ok {
@@ -290,6 +290,22 @@ pub fn check_request(
         proto,
         authorization,
     })
+}
+
+/// Check a password against its stored form. A stored hash costs 100,000
+/// PBKDF2 rounds, tens of ms on a Pi, and this runs inside the handshake
+/// callback, which cannot await: on the daemon's multi-thread runtime the
+/// worker first hands its other sessions to another thread, so a reconnect
+/// storm of hashed chargers never stalls the relay.
+fn verify_off_worker(stored: &str, given: &[u8]) -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(|| crate::password::verify(stored, given))
+    } else {
+        crate::password::verify(stored, given)
+    }
 }
 
 /// Split an `Authorization: Basic …` value into user and password bytes.

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,9 +31,13 @@ pub struct BenchArgs {
     /// Charger counts to measure, comma-separated.
     #[arg(long, default_value = "10,100,1000", value_delimiter = ',')]
     pub chargers: Vec<usize>,
-    /// Heartbeats per charger per run.
+    /// Heartbeats per charger per round.
     #[arg(long, default_value_t = 50)]
     pub messages: usize,
+    /// Rounds per charger count. Direct, chargegate and nginx take turns
+    /// within each round, so machine noise falls on all three alike.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Durable journal appends for the journal rate figures.
     #[arg(long, default_value_t = 5000)]
     pub journal_events: usize,
@@ -150,36 +153,33 @@ pub(crate) async fn answer(ws: &mut Ws, id: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Results of one load run.
-#[derive(Debug, Clone)]
-pub struct LoadResult {
-    pub p50: Duration,
-    pub p99: Duration,
-    pub msgs_per_sec: f64,
-}
-
-/// Connect `n` chargers to `base`, then send `m` heartbeats from each,
-/// all at once; `after_connect` runs while they are all connected.
-async fn load(
-    base: &str,
-    tag: &str,
-    n: usize,
-    m: usize,
-    after_connect: impl FnOnce(),
-) -> anyhow::Result<LoadResult> {
+/// `n` chargers connected to `base`, each having had one answer (so a
+/// relay's upstream link is up before anything is timed).
+async fn connect_all(base: &str, tag: &str, n: usize) -> anyhow::Result<Vec<Ws>> {
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         let mut ws = open(&format!("{base}/B-{tag}-{i}")).await?;
-        call(&mut ws, 0).await?; // warm-up: the relay's upstream link is up
+        call(&mut ws, 0).await?;
         conns.push(ws);
     }
+    Ok(conns)
+}
+
+/// One round: every charger sends `m` heartbeats at once, each waiting for
+/// its answer. Returns the connections, the round trips and the wall time.
+async fn round(
+    conns: Vec<Ws>,
+    m: usize,
+    first_id: usize,
+) -> anyhow::Result<(Vec<Ws>, Vec<Duration>, Duration)> {
+    let n = conns.len();
     let start = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|mut ws| {
             tokio::spawn(async move {
                 let mut rtts = Vec::with_capacity(m);
-                for k in 1..=m {
+                for k in first_id..first_id + m {
                     rtts.push(call(&mut ws, k).await?);
                 }
                 Ok::<_, anyhow::Error>((rtts, ws))
@@ -193,18 +193,46 @@ async fn load(
         all.extend(rtts);
         keep.push(ws);
     }
-    let wall = start.elapsed();
-    after_connect();
-    for mut ws in keep {
-        let _ = ws.close(None).await;
+    Ok((keep, all, start.elapsed()))
+}
+
+/// Percentile of sorted samples.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// One way to the sink (direct, chargegate, nginx) and what was measured
+/// through it over all rounds.
+struct Path3 {
+    name: &'static str,
+    conns: Vec<Ws>,
+    /// The relay's processes, for RSS and CPU time.
+    pids: Vec<u32>,
+    samples: Vec<Duration>,
+    round_p99: Vec<Duration>,
+    wall: Duration,
+    cpu_ticks: u64,
+    rss_kb: u64,
+}
+
+impl Path3 {
+    fn new(name: &'static str, conns: Vec<Ws>, pids: Vec<u32>) -> Path3 {
+        Path3 {
+            name,
+            conns,
+            pids,
+            samples: Vec::new(),
+            round_p99: Vec::new(),
+            wall: Duration::ZERO,
+            cpu_ticks: 0,
+            rss_kb: 0,
+        }
     }
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Ok(LoadResult {
-        p50: pct(0.50),
-        p99: pct(0.99),
-        msgs_per_sec: all.len() as f64 / wall.as_secs_f64(),
-    })
+
+    fn p(&mut self, q: f64) -> Duration {
+        self.samples.sort_unstable();
+        pct(&self.samples, q)
+    }
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -216,6 +244,32 @@ fn rss_kb(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// User + system CPU time of a process, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name, which may itself hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+/// A process and its children (nginx's workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        all.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    all
 }
 
 async fn start_gateway(
@@ -267,7 +321,7 @@ fn start_nginx(
         .local_addr()?
         .port();
     let conf = format!(
-        "worker_processes 1;\nworker_rlimit_nofile 65536;\ndaemon off;\nerror_log stderr error;\npid {dir}/nginx.pid;\nevents {{ worker_connections 8192; }}\nhttp {{\n access_log off;\n client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f; uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;\n server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://{sink};\n   proxy_http_version 1.1;\n   proxy_set_header Upgrade $http_upgrade;\n   proxy_set_header Connection \"upgrade\";\n   proxy_read_timeout 3600s;\n  }}\n }}\n}}\n",
+        "worker_processes 1;\ndaemon off;\nerror_log stderr error;\npid {dir}/nginx.pid;\nevents {{ worker_connections 8192; }}\nhttp {{\n access_log off;\n client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f; uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;\n server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://{sink};\n   proxy_http_version 1.1;\n   proxy_set_header Upgrade $http_upgrade;\n   proxy_set_header Connection \"upgrade\";\n   proxy_read_timeout 3600s;\n  }}\n }}\n}}\n",
         dir = dir.display()
     );
     let path = dir.join("nginx.conf");
@@ -295,18 +349,66 @@ fn nginx_binary() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// RSS of nginx's master and workers.
-fn nginx_rss_kb(master: u32) -> u64 {
-    let mut total = rss_kb(master);
-    if let Ok(children) = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-    {
-        total += children
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .map(rss_kb)
-            .sum::<u64>();
+/// Linux reports process CPU time in USER_HZ ticks, 100 per second on
+/// every architecture the gateway runs on.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// Print one N's figures: pooled percentiles over all rounds, the ratios
+/// to direct, and the spread of the per-round p99 ratios (how much to trust
+/// the pooled one on a noisy machine).
+fn print_row(n: usize, per_charger: usize, idle_rss: u64, paths: &mut [Path3]) {
+    let msgs = (n * per_charger) as f64;
+    let direct_p99 = paths[0].p(0.99).as_secs_f64();
+    let cells: Vec<(String, String)> = paths
+        .iter_mut()
+        .map(|x| {
+            let (p50, p99) = (x.p(0.50), x.p(0.99));
+            (
+                format!("{} / {}", ms(p50), ms(p99)),
+                format!("{:.2}x", p99.as_secs_f64() / direct_p99),
+            )
+        })
+        .collect();
+    let cell = |i: usize| cells.get(i).cloned().unwrap_or(("-".into(), "-".into()));
+    let nginx_rss = paths
+        .get(2)
+        .map_or("-".into(), |x| format!("{} KB", x.rss_kb));
+    println!(
+        "{n:>6} | {:>22} | {:>22} | {:>22} | {:>9} {:>9} | {:>7} KB {:>10} | {:>12.0}",
+        cell(0).0,
+        cell(1).0,
+        cell(2).0,
+        cell(1).1,
+        cell(2).1,
+        paths[1].rss_kb,
+        nginx_rss,
+        msgs / paths[1].wall.as_secs_f64(),
+    );
+    for x in paths.iter().skip(1) {
+        let mut ratios: Vec<f64> = x
+            .round_p99
+            .iter()
+            .zip(&paths[0].round_p99)
+            .map(|(a, d)| a.as_secs_f64() / d.as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "{:>6}   {:<10} p99/direct per round: median {:.2}x (range {:.2}x-{:.2}x over {} rounds); CPU {:.1} us/msg",
+            "",
+            x.name,
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+            ratios.len(),
+            x.cpu_ticks as f64 / TICKS_PER_SEC * 1e6 / msgs,
+        );
     }
-    total
+    println!(
+        "{:>6}   chargegate RSS per charger above idle: {:.1} KB (target: 25 MB + 64 KB per charger = {} KB at N={n})",
+        "",
+        (paths[1].rss_kb.saturating_sub(idle_rss)) as f64 / n as f64,
+        25 * 1024 + 64 * n
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -378,8 +480,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(start_nginx(&dir, sink)?)
     };
     println!(
-        "chargegate bench: {} heartbeats per charger, sink CSMS on {sink}; gateway idle RSS {} KB",
-        args.messages, idle_rss
+        "chargegate bench: {} rounds of {} heartbeats per charger, sink CSMS on {sink}; gateway idle RSS {} KB",
+        args.rounds, args.messages, idle_rss
     );
     println!(
         "{:>6} | {:>22} | {:>22} | {:>22} | {:>9} {:>9} | {:>10} {:>10} | {:>12}",
@@ -394,62 +496,54 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "cg msg/s"
     );
     for &n in &args.chargers {
-        let direct = load(
-            &format!("ws://{sink}/ocpp"),
-            &format!("d{n}"),
-            n,
-            args.messages,
-            || {},
-        )
-        .await?;
-        let rss = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let r2 = rss.clone();
-        let through = load(&gw_url, &format!("g{n}"), n, args.messages, move || {
-            r2.store(rss_kb(gw_pid), std::sync::atomic::Ordering::Relaxed)
-        })
-        .await?;
-        let gw_rss = rss.load(std::sync::atomic::Ordering::Relaxed);
-        let (ngx, ngx_rss) = match &nginx {
-            Some((child, url)) => {
-                let r = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                let r3 = r.clone();
-                let pid = child.id();
-                let res = load(url, &format!("n{n}"), n, args.messages, move || {
-                    r3.store(nginx_rss_kb(pid), std::sync::atomic::Ordering::Relaxed)
-                })
-                .await?;
-                (Some(res), r.load(std::sync::atomic::Ordering::Relaxed))
+        let mut paths = vec![
+            Path3::new(
+                "direct",
+                connect_all(&format!("ws://{sink}/ocpp"), &format!("d{n}"), n).await?,
+                vec![],
+            ),
+            Path3::new(
+                "chargegate",
+                connect_all(&gw_url, &format!("g{n}"), n).await?,
+                vec![gw_pid],
+            ),
+        ];
+        if let Some((child, url)) = &nginx {
+            let conns = connect_all(url, &format!("n{n}"), n).await?;
+            paths.push(Path3::new("nginx", conns, with_children(child.id())));
+        }
+        let m = args.messages;
+        for r in 0..args.rounds.max(1) {
+            // The paths take turns going first, so none always runs on a
+            // machine still busy with another's load.
+            for k in 0..paths.len() {
+                let i = (r + k) % paths.len();
+                let path = &mut paths[i];
+                let cpu0: u64 = path.pids.iter().map(|&p| cpu_ticks(p)).sum();
+                let conns = std::mem::take(&mut path.conns);
+                let (conns, mut rtts, wall) = round(conns, m, 1 + r * m).await?;
+                path.cpu_ticks += path.pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - cpu0;
+                path.rss_kb = path.rss_kb.max(path.pids.iter().map(|&p| rss_kb(p)).sum());
+                path.wall += wall;
+                rtts.sort_unstable();
+                path.round_p99.push(pct(&rtts, 0.99));
+                path.samples.extend(rtts);
+                path.conns = conns;
             }
-            None => (None, 0),
-        };
-        let ratio = |x: &LoadResult| x.p99.as_secs_f64() / direct.p99.as_secs_f64();
-        println!(
-            "{n:>6} | {:>22} | {:>22} | {:>22} | {:>8.2}x {:>9} | {:>7} KB {:>10} | {:>12.0}",
-            format!("{} / {}", ms(direct.p50), ms(direct.p99)),
-            format!("{} / {}", ms(through.p50), ms(through.p99)),
-            ngx.as_ref()
-                .map_or("-".into(), |x| format!("{} / {}", ms(x.p50), ms(x.p99))),
-            ratio(&through),
-            ngx.as_ref()
-                .map_or("-".into(), |x| format!("{:.2}x", ratio(x))),
-            gw_rss,
-            if ngx.is_some() {
-                format!("{ngx_rss} KB")
-            } else {
-                "-".into()
-            },
-            through.msgs_per_sec,
-        );
-        println!(
-            "{:>6}   chargegate RSS per charger above idle: {:.1} KB (target: 25 MB + 64 KB per charger = {} KB at N={n})",
-            "",
-            (gw_rss.saturating_sub(idle_rss)) as f64 / n as f64,
-            25 * 1024 + 64 * n
-        );
+        }
+        for path in &mut paths {
+            for mut ws in std::mem::take(&mut path.conns) {
+                let _ = ws.close(None).await;
+            }
+        }
+        print_row(n, m * args.rounds.max(1), idle_rss, &mut paths);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     if let Some((mut child, _)) = nginx {
-        let _ = child.kill();
+        // SIGTERM, not SIGKILL: the master stops its workers, which would
+        // otherwise live on holding our stderr open.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = child.wait();
     }
     drop(gw);

@@ -135,8 +135,14 @@ impl Session {
     }
 
     pub(super) async fn send_upstream(&mut self, text: &str) -> bool {
+        self.relay_upstream(text.into()).await
+    }
+
+    /// Send a text frame to the cloud; a relayed frame goes as the shared
+    /// buffer it was received in.
+    pub(super) async fn relay_upstream(&mut self, text: Utf8Bytes) -> bool {
         match self.upstream.as_mut() {
-            Some(up) => up.send(Message::text(text.to_string())).await.is_ok(),
+            Some(up) => up.send(Message::Text(text)).await.is_ok(),
             None => false,
         }
     }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event::{self, Event, Link, Source};
@@ -285,6 +285,10 @@ impl Session {
                 _ => None,
             };
             let step = tokio::select! {
+                // Sockets first: a relayed frame then costs one poll, not a
+                // poll of every branch. Tokio's cooperative budget still
+                // makes a flooding socket yield to the others in time.
+                biased;
                 msg = self.charger.next(), if !hold_charger => self.on_charger_msg(msg).await,
                 msg = next_upstream(&mut self.upstream) => self.on_upstream_msg(msg).await,
                 res = connected(&mut self.connecting) => {
@@ -316,9 +320,9 @@ impl Session {
         self.ctx.journal.record(Some(&self.id), ev).await;
     }
 
-    async fn send_charger(&mut self, text: String) -> Result<(), End> {
+    async fn send_charger(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), End> {
         self.charger
-            .send(Message::text(text))
+            .send(Message::Text(text.into()))
             .await
             .map_err(|e| End::new(format!("write to charger failed: {e}"), None))
     }
@@ -334,7 +338,7 @@ impl Session {
                         return self.over_rate(t.as_str()).await;
                     }
                 }
-                self.on_charger_text(t.as_str()).await
+                self.on_charger_text(t).await
             }
             Some(Ok(Message::Binary(_))) => {
                 self.protocol_error(
@@ -421,7 +425,9 @@ impl Session {
             .then(|| frame::call_error(e.reply_id(), code, &e.detail)))
     }
 
-    async fn on_charger_text(&mut self, text: &str) -> Result<(), End> {
+    /// `raw` is relayed as received: the same shared buffer, no copy.
+    async fn on_charger_text(&mut self, raw: Utf8Bytes) -> Result<(), End> {
+        let text = raw.as_str();
         let frame = match self.parse_frame(Link::Charger, text).await {
             Ok(f) => f,
             Err(reply) => {
@@ -453,7 +459,7 @@ impl Session {
                             self.journal(ev).await;
                         }
                     }
-                    if self.send_upstream(text).await {
+                    if self.relay_upstream(raw.clone()).await {
                         self.pending_up.insert(
                             id,
                             PendingUp {
@@ -655,7 +661,7 @@ impl Session {
 
     async fn on_upstream_msg(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
         match msg {
-            Some(Ok(Message::Text(t))) => self.on_upstream_text(t.as_str()).await,
+            Some(Ok(Message::Text(t))) => self.on_upstream_text(t).await,
             Some(Ok(Message::Close(f))) => {
                 let code = f.as_ref().map(|f| u16::from(f.code));
                 let why = f.map(|f| f.reason.to_string()).filter(|r| !r.is_empty());
@@ -681,7 +687,8 @@ impl Session {
         }
     }
 
-    async fn on_upstream_text(&mut self, text: &str) -> Result<(), End> {
+    async fn on_upstream_text(&mut self, raw: Utf8Bytes) -> Result<(), End> {
+        let text = raw.as_str();
         let frame = match self.parse_frame(Link::Cloud, text).await {
             Ok(f) => f,
             Err(reply) => {
@@ -733,7 +740,7 @@ impl Session {
                     self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text).await;
                     return Ok(());
                 };
-                self.send_charger(text.to_string()).await?;
+                self.send_charger(raw.clone()).await?;
                 self.note_delivered(&p.action, p.payload.get());
                 self.remember_tags(&p.action, p.payload.get(), payload.get())
                     .await;
@@ -769,7 +776,7 @@ impl Session {
                     .await;
                     return Ok(());
                 };
-                self.send_charger(text.to_string()).await?;
+                self.send_charger(raw.clone()).await?;
                 self.protocol_error(
                     Link::Cloud,
                     &code,

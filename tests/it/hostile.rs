@@ -451,3 +451,53 @@ async fn a_cloud_flooding_a_slow_charger_gets_busy_answers_not_a_growing_queue()
         assert_eq!(v[1], format!("c{i}"));
     }
 }
+
+/// Hashed passwords in the real daemon (its own runtime, not the test's):
+/// the PBKDF2 check runs beside the relay, and a wrong password is still
+/// refused while a right one, and other chargers' traffic, go through.
+#[tokio::test]
+async fn hashed_passwords_are_checked_by_the_real_daemon_while_others_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = chargegate::password::hash("correct-horse-42");
+    let extra = format!("[[charger]]\nid = \"CP-H\"\npassword = \"{hash}\"\n");
+    let cfg = write_config(
+        dir.path(),
+        &config_text(&dir.path().join("data"), None, &extra),
+    );
+    let p = Process::spawn(&cfg).await;
+    let url = |id: &str| format!("ws://{}/ocpp/{id}", p.ocpp);
+    let mut other = Charger::connect(&url("CP-FREE")).await;
+    let right = chargegate::upstream::basic_auth("CP-H", "correct-horse-42");
+    let wrong = chargegate::upstream::basic_auth("CP-H", "correct-horse-43");
+    // Several handshakes at once, each a full PBKDF2 check, while another
+    // charger keeps talking.
+    let tries: Vec<_> = (0..6)
+        .map(|i| {
+            let (u, a) = (
+                url("CP-H"),
+                if i % 2 == 0 {
+                    right.clone()
+                } else {
+                    wrong.clone()
+                },
+            );
+            tokio::spawn(async move { connect_status(&u, Some("ocpp1.6"), Some(&a)).await.err() })
+        })
+        .collect();
+    for _ in 0..20 {
+        assert_eq!(other.call("Heartbeat", serde_json::json!({})).await[0], 3);
+    }
+    let mut refused = 0;
+    for t in tries {
+        if let Some(code) = t.await.unwrap() {
+            assert_eq!(code, 401);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3, "the three wrong passwords, and only they");
+    let mut cp = connect_status(&url("CP-H"), Some("ocpp1.6"), Some(&right))
+        .await
+        .unwrap_or_else(|c| panic!("right password refused with {c}"));
+    assert_eq!(cp.call("Heartbeat", serde_json::json!({})).await[0], 3);
+    p.kill9().await;
+}

@@ -119,12 +119,12 @@ pub async fn run(
         Some(cmd) => {
             let (reply, rx) = oneshot::channel();
             let _ = cmd
-                .send(Command::Enqueue {
+                .send(Box::new(Command::Enqueue {
                     action: "StopTransaction".into(),
                     payload: payload.clone(),
                     event: ev.clone(),
                     reply,
-                })
+                }))
                 .await;
             rx.await.unwrap_or(false)
         }

@@ -50,12 +50,17 @@ pub struct Ctx {
     pub smart: crate::smart::engine::StatusHandle,
 }
 
+/// Bytes read from a socket at a time. Most OCPP frames are well under
+/// this; a bigger one takes a few reads. Each connection keeps a buffer of
+/// about this size, and it is zeroed before each read.
+const READ_CHUNK: usize = 2048;
+
 /// WebSocket settings for both sides: small buffers, because a gateway
 /// holds hundreds of connections (tungstenite's defaults reserve 128 KiB
 /// of read buffer per connection).
 pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_CHUNK)
         .write_buffer_size(0)
         .max_write_buffer_size(max_message_size * 4)
         .max_message_size(Some(max_message_size))
@@ -66,9 +71,9 @@ pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
 /// receiver, done signal, and the session it replaces (if any).
 type Registration = (
     u64,
-    mpsc::Receiver<Command>,
+    mpsc::Receiver<Box<Command>>,
     watch::Sender<bool>,
-    Option<(mpsc::Sender<Command>, watch::Receiver<bool>)>,
+    Option<(mpsc::Sender<Box<Command>>, watch::Receiver<bool>)>,
 );
 
 /// A live session as seen from outside.
@@ -76,7 +81,9 @@ struct Handle {
     conn: u64,
     /// The gateway's address as the charger reached it.
     local: Option<SocketAddr>,
-    cmd: mpsc::Sender<Command>,
+    /// Boxed: the channel reserves its first block of slots up front, and
+    /// 32 unboxed commands would cost every session 6 KB.
+    cmd: mpsc::Sender<Box<Command>>,
     done: watch::Receiver<bool>,
 }
 
@@ -115,7 +122,7 @@ impl Registry {
     }
 
     /// The command channel of a connected charger.
-    pub fn get(&self, id: &str) -> Option<mpsc::Sender<Command>> {
+    pub fn get(&self, id: &str) -> Option<mpsc::Sender<Box<Command>>> {
         self.lock().get(id).map(|h| h.cmd.clone())
     }
 
@@ -132,12 +139,12 @@ impl Registry {
     ) -> Option<session::CallOutcome> {
         let cmd = self.get(id)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        cmd.send(Command::Call {
+        cmd.send(Box::new(Command::Call {
             action: action.into(),
             payload,
             source,
             reply,
-        })
+        }))
         .await
         .ok()?;
         Some(

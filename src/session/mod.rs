@@ -180,13 +180,13 @@ pub async fn run(
     remote: SocketAddr,
     ws: WebSocketStream<crate::tls::ChargerStream>,
     conn: u64,
-    mut cmd_rx: mpsc::Receiver<Command>,
+    mut cmd_rx: mpsc::Receiver<Box<Command>>,
     done: watch::Sender<bool>,
-    old: Option<(mpsc::Sender<Command>, watch::Receiver<bool>)>,
+    old: Option<(mpsc::Sender<Box<Command>>, watch::Receiver<bool>)>,
 ) {
     if let Some((old_cmd, mut old_done)) = old {
         // Close the old connection first, so the cloud never sees two.
-        let _ = old_cmd.send(Command::Replace).await;
+        let _ = old_cmd.send(Box::new(Command::Replace)).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), old_done.wait_for(|d| *d)).await;
     }
     let cfg = ctx.cfg.clone();
@@ -270,7 +270,7 @@ async fn connected(c: &mut Option<Connecting>) -> Result<UpStream, String> {
 }
 
 impl Session {
-    async fn run_loop(&mut self, cmd_rx: &mut mpsc::Receiver<Command>) -> End {
+    async fn run_loop(&mut self, cmd_rx: &mut mpsc::Receiver<Box<Command>>) -> End {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut shutdown = self.ctx.shutdown.clone();
         // Created once: every session shares the shutdown channel, and a
@@ -293,13 +293,15 @@ impl Session {
                 msg = next_upstream(&mut self.upstream) => self.on_upstream_msg(msg).await,
                 res = connected(&mut self.connecting) => {
                     self.connecting = None;
-                    self.on_connected(res).await
+                    // Boxed: the largest handler by far, and it runs once per
+                    // link-up; inline it would double every session's size.
+                    Box::pin(self.on_connected(res)).await
                 }
                 _ = sleep_until(retry_at), if retry_at.is_some() => {
                     self.start_connect(false);
                     Ok(())
                 }
-                cmd = cmd_rx.recv() => match cmd {
+                cmd = cmd_rx.recv() => match cmd.map(|c| *c) {
                     Some(Command::Replace) | None => Err(End::new("replaced by a new connection", Some((CloseCode::Normal, "replaced by a new connection")))),
                     Some(Command::Call { action, payload, source, reply }) => {
                         self.queue_down.push_back(Queued::Local { action, payload, source, reply });

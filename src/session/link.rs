@@ -89,6 +89,12 @@ impl Session {
     /// The cloud link went down: answer whatever the charger still waits
     /// for, and retry later.
     pub(super) async fn link_down(&mut self, reason: String, code: Option<u16>) -> Result<(), End> {
+        // Called from many places on the relay path, so boxed: inline, its
+        // future would be part of every session's size.
+        Box::pin(self.link_down_now(reason, code)).await
+    }
+
+    async fn link_down_now(&mut self, reason: String, code: Option<u16>) -> Result<(), End> {
         self.upstream = None;
         log::warn!(charger_id = self.id.as_str(); "{}: cloud link down: {reason}", self.id);
         self.journal(Event::Disconnect {

@@ -309,7 +309,8 @@ impl Session {
                     }
                     Some(Command::Enqueue { action, payload, event, reply }) => self.enqueue(action, payload, event, reply).await,
                 },
-                _ = tick.tick() => self.on_tick().await,
+                // Boxed like the other rare handlers (see `on_connected`).
+                _ = tick.tick() => Box::pin(self.on_tick()).await,
                 _ = &mut shutdown => Err(End::new("gateway shutting down", Some((CloseCode::Away, "gateway shutting down")))),
             };
             if let Err(end) = step {
@@ -446,7 +447,7 @@ impl Session {
                 payload,
             } => {
                 if self.uses_outbox() && outbox::is_transaction_message(&action, payload.get()) {
-                    return self.on_transaction_call(id, action, payload).await;
+                    return Box::pin(self.on_transaction_call(id, action, payload)).await;
                 }
                 // While an outbox entry is with the cloud, the upstream CALL slot
                 // is taken (OCPP-J: one outstanding CALL): answer locally.
@@ -474,20 +475,23 @@ impl Session {
                     }
                     self.link_down("write to cloud failed".into(), None).await?;
                 }
-                self.answer_locally(&id, &action, &payload, Queue::No).await
+                Box::pin(self.answer_locally(&id, &action, &payload, Queue::No)).await
             }
             Frame::CallResult { id, payload } => {
                 let result = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-                self.on_charger_answer(&id, CallOutcome::Result(result), text)
-                    .await
+                Box::pin(self.on_charger_answer(&id, CallOutcome::Result(result), text)).await
             }
             Frame::CallError {
                 id,
                 code,
                 description,
             } => {
-                self.on_charger_answer(&id, CallOutcome::Error { code, description }, text)
-                    .await
+                Box::pin(self.on_charger_answer(
+                    &id,
+                    CallOutcome::Error { code, description },
+                    text,
+                ))
+                .await
             }
         }
     }
@@ -732,11 +736,12 @@ impl Session {
             }
             Frame::CallResult { id, payload } => {
                 if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
-                    return self.on_outbox_result(text, &payload).await;
+                    // Rare next to relayed frames: boxed, to keep sessions small.
+                    return Box::pin(self.on_outbox_result(text, &payload)).await;
                 }
                 if self.resync.in_flight.as_ref().is_some_and(|f| f.0 == id) {
                     let status = crate::ocpp::messages::AnswerFields::read(&payload).status();
-                    return self.on_resync_answer(status, None).await;
+                    return Box::pin(self.on_resync_answer(status, None)).await;
                 }
                 let Some(p) = self.pending_up.remove(&id) else {
                     self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text).await;
@@ -761,12 +766,13 @@ impl Session {
                 description,
             } => {
                 if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
-                    return self.on_outbox_error(text, &code, &description).await;
+                    return Box::pin(self.on_outbox_error(text, &code, &description)).await;
                 }
                 if self.resync.in_flight.as_ref().is_some_and(|f| f.0 == id) {
-                    return self
-                        .on_resync_answer(None, Some(format!("{code}: {description}")))
-                        .await;
+                    return Box::pin(
+                        self.on_resync_answer(None, Some(format!("{code}: {description}"))),
+                    )
+                    .await;
                 }
                 let Some(p) = self.pending_up.remove(&id) else {
                     self.protocol_error(

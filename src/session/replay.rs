@@ -275,6 +275,16 @@ impl Session {
 
     /// Send the next queued entry when the cloud link is free.
     pub(super) async fn pump_outbox(&mut self) -> Result<(), End> {
+        // Runs after every answer from the cloud; nearly always there is
+        // nothing to send, and the sending part is boxed so that its
+        // future does not enlarge every session's.
+        if self.outbox.is_empty() && self.resync.is_idle() {
+            return Ok(());
+        }
+        Box::pin(self.pump_outbox_now()).await
+    }
+
+    async fn pump_outbox_now(&mut self) -> Result<(), End> {
         // A boot the cloud missed goes before the transactions.
         if self.pump_resync(true).await? {
             return Ok(());

@@ -25,6 +25,13 @@ pub(super) struct Resync {
     pub in_flight: Option<(String, String, Option<u64>, Instant)>,
 }
 
+impl Resync {
+    /// Nothing for the cloud to catch up on.
+    pub(super) fn is_idle(&self) -> bool {
+        self.boot.is_none() && self.statuses.is_empty()
+    }
+}
+
 fn connector(payload: &str) -> Option<u64> {
     serde_json::from_str::<Value>(payload)
         .ok()?

@@ -575,3 +575,24 @@ pub fn sim_charging(
         chargegate::sim::run_with(opts, stats).await;
     })
 }
+
+/// A POST written by hand, so a test controls every header (`headers`:
+/// complete lines, each ending in CRLF). `Host` is `addr`. Returns the
+/// status code (0 if none) and the whole response.
+pub async fn raw_post(addr: SocketAddr, path: &str, headers: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}

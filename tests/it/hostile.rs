@@ -386,28 +386,18 @@ async fn gw_wait_count(
 async fn cross_site_requests_to_the_api_are_refused() {
     let gw = Gateway::start(None, "").await;
     let api = gw.running.as_ref().unwrap().api_addr;
-    let post = |extra: &'static str, body: &'static str| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
-        let req = format!(
-            "POST /api/v1/chargers/CP-X/actions/reboot HTTP/1.1\r\nHost: {api}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out.split(' ')
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .unwrap_or(0)
+    let post = |extra: String, body: &'static str| async move {
+        raw_post(api, "/api/v1/chargers/CP-X/actions/reboot", &extra, body)
+            .await
+            .0
     };
     // A form or a no-cors fetch: no JSON content type.
-    assert_eq!(post("Content-Type: text/plain\r\n", "{}").await, 415);
-    assert_eq!(post("", "").await, 415);
+    assert_eq!(post("Content-Type: text/plain\r\n".into(), "{}").await, 415);
+    assert_eq!(post(String::new(), "").await, 415);
     // JSON from another origin (only possible after a preflight, but still).
     assert_eq!(
         post(
-            "Content-Type: application/json\r\nOrigin: http://evil.example\r\n",
+            "Content-Type: application/json\r\nOrigin: http://evil.example\r\n".into(),
             "{}"
         )
         .await,
@@ -415,10 +405,11 @@ async fn cross_site_requests_to_the_api_are_refused() {
     );
     // The CLI and the gateway's own page get through to the action (an
     // unknown charger here: 404).
-    assert_eq!(post("Content-Type: application/json\r\n", "{}").await, 404);
-    let same = Box::leak(
-        format!("Content-Type: application/json\r\nOrigin: http://{api}\r\n").into_boxed_str(),
+    assert_eq!(
+        post("Content-Type: application/json\r\n".into(), "{}").await,
+        404
     );
+    let same = format!("Content-Type: application/json\r\nOrigin: http://{api}\r\n");
     assert_eq!(post(same, "{}").await, 404);
 }
 

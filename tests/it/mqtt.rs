@@ -33,26 +33,7 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("mosquitto is installed (set-up: apt-get install -y mosquitto)");
-        let child = tokio::process::Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = spawn_mosquitto(&conf, &[addr]).await;
         Mosquitto {
             child,
             addr,
@@ -63,6 +44,36 @@ impl Mosquitto {
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Debian's mosquitto on `conf`, once every one of `listeners` accepts.
+async fn spawn_mosquitto(
+    conf: &std::path::Path,
+    listeners: &[SocketAddr],
+) -> tokio::process::Child {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is installed (set-up: apt-get install -y mosquitto)");
+    let child = tokio::process::Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for addr in listeners {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    child
 }
 
 /// A test client subscribed to everything, keeping what it saw.
@@ -408,28 +419,7 @@ async fn the_broker_can_be_reached_over_tls_with_its_own_ca() {
             key_file.display()
         ),
     );
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("mosquitto is installed");
-    let mut broker = tokio::process::Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(plain).await.is_err()
-        || tokio::net::TcpStream::connect(tls).await.is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "mosquitto did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut broker = spawn_mosquitto(&conf, &[plain, tls]).await;
     let watcher = Watcher::start(plain).await;
     let gw = Gateway::start(
         None,

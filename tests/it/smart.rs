@@ -161,24 +161,15 @@ max_current_a = 16
     sim.abort();
 }
 
-/// A minimal HTTP POST with a JSON body; returns the status code and body.
+/// An HTTP POST with a JSON body; returns the status code and the response.
 async fn http_post(addr: std::net::SocketAddr, path: &str, body: &Value) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, out)
+    raw_post(
+        addr,
+        path,
+        "Content-Type: application/json\r\n",
+        &body.to_string(),
+    )
+    .await
 }
 
 /// An SDM630 on Modbus TCP: the house load the test sets, plus what the

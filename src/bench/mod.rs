@@ -2,7 +2,8 @@
 //! N chargers send Heartbeats (one outstanding CALL each, as OCPP-J
 //! requires) to a local sink CSMS three ways: directly, through a real
 //! `chargegate` child process, and through nginx relaying the same
-//! WebSockets (when nginx is installed). Prints round-trip p50/p99, the
+//! WebSockets (when nginx is installed), either back to back (a flood) or
+//! paced at a given total rate. Prints round-trip p50/p99, the
 //! ratios to direct, messages/s, the relays' RSS, and the journal's durable
 //! event rate with group commit against one fsync per event.
 
@@ -55,6 +56,13 @@ pub struct BenchArgs {
     /// Skip the nginx baseline even if nginx is installed.
     #[arg(long)]
     pub no_nginx: bool,
+    /// Paced load: all chargers together send this many heartbeats per
+    /// second, each on its own schedule, spread evenly (0 = flood: each
+    /// charger sends its next heartbeat as soon as the last is answered,
+    /// which saturates the machine and measures throughput as much as
+    /// latency). A charger whose answer comes late sends its next at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 /// Raise the open-files limit to its hard maximum (a gateway with a
@@ -165,21 +173,30 @@ async fn connect_all(base: &str, tag: &str, n: usize) -> anyhow::Result<Vec<Ws>>
     Ok(conns)
 }
 
-/// One round: every charger sends `m` heartbeats at once, each waiting for
-/// its answer. Returns the connections, the round trips and the wall time.
+/// One round: every charger sends `m` heartbeats, each waiting for its
+/// answer: back to back, or paced at `rate` per second for all chargers
+/// together. Returns the connections, the round trips and the wall time.
 async fn round(
     conns: Vec<Ws>,
     m: usize,
     first_id: usize,
+    rate: f64,
 ) -> anyhow::Result<(Vec<Ws>, Vec<Duration>, Duration)> {
     let n = conns.len();
     let start = Instant::now();
+    // Paced: charger i sends at start + (i/n + k) × period.
+    let period = (rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / rate));
     let tasks: Vec<_> = conns
         .into_iter()
-        .map(|mut ws| {
+        .enumerate()
+        .map(|(i, mut ws)| {
             tokio::spawn(async move {
                 let mut rtts = Vec::with_capacity(m);
-                for k in first_id..first_id + m {
+                for (j, k) in (first_id..first_id + m).enumerate() {
+                    if let Some(p) = period {
+                        let at = start + p.mul_f64(i as f64 / n as f64 + j as f64);
+                        tokio::time::sleep_until(at.into()).await;
+                    }
                     rtts.push(call(&mut ws, k).await?);
                 }
                 Ok::<_, anyhow::Error>((rtts, ws))
@@ -229,8 +246,8 @@ impl Path3 {
         }
     }
 
-    fn p(&mut self, q: f64) -> Duration {
-        self.samples.sort_unstable();
+    /// Percentile of the pooled samples (sorted once, by `print_row`).
+    fn p(&self, q: f64) -> Duration {
         pct(&self.samples, q)
     }
 }
@@ -358,9 +375,12 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// the pooled one on a noisy machine).
 fn print_row(n: usize, per_charger: usize, idle_rss: u64, paths: &mut [Path3]) {
     let msgs = (n * per_charger) as f64;
+    for x in paths.iter_mut() {
+        x.samples.sort_unstable();
+    }
     let direct_p99 = paths[0].p(0.99).as_secs_f64();
     let cells: Vec<(String, String)> = paths
-        .iter_mut()
+        .iter()
         .map(|x| {
             let (p50, p99) = (x.p(0.50), x.p(0.99));
             (
@@ -392,14 +412,19 @@ fn print_row(n: usize, per_charger: usize, idle_rss: u64, paths: &mut [Path3]) {
             .map(|(a, d)| a.as_secs_f64() / d.as_secs_f64())
             .collect();
         ratios.sort_by(f64::total_cmp);
+        // The latency a relay adds, in absolute terms: what an operator
+        // weighs against the tens of ms of a real internet round trip.
+        let added = |q: f64| (x.p(q).as_secs_f64() - paths[0].p(q).as_secs_f64()) * 1e6;
         println!(
-            "{:>6}   {:<10} p99/direct per round: median {:.2}x (range {:.2}x-{:.2}x over {} rounds); CPU {:.1} us/msg",
+            "{:>6}   {:<10} p99/direct per round: median {:.2}x (range {:.2}x-{:.2}x over {} rounds); adds {:+.0} us at p50, {:+.0} us at p99; CPU {:.1} us/msg",
             "",
             x.name,
             ratios[ratios.len() / 2],
             ratios[0],
             ratios[ratios.len() - 1],
             ratios.len(),
+            added(0.50),
+            added(0.99),
             x.cpu_ticks as f64 / TICKS_PER_SEC * 1e6 / msgs,
         );
     }
@@ -454,6 +479,12 @@ async fn journal_rate(dir: &Path, events: usize, tasks: usize) -> anyhow::Result
 
 /// Run the benchmark and print its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        anyhow::bail!(
+            "--rate: expected heartbeats per second, 0 or more (got {})",
+            args.rate
+        );
+    }
     raise_fd_limit();
     let dir = tempfile_dir()?;
     let sink = sink().await?;
@@ -479,8 +510,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         Some(start_nginx(&dir, sink)?)
     };
+    let load = if args.rate > 0.0 {
+        format!("paced at {} heartbeats/s in all", args.rate)
+    } else {
+        "flood: each charger sends again as soon as it is answered".into()
+    };
     println!(
-        "chargegate bench: {} rounds of {} heartbeats per charger, sink CSMS on {sink}; gateway idle RSS {} KB",
+        "chargegate bench: {} rounds of {} heartbeats per charger ({load}), sink CSMS on {sink}; gateway idle RSS {} KB",
         args.rounds, args.messages, idle_rss
     );
     println!(
@@ -521,7 +557,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let path = &mut paths[i];
                 let cpu0: u64 = path.pids.iter().map(|&p| cpu_ticks(p)).sum();
                 let conns = std::mem::take(&mut path.conns);
-                let (conns, mut rtts, wall) = round(conns, m, 1 + r * m).await?;
+                let (conns, mut rtts, wall) = round(conns, m, 1 + r * m, args.rate).await?;
                 path.cpu_ticks += path.pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - cpu0;
                 path.rss_kb = path.rss_kb.max(path.pids.iter().map(|&p| rss_kb(p)).sum());
                 path.wall += wall;

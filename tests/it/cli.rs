@@ -114,3 +114,47 @@ async fn status_and_log_show_what_happened() {
     assert!(err.contains("401") && err.contains("token"), "{err}");
     p.kill9().await;
 }
+
+/// `chargegate bench` end to end on a tiny load, flood and paced: it starts
+/// its own sink and gateway and prints every figure the README quotes.
+#[test]
+fn bench_runs_and_prints_its_figures() {
+    for rate in ["0", "400"] {
+        let (code, out, err) = cli(&[
+            "bench",
+            "--chargers",
+            "2,3",
+            "--messages",
+            "4",
+            "--rounds",
+            "2",
+            "--journal-events",
+            "20",
+            "--no-nginx",
+            "--rate",
+            rate,
+        ]);
+        assert_eq!(code, 0, "rate {rate}:\n{out}\n{err}");
+        for n in [2, 3] {
+            assert!(
+                out.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{n} |"))),
+                "no row for N={n}:\n{out}"
+            );
+        }
+        for figure in [
+            "chargegate p99/direct per round: median",
+            "us at p50",
+            "us/msg",
+            "RSS per charger above idle",
+            "journal durable events/s",
+        ] {
+            assert!(out.contains(figure), "rate {rate}: no {figure:?}:\n{out}");
+        }
+        let paced = out.contains("paced at 400 heartbeats/s");
+        assert_eq!(paced, rate != "0", "load mode not stated:\n{out}");
+    }
+    let (code, _, err) = cli(&["bench", "--rate=-1", "--no-nginx"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--rate"), "{err}");
+}

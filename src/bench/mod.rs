@@ -229,8 +229,13 @@ struct Path3 {
     round_p99: Vec<Duration>,
     wall: Duration,
     cpu_ticks: u64,
+    /// CPU ticks over `IDLE_WINDOW` with every connection open and quiet.
+    idle_ticks: u64,
     rss_kb: u64,
 }
+
+/// How long the relays are watched with every charger connected and quiet.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
 
 impl Path3 {
     fn new(name: &'static str, conns: Vec<Ws>, pids: Vec<u32>) -> Path3 {
@@ -242,6 +247,7 @@ impl Path3 {
             round_p99: Vec::new(),
             wall: Duration::ZERO,
             cpu_ticks: 0,
+            idle_ticks: 0,
             rss_kb: 0,
         }
     }
@@ -416,7 +422,7 @@ fn print_row(n: usize, per_charger: usize, idle_rss: u64, paths: &mut [Path3]) {
         // weighs against the tens of ms of a real internet round trip.
         let added = |q: f64| (x.p(q).as_secs_f64() - paths[0].p(q).as_secs_f64()) * 1e6;
         println!(
-            "{:>6}   {:<10} p99/direct per round: median {:.2}x (range {:.2}x-{:.2}x over {} rounds); adds {:+.0} us at p50, {:+.0} us at p99; CPU {:.1} us/msg",
+            "{:>6}   {:<10} p99/direct per round: median {:.2}x (range {:.2}x-{:.2}x over {} rounds); adds {:+.0} us at p50, {:+.0} us at p99; CPU {:.1} us/msg, {:.2}% of a core idle",
             "",
             x.name,
             ratios[ratios.len() / 2],
@@ -426,6 +432,7 @@ fn print_row(n: usize, per_charger: usize, idle_rss: u64, paths: &mut [Path3]) {
             added(0.50),
             added(0.99),
             x.cpu_ticks as f64 / TICKS_PER_SEC * 1e6 / msgs,
+            x.idle_ticks as f64 / TICKS_PER_SEC / IDLE_WINDOW.as_secs_f64() * 100.0,
         );
     }
     println!(
@@ -566,6 +573,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 path.samples.extend(rtts);
                 path.conns = conns;
             }
+        }
+        // What N connected, quiet chargers cost: timers and keepalive only.
+        let before: Vec<u64> = paths
+            .iter()
+            .map(|p| p.pids.iter().map(|&q| cpu_ticks(q)).sum())
+            .collect();
+        tokio::time::sleep(IDLE_WINDOW).await;
+        for (path, b) in paths.iter_mut().zip(before) {
+            path.idle_ticks = path.pids.iter().map(|&q| cpu_ticks(q)).sum::<u64>() - b;
         }
         for path in &mut paths {
             for mut ws in std::mem::take(&mut path.conns) {

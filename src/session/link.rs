@@ -195,7 +195,7 @@ impl Session {
         self.pump_down().await?;
         let interval = self.ctx.cfg.ping_interval;
         if !interval.is_zero() {
-            if now.duration_since(self.last_rx) > interval * 2 + Duration::from_secs(5) {
+            if now.duration_since(self.last_rx) > interval * 2 + super::PING_GRACE {
                 return Err(End::new(
                     "no answer to pings",
                     Some((CloseCode::Away, "no answer to pings")),

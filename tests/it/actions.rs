@@ -541,3 +541,39 @@ async fn the_installers_daily_tools_map_to_their_ocpp_calls() {
         .await;
     assert_eq!(ev["request"]["value"], "(redacted)", "nor does the journal");
 }
+
+/// A charger that never answers: the session times the call out itself
+/// after `call_timeout` (3 s here), well before the API's backstop, and the
+/// charger's connection stays up.
+#[tokio::test]
+async fn an_action_the_charger_never_answers_times_out() {
+    let gw = Gateway::start(None, "").await;
+    let mut cp = Charger::connect(&gw.url("CP-DEAF")).await;
+    cp.call("BootNotification", boot()).await;
+    let reboot = || {
+        let api = api(&gw);
+        tokio::spawn(async move {
+            api.post::<ActionResult>("/api/v1/chargers/CP-DEAF/actions/reboot", &json!({}))
+                .await
+                .unwrap()
+        })
+    };
+    let call = reboot();
+    let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(v[2], "Reset", "{v}");
+    let r = call.await.unwrap();
+    assert_eq!(r.outcome, "timeout", "{r:?}");
+    // Timed out and journaled by the session, not by the API's backstop
+    // (which would have left the call pending in a sleeping session).
+    gw.wait_event("CP-DEAF", "RemoteAction", |e| {
+        e["action"] == "Reset"
+            && e["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("timeout"))
+    })
+    .await;
+    // The session is free again: the next call goes out.
+    let call = reboot();
+    answer_next(&mut cp, json!({"status": "Accepted"})).await;
+    assert_eq!(call.await.unwrap().outcome, "result");
+}

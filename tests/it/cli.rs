@@ -146,6 +146,7 @@ fn bench_runs_and_prints_its_figures() {
             "chargegate p99/direct per round: median",
             "us at p50",
             "us/msg",
+            "of a core idle",
             "RSS per charger above idle",
             "journal durable events/s",
         ] {

@@ -34,19 +34,18 @@ pub fn config_text(data_dir: &Path, upstream: Option<&str>, extra: &str) -> Stri
     if let Some(u) = upstream {
         s.push_str(&format!("[upstream]\nurl = \"{u}\"\nconnect_timeout_secs = 2\nbackoff_min_secs = 0\nbackoff_max_secs = 1\n"));
     }
-    // An [api] section in `extra` merges into the one above.
+    // An [api] or [ocpp] section in `extra` merges into the one above.
     let mut extra = extra.to_string();
-    if let Some(at) = extra.find("[api]\n") {
-        let body_start = at + "[api]\n".len();
-        let body_end = extra[body_start..]
-            .find("\n[")
-            .map_or(extra.len(), |i| body_start + i + 1);
-        let body = extra[body_start..body_end].to_string();
-        extra.replace_range(at..body_end, "");
-        s = s.replace(
-            "[api]\nlisten = \"127.0.0.1:0\"\n",
-            &format!("[api]\nlisten = \"127.0.0.1:0\"\n{body}"),
-        );
+    for table in ["[api]\n", "[ocpp]\n"] {
+        if let Some(at) = extra.find(table) {
+            let body_start = at + table.len();
+            let body_end = extra[body_start..]
+                .find("\n[")
+                .map_or(extra.len(), |i| body_start + i + 1);
+            let body = extra[body_start..body_end].to_string();
+            extra.replace_range(at..body_end, "");
+            s = s.replace(table, &format!("{table}{body}"));
+        }
     }
     s.push_str(&extra);
     s

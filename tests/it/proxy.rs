@@ -137,6 +137,39 @@ async fn a_cloud_that_never_answers_is_covered_by_the_call_timeout() {
     assert_eq!(ev["answered_by"], "gateway");
 }
 
+/// Keepalive when nothing else is going on (the session's housekeeping
+/// tick then sleeps until the next ping is due): an idle charger is pinged
+/// every interval, and one that never answers is closed after two
+/// intervals and the grace period, while the other carries on.
+#[tokio::test]
+async fn idle_chargers_are_pinged_and_one_that_never_answers_is_closed() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = Gateway::start(None, "[ocpp]\nping_interval_secs = 1\n").await;
+    let mut live = Charger::connect(&gw.url("CP-PING")).await;
+    // Never reads, so its pongs never go out.
+    let _mute = Charger::connect(&gw.url("CP-MUTE")).await;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(3500);
+    let mut pings = 0;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, live.ws.next()).await {
+        if matches!(msg, Message::Ping(_)) {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 3.5 s at a 1-s interval");
+    let ev = gw
+        .wait_event("CP-MUTE", "Disconnect", |e| e["link"] == "charger")
+        .await;
+    assert_eq!(ev["reason"], "no answer to pings", "{ev}");
+    assert_eq!(live.call("Heartbeat", json!({})).await[0], 3);
+    assert!(
+        !gw.events("CP-PING")
+            .iter()
+            .any(|r| r.event.kind() == "Disconnect"),
+        "the charger that answers pings stays connected"
+    );
+}
+
 #[tokio::test]
 async fn a_second_connection_replaces_the_first_cleanly() {
     let mut csms = Csms::start(default_answers()).await;

@@ -565,7 +565,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let cpu0: u64 = path.pids.iter().map(|&p| cpu_ticks(p)).sum();
                 let conns = std::mem::take(&mut path.conns);
                 let (conns, mut rtts, wall) = round(conns, m, 1 + r * m, args.rate).await?;
-                path.cpu_ticks += path.pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>() - cpu0;
+                path.cpu_ticks += path
+                    .pids
+                    .iter()
+                    .map(|&p| cpu_ticks(p))
+                    .sum::<u64>()
+                    .saturating_sub(cpu0);
                 path.rss_kb = path.rss_kb.max(path.pids.iter().map(|&p| rss_kb(p)).sum());
                 path.wall += wall;
                 rtts.sort_unstable();
@@ -581,7 +586,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect();
         tokio::time::sleep(IDLE_WINDOW).await;
         for (path, b) in paths.iter_mut().zip(before) {
-            path.idle_ticks = path.pids.iter().map(|&q| cpu_ticks(q)).sum::<u64>() - b;
+            path.idle_ticks = path
+                .pids
+                .iter()
+                .map(|&q| cpu_ticks(q))
+                .sum::<u64>()
+                .saturating_sub(b);
         }
         for path in &mut paths {
             for mut ws in std::mem::take(&mut path.conns) {

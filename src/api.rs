@@ -231,12 +231,19 @@ fn view(ctx: &Ctx) -> Status {
     }
 }
 
-/// `view` reads storage for every charger: it runs on a blocking thread,
-/// so a status request on a big site never holds up the relay.
-async fn view_off_runtime(ctx: Ctx) -> Result<Status, Response> {
-    tokio::task::spawn_blocking(move || view(&ctx))
+/// Run storage reads on a blocking thread, so that a big status or
+/// journal request never holds up the runtime that relays the chargers.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `view` reads storage for every charger.
+async fn view_off_runtime(ctx: Ctx) -> Result<Status, Response> {
+    off_runtime(move || view(&ctx)).await
 }
 
 async fn status(State(ctx): State<Ctx>) -> Response {
@@ -360,7 +367,7 @@ async fn events(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> R
     // Up to 100,000 records: read and rendered on a blocking thread, off
     // the runtime that relays the chargers.
     let journal = ctx.journal.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    let out = off_runtime(move || {
         journal.query(&q).map(|records| {
             // Each record with a one-line summary, as the CLI's log shows it.
             records
@@ -377,7 +384,7 @@ async fn events(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> R
     match out {
         Ok(Ok(out)) => Json(out).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(r) => r,
     }
 }
 

@@ -256,6 +256,11 @@ impl Path3 {
     fn p(&self, q: f64) -> Duration {
         pct(&self.samples, q)
     }
+
+    /// The relay's CPU time so far, in clock ticks (0 for direct).
+    fn cpu_now(&self) -> u64 {
+        self.pids.iter().map(|&p| cpu_ticks(p)).sum()
+    }
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -562,15 +567,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             for k in 0..paths.len() {
                 let i = (r + k) % paths.len();
                 let path = &mut paths[i];
-                let cpu0: u64 = path.pids.iter().map(|&p| cpu_ticks(p)).sum();
+                let cpu0 = path.cpu_now();
                 let conns = std::mem::take(&mut path.conns);
                 let (conns, mut rtts, wall) = round(conns, m, 1 + r * m, args.rate).await?;
-                path.cpu_ticks += path
-                    .pids
-                    .iter()
-                    .map(|&p| cpu_ticks(p))
-                    .sum::<u64>()
-                    .saturating_sub(cpu0);
+                path.cpu_ticks += path.cpu_now().saturating_sub(cpu0);
                 path.rss_kb = path.rss_kb.max(path.pids.iter().map(|&p| rss_kb(p)).sum());
                 path.wall += wall;
                 rtts.sort_unstable();
@@ -580,18 +580,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
         // What N connected, quiet chargers cost: timers and keepalive only.
-        let before: Vec<u64> = paths
-            .iter()
-            .map(|p| p.pids.iter().map(|&q| cpu_ticks(q)).sum())
-            .collect();
+        let before: Vec<u64> = paths.iter().map(Path3::cpu_now).collect();
         tokio::time::sleep(IDLE_WINDOW).await;
         for (path, b) in paths.iter_mut().zip(before) {
-            path.idle_ticks = path
-                .pids
-                .iter()
-                .map(|&q| cpu_ticks(q))
-                .sum::<u64>()
-                .saturating_sub(b);
+            path.idle_ticks = path.cpu_now().saturating_sub(b);
         }
         for path in &mut paths {
             for mut ws in std::mem::take(&mut path.conns) {

@@ -17,8 +17,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use crate::hub::Ctx;
 use crate::journal::Query;
-use crate::server::{constant_time_eq, Ctx};
+use crate::password::constant_time_eq;
 use crate::state::ChargerState;
 
 /// Query parameters of the journal endpoints.
@@ -59,7 +60,7 @@ pub struct Status {
     pub chargers: Vec<ChargerView>,
     /// Smart charging: load management, the meter, every limit now.
     #[serde(default)]
-    pub smart: crate::smart::engine::SmartStatus,
+    pub smart: crate::smart::status::SmartStatus,
 }
 
 #[derive(Serialize)]

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::event::Source;
+use crate::hub::Ctx;
 use crate::outbox::Stats;
-use crate::server::Ctx;
 
 use crate::state::ChargerState;
 

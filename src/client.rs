@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use crate::api::Status;
-use crate::journal::Record;
+use crate::event::Record;
 
 /// Where the daemon's API is and how to authenticate.
 #[derive(Debug, Clone)]
@@ -337,7 +337,7 @@ pub fn format_check(charger: &str, report: &serde_json::Value) -> String {
 /// One journal record as a log line.
 pub fn format_record(r: &Record) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(r.time_ms as i128 * 1_000_000)
-        .map(crate::session::format_ms)
+        .map(crate::clock::format_ms)
         .unwrap_or_else(|_| r.time_ms.to_string());
     format!(
         "{t}  {:<12} {:<18} {}",

@@ -26,6 +26,21 @@ impl Clock {
     }
 }
 
+/// Now as RFC 3339 UTC with milliseconds, as OCPP timestamps are written.
+pub fn now_rfc3339() -> String {
+    format_ms(time::OffsetDateTime::now_utc())
+}
+
+/// A UTC time as `2026-01-01T12:00:00.000Z`.
+pub fn format_ms(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&f)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

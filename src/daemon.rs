@@ -11,8 +11,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::event::Event;
+use crate::hub::{Ctx, Registry};
 use crate::journal::{self, Journal, JournalConfig};
-use crate::server::{self, Ctx, Registry};
+use crate::server;
 use crate::upstream::Connector;
 
 /// How long sessions get to close cleanly on shutdown.
@@ -95,7 +96,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let registry = Registry::default();
     let uploads = crate::diagnostics::Uploads::default();
     let clock = crate::clock::Clock::default();
-    let smart = crate::smart::engine::StatusHandle::default();
+    let smart = crate::smart::status::StatusHandle::default();
     let live = crate::config::Live::new(cfg.clone());
     let ctx = Ctx {
         conns: Default::default(),

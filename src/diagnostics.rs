@@ -197,7 +197,7 @@ async fn upload(
         .or_else(|| params.get("file").cloned())
         .and_then(|n| safe_name(&n))
         .unwrap_or_else(|| "diagnostics.bin".into());
-    let stamp = crate::session::now_rfc3339().replace([':', '.'], "");
+    let stamp = crate::clock::now_rfc3339().replace([':', '.'], "");
     let file = format!("{stamp}-{name}");
     let dir = dir_of(&s.data_dir, &charger);
     let write = async {

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::actions::ActionRequest;
 use crate::event::Source;
-use crate::server::Ctx;
-use crate::session::CallOutcome;
+use crate::hub::CallOutcome;
+use crate::hub::Ctx;
 
 /// The answer to a remote action.
 #[derive(Debug, Serialize, Deserialize)]

@@ -526,6 +526,18 @@ pub fn excerpt(text: &str, max: usize) -> String {
     }
 }
 
+/// One committed journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Commit time, milliseconds since the Unix epoch; never decreases.
+    pub time_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charger: Option<String>,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

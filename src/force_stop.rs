@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::event::{Event, Source};
-use crate::server::Ctx;
-use crate::session::Command;
+use crate::hub::Command;
+use crate::hub::Ctx;
 
 /// One escalation step and how the charger answered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ pub async fn run(
         .and_then(|c| c.meter.energy_wh)
         .map(|wh| wh as i64)
         .unwrap_or(tx.meter_start);
-    let timestamp = crate::session::now_rfc3339();
+    let timestamp = crate::clock::now_rfc3339();
     let payload = json!({"transactionId": tx_id, "meterStop": meter_stop, "timestamp": timestamp, "reason": "Other"});
     let ev = Event::StopTransaction {
         transaction_id: tx_id,
@@ -160,7 +160,7 @@ pub async fn run(
 
 /// Wait up to `wait` for the charger's StopTransaction of `tx`.
 async fn stopped(
-    stream: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::journal::Record>>,
+    stream: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::event::Record>>,
     charger: &str,
     tx: i64,
     wait: Duration,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::auth;
-use crate::event::{Event, Source};
+use crate::event::{Event, Record, Source};
 use crate::outbox;
 use crate::state::LiveState;
 
@@ -36,18 +36,6 @@ const RECORD_OVERHEAD: i64 = 48;
 const MAX_BATCH: usize = 4096;
 /// Most records trimmed per transaction, for the same reason.
 const MAX_TRIM: usize = 4096;
-
-/// One committed journal record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub seq: u64,
-    /// Commit time, milliseconds since the Unix epoch; never decreases.
-    pub time_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub charger: Option<String>,
-    #[serde(flatten)]
-    pub event: Event,
-}
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]

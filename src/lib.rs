@@ -5,6 +5,9 @@
 //!
 //! # Layout
 //!
+//! [`hub`] is what every part shares (the registry of live sessions, the
+//! commands a session takes).
+//!
 //! The path of a frame: [`server`] accepts a charger → [`session`] relays
 //! its frames, journaling them through [`journal`], to the cloud socket
 //! opened by [`upstream`] (or answers locally with [`ocpp::local`]).
@@ -46,6 +49,7 @@ pub mod diagnostics;
 pub mod dispatch;
 pub mod event;
 pub mod force_stop;
+pub mod hub;
 pub mod journal;
 pub mod limits;
 pub mod logging;

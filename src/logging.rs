@@ -20,7 +20,7 @@ impl Log for Stderr {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let now = crate::session::now_rfc3339();
+        let now = crate::clock::now_rfc3339();
         let _ = writeln!(
             std::io::stderr().lock(),
             "{now} {:<5} {}",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chargegate::api::Status;
 use chargegate::client::{self, ApiClient};
 use chargegate::config::{Config, ConfigError, EMBEDDED_NAME};
-use chargegate::journal::Record;
+use chargegate::event::Record;
 use clap::{Parser, Subcommand};
 
 /// Exit code for a bad config (EX_USAGE), so systemd does not restart.
@@ -261,7 +261,7 @@ fn main() -> ExitCode {
                 for d in dead.iter().filter(|_| !json) {
                     println!(
                         "{}  {} after {} attempt(s): {}\n    {}",
-                        chargegate::session::format_ms(
+                        chargegate::clock::format_ms(
                             time::OffsetDateTime::from_unix_timestamp_nanos(
                                 d.dead_ms as i128 * 1_000_000
                             )

@@ -75,8 +75,17 @@ pub fn verify(stored: &str, given: &[u8]) -> bool {
         )
         .is_ok(),
         None if stored.starts_with(HASH_PREFIX) => false,
-        None => crate::server::constant_time_eq(given, stored.as_bytes()),
+        None => constant_time_eq(given, stored.as_bytes()),
     }
+}
+
+/// Compare without an early exit.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
 }
 
 #[cfg(test)]
@@ -116,5 +125,13 @@ mod tests {
             !verify("pbkdf2-sha256$broken", b"pbkdf2-sha256$broken"),
             "a broken hash matches nothing"
         );
+    }
+
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"\xff"));
     }
 }

@@ -2,53 +2,23 @@
 //! `ws://LISTEN{prefix}/{chargePointId}`, decides at the handshake who may
 //! connect (path, subprotocol, OCPP Security Profile 1 Basic auth, known
 //! chargers) and hands each accepted connection to its own session task.
-//! Also the registry of live sessions, through which other parts of the
-//! gateway reach a charger.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use percent_encoding::percent_decode_str;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::{check_charger_id, Config};
 use crate::event::Event;
-use crate::journal::Journal;
+use crate::hub::{Accepted, Ctx};
 use crate::ocpp::Protocol;
-use crate::session::{self, Command};
+use crate::password::constant_time_eq;
+use crate::session;
 use crate::tls::{ChargerStream, Transport};
-use crate::upstream::Connector;
-
-/// What every session shares.
-#[derive(Clone)]
-pub struct Ctx {
-    /// The config this task started with (for a session: the config in
-    /// force when its charger connected).
-    pub cfg: Arc<Config>,
-    /// The config in force now (SIGHUP swaps its live parts).
-    pub live: crate::config::Live,
-    pub journal: Journal,
-    pub connector: Option<Arc<Connector>>,
-    pub registry: Registry,
-    pub shutdown: watch::Receiver<bool>,
-    /// Outstanding diagnostics upload URLs.
-    pub uploads: crate::diagnostics::Uploads,
-    /// Where the diagnostics upload listener is bound.
-    pub upload_addr: SocketAddr,
-    /// Wall-clock time for schedules (tests move it).
-    pub clock: crate::clock::Clock,
-    /// Open charger connections, for the per-address and total caps.
-    pub conns: crate::limits::Connections,
-    /// Smart charging's view: limits, load management, the meter.
-    pub smart: crate::smart::engine::StatusHandle,
-}
 
 /// Bytes read from a socket at a time. Most OCPP frames are well under
 /// this; a bigger one takes a few reads. Each connection keeps a buffer of
@@ -65,119 +35,6 @@ pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
         .max_write_buffer_size(max_message_size * 4)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
-}
-
-/// What `register` hands a new session: its connection number, command
-/// receiver, done signal, and the session it replaces (if any).
-type Registration = (
-    u64,
-    mpsc::Receiver<Box<Command>>,
-    watch::Sender<bool>,
-    Option<(mpsc::Sender<Box<Command>>, watch::Receiver<bool>)>,
-);
-
-/// A live session as seen from outside.
-struct Handle {
-    conn: u64,
-    /// The gateway's address as the charger reached it.
-    local: Option<SocketAddr>,
-    /// Boxed: the channel reserves its first block of slots up front, and
-    /// 32 unboxed commands would cost every session 6 KB.
-    cmd: mpsc::Sender<Box<Command>>,
-    done: watch::Receiver<bool>,
-}
-
-/// Live sessions by charge point id.
-#[derive(Clone, Default)]
-pub struct Registry {
-    inner: Arc<Mutex<HashMap<String, Handle>>>,
-    next_conn: Arc<AtomicU64>,
-}
-
-impl Registry {
-    /// Register a new connection for `id`; returns its connection number, its
-    /// command receiver, its done signal, and the session it replaces.
-    fn register(&self, id: &str, local: Option<SocketAddr>) -> Registration {
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-        let (cmd, rx) = mpsc::channel(64);
-        let (done_tx, done) = watch::channel(false);
-        let old = self.lock().insert(
-            id.to_string(),
-            Handle {
-                conn,
-                local,
-                cmd,
-                done,
-            },
-        );
-        (conn, rx, done_tx, old.map(|h| (h.cmd, h.done)))
-    }
-
-    /// Forget a session, unless a newer connection already took its place.
-    pub(crate) fn unregister(&self, id: &str, conn: u64) {
-        let mut map = self.lock();
-        if map.get(id).is_some_and(|h| h.conn == conn) {
-            map.remove(id);
-        }
-    }
-
-    /// The command channel of a connected charger.
-    pub fn get(&self, id: &str) -> Option<mpsc::Sender<Box<Command>>> {
-        self.lock().get(id).map(|h| h.cmd.clone())
-    }
-
-    /// Send a call of the gateway's own to a connected charger and wait for
-    /// how it ended (the session times it out after `call_timeout`; `wait`
-    /// is a backstop). `None`: the charger is not connected.
-    pub async fn call(
-        &self,
-        id: &str,
-        action: &str,
-        payload: serde_json::Value,
-        source: crate::event::Source,
-        wait: std::time::Duration,
-    ) -> Option<session::CallOutcome> {
-        let cmd = self.get(id)?;
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        cmd.send(Box::new(Command::Call {
-            action: action.into(),
-            payload,
-            source,
-            reply,
-        }))
-        .await
-        .ok()?;
-        Some(
-            tokio::time::timeout(wait, rx)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or(session::CallOutcome::Timeout),
-        )
-    }
-
-    /// The gateway's address as a connected charger reached it.
-    pub fn local_addr(&self, id: &str) -> Option<SocketAddr> {
-        self.lock().get(id).and_then(|h| h.local)
-    }
-
-    /// Ids of connected chargers.
-    pub fn connected(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A connection the handshake accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub id: String,
-    pub proto: Protocol,
-    /// The charger's own `Authorization` header, to pass through upstream.
-    pub authorization: Option<String>,
 }
 
 /// A connection the handshake refused, and why.
@@ -326,15 +183,6 @@ fn parse_basic(header: &str) -> Option<(String, Vec<u8>)> {
     let colon = raw.iter().position(|&b| b == b':')?;
     let user = String::from_utf8(raw[..colon].to_vec()).ok()?;
     Some((user, raw[colon + 1..].to_vec()))
-}
-
-/// Compare without an early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
 }
 
 /// Accept chargers until shutdown.
@@ -617,13 +465,5 @@ mod tests {
                 .proto,
             Protocol::Ocpp201
         );
-    }
-
-    #[test]
-    fn constant_time_eq_works() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"", b"\xff"));
     }
 }

@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::clock::now_rfc3339;
 use crate::ocpp::frame::{self, Frame};
-use crate::session::now_rfc3339;
 use crate::upstream::basic_auth;
 
 /// Simulator settings.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Record;
 use crate::event::{Event, Link};
-use crate::journal::Record;
 
 /// One link's state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

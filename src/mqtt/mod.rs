@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::actions::ActionRequest;
 use crate::config::MqttConfig;
 use crate::event::Source;
-use crate::server::Ctx;
+use crate::hub::Ctx;
 use ha::Layout;
 
 /// What the connection task tells the main loop.
@@ -316,7 +316,7 @@ impl Mqtt {
         }
     }
 
-    fn publish_event(&mut self, rec: &crate::journal::Record) {
+    fn publish_event(&mut self, rec: &crate::event::Record) {
         let Some(id) = rec.charger.as_deref() else {
             return;
         };

@@ -22,12 +22,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::clock::now_rfc3339;
 use crate::event::{self, Event, Link, Source};
+use crate::hub::{Accepted, CallOutcome, Command, Ctx};
 use crate::journal::Op;
 use crate::ocpp::frame::{self, Frame};
 use crate::ocpp::{local, Protocol};
 use crate::outbox::{self, Entry};
-use crate::server::{Accepted, Ctx};
 use crate::upstream::{basic_auth, Backoff, UpStream};
 
 mod link;
@@ -35,37 +36,6 @@ mod replay;
 mod resync;
 use replay::{InFlight, Queue};
 use resync::Resync;
-
-/// What other parts of the gateway can ask a session to do.
-pub enum Command {
-    /// A newer connection with the same id took over.
-    Replace,
-    /// Queue a message for the cloud as if the charger had sent it, and
-    /// journal `event` with it (a force-stopped transaction's
-    /// StopTransaction). Replies once it is stored.
-    Enqueue {
-        action: String,
-        payload: Value,
-        event: Event,
-        reply: oneshot::Sender<bool>,
-    },
-    /// Send a call of the gateway's own to the charger.
-    Call {
-        action: String,
-        payload: Value,
-        source: Source,
-        reply: oneshot::Sender<CallOutcome>,
-    },
-}
-
-/// How a gateway-originated call ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallOutcome {
-    Result(Value),
-    Error { code: String, description: String },
-    Timeout,
-    Disconnected,
-}
 
 type Connecting = tokio::task::JoinHandle<Result<UpStream, String>>;
 
@@ -934,31 +904,4 @@ impl Session {
         }
         Ok(())
     }
-}
-
-impl CallOutcome {
-    /// A word or two for reports: the answer's status, or what went wrong.
-    pub fn brief(&self) -> String {
-        match self {
-            CallOutcome::Result(v) => v["status"].as_str().unwrap_or("answered").to_string(),
-            CallOutcome::Error { code, .. } => format!("error {code}"),
-            CallOutcome::Timeout => "no answer".into(),
-            CallOutcome::Disconnected => "charger disconnected".into(),
-        }
-    }
-}
-
-/// Now as RFC 3339 UTC with milliseconds, as OCPP timestamps are written.
-pub fn now_rfc3339() -> String {
-    format_ms(time::OffsetDateTime::now_utc())
-}
-
-/// A UTC time as `2026-01-01T12:00:00.000Z`.
-pub fn format_ms(t: time::OffsetDateTime) -> String {
-    let f = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&f)
-        .unwrap_or_default()
 }

@@ -14,11 +14,9 @@
 //! never 0 A for ever, never unlimited.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -26,37 +24,13 @@ use tokio::time::Instant;
 use super::profile::{self, Slot};
 use super::schedule::{self, Allowed};
 use super::share::{self, Demand};
+use super::status::{ChargerLimit, StatusHandle};
 use crate::clock::Clock;
 use crate::config::{ChargerLimits, Config, PauseMethod};
 use crate::event::{Event, Source};
+use crate::hub::{CallOutcome, Ctx};
 use crate::meter::MeterStatus;
-use crate::server::Ctx;
-use crate::session::CallOutcome;
 use crate::state::ChargerState;
-
-/// Load management's state, as the API shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SmartStatus {
-    /// `off` (no `[load]` section), `sharing` or `fallback`.
-    pub load: String,
-    /// Amperes per phase the chargers may use together (sharing only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub available_a: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub meter: Option<MeterStatus>,
-    /// Each connected charger's limit now.
-    pub chargers: BTreeMap<String, ChargerLimit>,
-}
-
-/// One charger's limit now and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ChargerLimit {
-    pub limit_a: f64,
-    pub reason: String,
-}
-
-/// Shared view of the engine for the API.
-pub type StatusHandle = Arc<Mutex<SmartStatus>>;
 
 /// What the engine remembers about one connected charger.
 #[derive(Default)]

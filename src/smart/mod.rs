@@ -7,3 +7,4 @@ pub mod engine;
 pub mod profile;
 pub mod schedule;
 pub mod share;
+pub mod status;

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use chargegate::client::ApiClient;
-use chargegate::journal::Record;
+use chargegate::event::Record;
 
 use crate::harness::*;
 

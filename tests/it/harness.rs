@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use chargegate::config::Config;
 use chargegate::daemon::{self, Running};
-use chargegate::journal::{Query, Record};
+use chargegate::event::Record;
+use chargegate::journal::Query;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};

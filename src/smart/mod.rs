@@ -1,8 +1,10 @@
 //! Local smart charging: schedules that pause chargers (SuspendedEVSE) and
 //! site load management. The pure parts: [`schedule`] (limit at an
 //! instant), [`profile`] (limits → OCPP charging profiles and back),
-//! [`share`] (load sharing).
+//! [`share`] (load sharing), [`decide`] (the engine's decisions); the
+//! [`engine`] loop carries them out.
 
+pub mod decide;
 pub mod engine;
 pub mod profile;
 pub mod schedule;

@@ -1,0 +1,737 @@
+//! The smart-charging engine's decisions, with no I/O: given the config,
+//! the live state, the connected chargers, the meter's last reading and
+//! the time (wall clock for schedules, a monotonic instant for pacing),
+//! work out every connected charger's limit and say what to journal and
+//! which profiles or calls to send. `engine.rs` is the thin loop that
+//! gathers the inputs and carries the decisions out.
+//!
+//! Two profiles per charger (§3.13 of OCPP 1.6 keeps the highest stack
+//! level per purpose): the *standing* one, a weekly recurring profile with
+//! the schedule (capped at the safe current when load management is on),
+//! which holds even while the gateway is gone; and one level above it the
+//! *live* one, absolute and with a bounded duration, carrying load shares
+//! and pauses, refreshed while the gateway lives. If the gateway dies, the
+//! live profile runs out and the charger settles on the standing one:
+//! never 0 A for ever, never unlimited.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{json, Value};
+
+use super::profile::{self, Slot};
+use super::schedule::{self, Allowed};
+use super::share::{self, Demand};
+use super::status::{ChargerLimit, SmartStatus};
+use crate::config::{ChargerLimits, Config, PauseMethod};
+use crate::event::{Event, Link, Record, Source};
+use crate::meter::MeterStatus;
+use crate::state::{ChargerState, LiveState};
+
+/// How many meter readings the house-load median looks back over.
+const HISTORY: usize = 5;
+
+/// What one round of the engine sees.
+pub struct Inputs<'a> {
+    /// The config in force now (a SIGHUP may have changed it).
+    pub cfg: &'a Config,
+    pub state: &'a LiveState,
+    /// Ids of connected chargers.
+    pub connected: &'a [String],
+    /// The meter's status, when a meter is configured.
+    pub meter: Option<&'a MeterStatus>,
+    /// Wall-clock time: schedules, overrides' ends, meter reading ages.
+    pub now: Timestamp,
+}
+
+/// What the engine decided; the loop carries these out in order.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Journal an event (about a charger, or the site's when `None`).
+    Journal {
+        charger: Option<String>,
+        event: Event,
+    },
+    /// Send these profiles to a charger, then report back with
+    /// [`EngineState::on_sent`].
+    Send { charger: String, plan: Plan },
+    /// A call of the engine's own (pause method "stop"); nobody waits.
+    Call {
+        charger: String,
+        action: &'static str,
+        payload: Value,
+    },
+    /// What the API shows now.
+    Status(SmartStatus),
+}
+
+/// The profiles to send to one charger now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// SetChargingProfile payloads, or a ClearChargingProfile's (`{"id"}`).
+    pub calls: Vec<Value>,
+    /// The standing profile sent, to compare with the next round's.
+    pub standing_key: Option<String>,
+    pub live: Option<LiveChange>,
+}
+
+/// What a send did to the live profile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LiveChange {
+    Set(f64),
+    Cleared,
+}
+
+/// How a send ended, for [`EngineState::on_sent`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub charger: String,
+    pub standing: Option<String>,
+    pub live: Option<LiveChange>,
+    pub ok: bool,
+}
+
+/// What the engine remembers about one connected charger.
+#[derive(Debug, Default)]
+struct Charger {
+    /// Profiles must be (re)sent from this instant on (after a connect or
+    /// a boot, the charger may have lost or never had them).
+    dirty_at: Option<Instant>,
+    standing_sent: Option<String>,
+    live_sent: Option<LiveSent>,
+    in_flight: bool,
+    retry_at: Option<Instant>,
+    /// Load sharing turns.
+    running_since: Option<i64>,
+    waiting_since: Option<i64>,
+    journaled: Option<ChargerLimit>,
+    /// Pause method "stop": the session the gateway stopped, to restart.
+    stopped: Option<(u32, String)>,
+}
+
+#[derive(Debug)]
+struct LiveSent {
+    amps: f64,
+    at: Instant,
+}
+
+/// Everything the engine carries from one round to the next.
+#[derive(Debug)]
+pub struct EngineState {
+    chargers: HashMap<String, Charger>,
+    /// Whether the meter was fresh last round (`None`: not decided yet).
+    meter_ok: Option<bool>,
+    /// Some charger has (or had) a pause or cap by staff.
+    overrides: bool,
+    /// The rest of the site per phase, one entry per meter reading.
+    rest_history: VecDeque<[f64; 3]>,
+    last_reading: Option<Timestamp>,
+    started: Instant,
+}
+
+impl EngineState {
+    /// A fresh engine started at `started`; `overrides` when the live state
+    /// already holds a pause or cap.
+    pub fn new(started: Instant, overrides: bool) -> EngineState {
+        EngineState {
+            chargers: HashMap::new(),
+            meter_ok: None,
+            overrides,
+            rest_history: VecDeque::new(),
+            last_reading: None,
+            started,
+        }
+    }
+
+    /// A journal record arrived. Returns whether it is worth a round now.
+    pub fn on_record(&mut self, rec: &Record, now: Instant) -> bool {
+        let Some(id) = rec.charger.as_deref() else {
+            return false;
+        };
+        match &rec.event {
+            Event::Connect {
+                link: Link::Charger,
+                ..
+            }
+            | Event::BootNotification { .. } => {
+                let c = self.chargers.entry(id.to_string()).or_default();
+                // Give the charger a moment: its boot goes first.
+                c.dirty_at = Some(now + Duration::from_millis(500));
+                c.retry_at = None;
+                false
+            }
+            Event::RemoteAction {
+                action,
+                source: Source::Cloud,
+                ..
+            } if action == "ClearChargingProfile" => {
+                // The cloud may have cleared ours with its own.
+                if let Some(c) = self.chargers.get_mut(id) {
+                    c.dirty_at = Some(now);
+                }
+                true
+            }
+            Event::Override { .. } => {
+                self.overrides = true;
+                true
+            }
+            Event::StartTransaction { .. } | Event::StopTransaction { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A send finished.
+    pub fn on_sent(&mut self, done: Sent, now: Instant) {
+        let Some(c) = self.chargers.get_mut(&done.charger) else {
+            return;
+        };
+        c.in_flight = false;
+        if !done.ok {
+            // Rejected or unanswered: try again later, not in a loop.
+            c.retry_at = Some(now + Duration::from_secs(60));
+            return;
+        }
+        if done.standing.is_some() {
+            c.standing_sent = done.standing;
+        }
+        match done.live {
+            Some(LiveChange::Set(amps)) => c.live_sent = Some(LiveSent { amps, at: now }),
+            Some(LiveChange::Cleared) => c.live_sent = None,
+            None => {}
+        }
+    }
+
+    /// Nothing to manage: no schedule, no load management, no meter, no
+    /// pause, and no limit of ours left on any charger. A gateway like that
+    /// should not pay a state copy a second for the engine.
+    pub fn idle(&self, cfg: &Config, has_meter: bool) -> bool {
+        cfg.smart.schedules.is_empty()
+            && cfg.smart.load.is_none()
+            && !has_meter
+            && !self.overrides
+            && self
+                .chargers
+                .values()
+                .all(|c| c.journaled.is_none() && c.live_sent.is_none())
+    }
+}
+
+/// One round: every connected charger's limit, and what to do about it.
+pub fn decide(i: &Inputs, st: &mut EngineState, mono: Instant) -> Vec<Decision> {
+    let mut out = Vec::new();
+    st.chargers.retain(|id, _| i.connected.contains(id));
+    for id in i.connected {
+        st.chargers.entry(id.clone()).or_insert_with(|| Charger {
+            dirty_at: Some(mono),
+            ..Default::default()
+        });
+    }
+    let reading = i.meter.and_then(|m| m.last.as_ref());
+    let fresh = meter_fresh(i, st, reading, mono, &mut out);
+    let mut base = base_limits(i);
+    let mut available = None;
+    if let Some(l) = &i.cfg.smart.load {
+        match reading.filter(|_| fresh) {
+            Some(r) => {
+                let avail = st.available(i, l, r);
+                available = Some(avail);
+                share_load(i, st, avail, &mut base);
+            }
+            None => {
+                st.rest_history.clear();
+                st.last_reading = None;
+                let why = if st.meter_ok.is_none() {
+                    "meter: no reading yet, safe current"
+                } else {
+                    "meter lost: safe current"
+                };
+                for b in base.values_mut() {
+                    if l.safe_current < b.0 {
+                        *b = (l.safe_current, why.into());
+                    }
+                }
+            }
+        }
+    }
+    let shown = apply(i, st, &base, mono, &mut out);
+    let load = match (&i.cfg.smart.load, fresh) {
+        (None, _) => "off",
+        (Some(_), true) => "sharing",
+        (Some(_), false) => "fallback",
+    };
+    out.push(Decision::Status(SmartStatus {
+        load: load.into(),
+        available_a: available,
+        meter: i.meter.cloned(),
+        chargers: shown,
+    }));
+    out
+}
+
+/// Whether the meter's last reading is recent enough to share load by;
+/// journals the meter's loss and return.
+fn meter_fresh(
+    i: &Inputs,
+    st: &mut EngineState,
+    reading: Option<&crate::meter::Reading>,
+    mono: Instant,
+    out: &mut Vec<Decision>,
+) -> bool {
+    let Some(l) = &i.cfg.smart.load else {
+        return false;
+    };
+    let fresh = reading.is_some_and(|r| {
+        let age = i.now.duration_since(r.at);
+        age < SignedDuration::try_from(l.meter_timeout).unwrap_or(SignedDuration::MAX)
+    });
+    let waited = mono.saturating_duration_since(st.started) >= l.meter_timeout;
+    if st.meter_ok != Some(fresh) && (fresh || waited) {
+        let event = match reading.filter(|_| fresh) {
+            Some(r) => Event::MeterRestored {
+                detail: format!(
+                    "L1 {:.1} A, L2 {:.1} A, L3 {:.1} A",
+                    r.current[0], r.current[1], r.current[2]
+                ),
+            },
+            None => Event::MeterLost {
+                error: i
+                    .meter
+                    .and_then(|m| m.error.clone())
+                    .unwrap_or_else(|| format!("no reading for {}s", l.meter_timeout.as_secs())),
+                fallback_a: l.safe_current,
+            },
+        };
+        // The first "restored" after start is not news; a loss is.
+        if st.meter_ok.is_some() || !fresh {
+            out.push(Decision::Journal {
+                charger: None,
+                event,
+            });
+        }
+        st.meter_ok = Some(fresh);
+    }
+    fresh
+}
+
+/// Each connected charger's limit from its schedule and any override,
+/// before load management: (amperes, reason).
+fn base_limits(i: &Inputs) -> BTreeMap<String, (f64, String)> {
+    let cfg = i.cfg;
+    let mut base = BTreeMap::new();
+    for id in i.connected {
+        let lim = cfg.limits(id);
+        let (mut amps, mut reason) = match cfg.smart.schedule_for(id) {
+            Some(s) => match s.allowed_at(i.now, &cfg.smart.tz) {
+                Allowed::Closed => (0.0, format!("schedule \"{}\": outside its windows", s.name)),
+                Allowed::Open(Some(cap)) if cap < lim.max_current => {
+                    (cap, format!("schedule \"{}\": window cap", s.name))
+                }
+                Allowed::Open(_) => (
+                    lim.max_current,
+                    format!("schedule \"{}\": window open", s.name),
+                ),
+            },
+            None => (lim.max_current, "charger maximum".into()),
+        };
+        if let Some(o) = active_override(i.state.chargers.get(id), i.now) {
+            if o.0 < amps {
+                amps = o.0;
+                reason = o.1;
+            }
+        }
+        base.insert(id.clone(), (amps, reason));
+    }
+    base
+}
+
+impl EngineState {
+    /// Amperes per phase the chargers may use together, from a fresh
+    /// reading: the fuse less the margin and the rest of the site.
+    fn available(
+        &mut self,
+        i: &Inputs,
+        l: &crate::config::LoadConfig,
+        r: &crate::meter::Reading,
+    ) -> f64 {
+        // What the chargers draw themselves, per phase.
+        let mut draw = [0.0f64; 3];
+        for id in i.connected {
+            let lim = i.cfg.limits(id);
+            let d = charger_draw(i.state.chargers.get(id), &lim, i.now);
+            for p in draw.iter_mut().take(lim.electrical.phases as usize) {
+                *p += d;
+            }
+        }
+        // The rest of the site, per phase, as the median of the last few
+        // readings: the meter's registers and the chargers' own meter
+        // values are read at different moments, and one skewed reading
+        // must not pause every session. The margin covers the few seconds
+        // a real step takes to pass the filter.
+        let rest: [f64; 3] = std::array::from_fn(|p| (r.current[p] - draw[p]).max(0.0));
+        if self.last_reading != Some(r.at) {
+            self.last_reading = Some(r.at);
+            self.rest_history.push_back(rest);
+        }
+        while self.rest_history.len() > HISTORY {
+            self.rest_history.pop_front();
+        }
+        let rest: [f64; 3] = std::array::from_fn(|p| {
+            median(self.rest_history.iter().map(|h| h[p])).unwrap_or(rest[p])
+        });
+        share::available(l.fuse, l.margin, rest, [0.0; 3])
+    }
+}
+
+/// The median of some readings; `None` for none.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// Share what is available among the sessions, lowering `base` where a
+/// share is below it; idle chargers get their minimum while it fits.
+fn share_load(
+    i: &Inputs,
+    st: &mut EngineState,
+    avail: f64,
+    base: &mut BTreeMap<String, (f64, String)>,
+) {
+    let cfg = i.cfg;
+    let now_s = i.now.as_second();
+    let sessions: Vec<&String> = i
+        .connected
+        .iter()
+        .filter(|id| {
+            i.state
+                .chargers
+                .get(*id)
+                .is_some_and(|c| !c.transactions.is_empty())
+        })
+        .collect();
+    let demands: Vec<Demand> = sessions
+        .iter()
+        .map(|id| {
+            let c = st.chargers.get(*id);
+            Demand {
+                min: cfg.limits(id).min_current.max(6.0),
+                max: base.get(*id).map_or(0.0, |b| b.0),
+                waiting_since: c.and_then(|c| c.waiting_since),
+                running_since: c.and_then(|c| c.running_since),
+            }
+        })
+        .collect();
+    let got = share::share(
+        avail,
+        &demands,
+        now_s,
+        cfg.smart.smart.turn.as_secs() as i64,
+    );
+    let mut left = avail - got.iter().sum::<f64>();
+    for (id, amps) in sessions.iter().zip(&got) {
+        let c = st.chargers.entry((*id).clone()).or_default();
+        if *amps > 0.0 {
+            c.waiting_since = None;
+            c.running_since = c.running_since.or(Some(now_s));
+        } else {
+            c.running_since = None;
+            c.waiting_since = c.waiting_since.or(Some(now_s));
+        }
+        if let Some(b) = base.get_mut(*id) {
+            if *amps < b.0 {
+                b.1 = if *amps == 0.0 {
+                    "load: waiting for its turn (not enough for everyone)".into()
+                } else {
+                    "load share".into()
+                };
+                b.0 = *amps;
+            }
+        }
+    }
+    // Idle chargers get their minimum while it fits, so that a car
+    // plugging in can start; the next round shares properly.
+    for id in i.connected {
+        if sessions.contains(&id) {
+            continue;
+        }
+        let min = cfg.limits(id).min_current.max(6.0);
+        let Some(b) = base.get_mut(id) else { continue };
+        let give = if left >= min { min.min(b.0) } else { 0.0 };
+        left -= give;
+        if give < b.0 {
+            let why = if give > 0.0 {
+                "load: idle, holding the minimum"
+            } else {
+                "load: idle, nothing left"
+            };
+            *b = (give, why.into());
+        }
+    }
+}
+
+/// Journal what changed and plan what must be sent; returns what the API
+/// shows per charger.
+fn apply(
+    i: &Inputs,
+    st: &mut EngineState,
+    base: &BTreeMap<String, (f64, String)>,
+    mono: Instant,
+    out: &mut Vec<Decision>,
+) -> BTreeMap<String, ChargerLimit> {
+    let cfg = i.cfg;
+    let mut shown = BTreeMap::new();
+    for id in i.connected {
+        let lim = cfg.limits(id);
+        let cs = i.state.chargers.get(id);
+        let overridden = active_override(cs, i.now).is_some();
+        let (Some(c), Some((decided, reason))) = (st.chargers.get_mut(id), base.get(id)) else {
+            continue;
+        };
+        let has_live = cfg.smart.load.is_some() || overridden;
+        let managed = has_live || cfg.smart.schedule_for(id).is_some();
+        if !managed && c.journaled.is_none() && c.live_sent.is_none() {
+            continue;
+        }
+        let decided = *decided;
+        let mut reason = reason.clone();
+        let amps = pause_floor(decided, &lim);
+        if amps != decided {
+            reason = format!("{reason} (sent as {amps} A: this charger's pause method)");
+        }
+        let entry = ChargerLimit {
+            limit_a: decided,
+            reason: reason.clone(),
+        };
+        shown.insert(id.clone(), entry.clone());
+        let changed = match &c.journaled {
+            None => true,
+            // Load shares move with every reading: the journal gets the
+            // changes worth a new profile, not the noise.
+            Some(j) => {
+                j.reason != entry.reason
+                    || (j.limit_a - entry.limit_a).abs() >= cfg.smart.smart.hysteresis
+                    || (entry.limit_a == 0.0) != (j.limit_a == 0.0)
+            }
+        };
+        if changed {
+            out.push(Decision::Journal {
+                charger: Some(id.clone()),
+                event: Event::LimitChanged {
+                    limit_a: decided,
+                    reason,
+                },
+            });
+            c.journaled = Some(entry);
+        }
+        if let Some(plan) = plan(cfg, id, c, &lim, amps, has_live, i.now, mono) {
+            c.in_flight = true;
+            c.dirty_at = None;
+            out.push(Decision::Send {
+                charger: id.clone(),
+                plan,
+            });
+        }
+        if lim.pause == PauseMethod::StopStart {
+            if let Some((action, payload)) = stop_start(c, cs, decided < lim.min_current) {
+                out.push(Decision::Call {
+                    charger: id.clone(),
+                    action,
+                    payload,
+                });
+            }
+        }
+    }
+    shown
+}
+
+/// A pause or cap in force at `now`: (amperes, reason).
+fn active_override(c: Option<&ChargerState>, now: Timestamp) -> Option<(f64, String)> {
+    let o = c?.override_.as_ref()?;
+    if let Some(until) = &o.until {
+        if until.parse::<Timestamp>().is_ok_and(|u| now >= u) {
+            return None;
+        }
+    }
+    let what = if o.limit_a == 0.0 {
+        "paused".to_string()
+    } else {
+        format!("capped at {} A", o.limit_a)
+    };
+    let until = o
+        .until
+        .as_ref()
+        .map(|u| format!(" until {u}"))
+        .unwrap_or_default();
+    Some((o.limit_a, format!("{what} by {}{until}", o.by)))
+}
+
+/// Amperes below the charger's minimum: 0 (pause) or the minimum itself
+/// for chargers that mishandle 0 A.
+fn pause_floor(amps: f64, lim: &ChargerLimits) -> f64 {
+    if amps >= lim.min_current || amps <= 0.0 && lim.pause == PauseMethod::Zero {
+        return amps;
+    }
+    match lim.pause {
+        PauseMethod::Zero => 0.0,
+        PauseMethod::Minimum | PauseMethod::StopStart => lim.min_current,
+    }
+}
+
+/// What a charger draws now (amperes per phase), from its own recent meter
+/// values. A charger that does not report its current counts as drawing
+/// nothing, so its draw is taken for house load: shares come out lower,
+/// never higher (configure chargers to sample Current.Import).
+fn charger_draw(c: Option<&ChargerState>, lim: &ChargerLimits, now: Timestamp) -> f64 {
+    let Some(c) = c else { return 0.0 };
+    if c.transactions.is_empty() {
+        return 0.0;
+    }
+    let recent = c
+        .meter
+        .time_ms
+        .is_some_and(|t| now.as_millisecond() - t < 120_000);
+    if recent {
+        if let Some(a) = c.meter.current_a {
+            return a;
+        }
+        if let Some(w) = c.meter.power_w {
+            return w / (lim.electrical.voltage * lim.electrical.phases as f64);
+        }
+    }
+    0.0
+}
+
+/// The profiles to send to one charger now, if any.
+#[allow(clippy::too_many_arguments)]
+fn plan(
+    cfg: &Config,
+    id: &str,
+    c: &Charger,
+    lim: &ChargerLimits,
+    amps: f64,
+    has_live: bool,
+    now: Timestamp,
+    t: Instant,
+) -> Option<Plan> {
+    if c.in_flight || c.retry_at.is_some_and(|r| t < r) || c.dirty_at.is_some_and(|d| t < d) {
+        return None;
+    }
+    let dirty = c.dirty_at.is_some();
+    let s = &cfg.smart;
+    let schedule = s.schedule_for(id);
+    let mut calls = Vec::new();
+    let mut standing_key = None;
+    if schedule.is_some() || s.load.is_some() {
+        let call = standing(cfg, id, lim, now);
+        let key = call.to_string();
+        if dirty || c.standing_sent.as_deref() != Some(key.as_str()) {
+            calls.push(call);
+            standing_key = Some(key);
+        }
+    }
+    let smart = &s.smart;
+    let mut live = None;
+    if has_live {
+        let due = match &c.live_sent {
+            None => true,
+            Some(l) => {
+                let since = t.saturating_duration_since(l.at);
+                let refresh = since >= smart.lease / 2;
+                let down = amps < l.amps && (l.amps - amps >= smart.hysteresis || amps == 0.0);
+                let up = amps > l.amps
+                    && (amps - l.amps >= smart.hysteresis || l.amps == 0.0)
+                    && since >= smart.min_interval;
+                refresh || down || up
+            }
+        };
+        if dirty || due {
+            calls.push(live_profile(cfg, id, lim, amps, now));
+            live = Some(LiveChange::Set(amps));
+        }
+    } else if c.live_sent.is_some() {
+        // No live limit any more (a pause ended): remove the live profile.
+        calls.push(json!({ "id": smart.profile_id + 1 }));
+        live = Some(LiveChange::Cleared);
+    }
+    (!calls.is_empty()).then_some(Plan {
+        calls,
+        standing_key,
+        live,
+    })
+}
+
+/// The standing profile: this week's schedule (or the safe current),
+/// recurring weekly.
+fn standing(cfg: &Config, id: &str, lim: &ChargerLimits, now: Timestamp) -> Value {
+    let s = &cfg.smart;
+    let cap = s
+        .load
+        .as_ref()
+        .map_or(lim.max_current, |l| l.safe_current.min(lim.max_current));
+    let week = schedule::week_start(now, &s.tz);
+    let steps: Vec<(Timestamp, f64)> = match s.schedule_for(id) {
+        Some(sch) => sch
+            .steps(week, week + schedule::WEEK, &s.tz)
+            .into_iter()
+            .map(|(t, a)| (t, pause_floor(a.amps(lim.max_current).min(cap), lim)))
+            .collect(),
+        None => vec![(week, pause_floor(cap, lim))],
+    };
+    let slot = Slot {
+        id: s.smart.profile_id,
+        stack_level: s.smart.stack_level,
+        purpose: s.smart.purpose.clone(),
+    };
+    profile::weekly(&slot, &lim.electrical, week, &steps)
+}
+
+/// The live profile: `amps` for a lease, the schedule's own steps within
+/// it capped by `amps`.
+fn live_profile(cfg: &Config, id: &str, lim: &ChargerLimits, amps: f64, now: Timestamp) -> Value {
+    let s = &cfg.smart;
+    let lease = SignedDuration::try_from(s.smart.lease).unwrap_or(SignedDuration::from_secs(300));
+    let start = now - SignedDuration::from_secs(1);
+    let steps: Vec<(Timestamp, f64)> = match s.schedule_for(id) {
+        Some(sch) => sch
+            .steps(start, start + lease, &s.tz)
+            .into_iter()
+            .map(|(t, a)| (t, pause_floor(a.amps(lim.max_current).min(amps), lim)))
+            .collect(),
+        None => vec![(start, amps)],
+    };
+    let slot = Slot {
+        id: s.smart.profile_id + 1,
+        stack_level: s.smart.stack_level + 1,
+        purpose: s.smart.purpose.clone(),
+    };
+    profile::absolute(&slot, &lim.electrical, start, lease, &steps)
+}
+
+/// Pause method "stop": stop the session instead of a 0 A limit, and start
+/// it again (same id tag, same connector) when charging may resume.
+fn stop_start(
+    c: &mut Charger,
+    st: Option<&ChargerState>,
+    paused: bool,
+) -> Option<(&'static str, Value)> {
+    if paused {
+        let tx = st?.transactions.values().next()?;
+        let tx_id = tx.transaction_id?;
+        if c.stopped.is_some() {
+            return None;
+        }
+        c.stopped = Some((tx.connector, tx.id_tag.clone()));
+        Some(("RemoteStopTransaction", json!({ "transactionId": tx_id })))
+    } else {
+        let (connector, tag) = c.stopped.take()?;
+        Some((
+            "RemoteStartTransaction",
+            json!({ "connectorId": connector, "idTag": tag }),
+        ))
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,44 +1,49 @@
-//! The session's cloud link and housekeeping: opening the upstream
-//! connection, losing it (answering what the charger still waits for),
-//! retries with backoff, call timeouts, pings, and the clean end of a
+//! The session's cloud link and housekeeping, as decisions: opening the
+//! upstream connection, losing it (answering what the charger still waits
+//! for), retries with backoff, call timeouts, pings, and the end of a
 //! session.
 
-use super::*;
+use std::time::Duration;
 
-impl Session {
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::replay::Queue;
+use super::state::{
+    Action, CloudLink, End, PendingUp, Queued, SessionState, IDLE_TICK, PING_GRACE, TICK,
+};
+use crate::event::{self, Event, Link};
+use crate::hub::CallOutcome;
+use crate::ocpp::Protocol;
+
+impl<S> SessionState<S> {
     // ---- upstream link ----
 
     pub(super) fn start_connect(&mut self, first: bool) {
-        let Some(connector) = self.ctx.connector.clone() else {
+        if self.cloud_url.is_none() {
             return;
-        };
-        let (id, proto, auth) = (self.id.clone(), self.proto, self.authorization.clone());
-        self.connecting = Some(tokio::spawn(async move {
-            connector.connect(&id, proto, auth.as_deref()).await
-        }));
-        self.link = UpLink::Connecting { first };
+        }
+        self.out.push(Action::OpenCloud);
+        self.link = CloudLink::Connecting { first };
     }
 
-    pub(super) async fn on_connected(&mut self, res: Result<UpStream, String>) -> Result<(), End> {
-        let first = matches!(self.link, UpLink::Connecting { first: true });
+    pub(super) fn on_connected(&mut self, res: Result<S, String>) -> Result<(), End> {
+        let first = matches!(self.link, CloudLink::Connecting { first: true });
         match res {
             Ok(ws) => {
-                self.upstream = Some(ws);
-                self.link = UpLink::Up;
+                self.link = CloudLink::Up(ws);
                 self.last_connect_error = None;
                 if let Some(b) = self.backoff.as_mut() {
                     b.reset();
                 }
-                let url = self.ctx.connector.as_ref().map(|c| c.url_for(&self.id));
                 log::info!(charger_id = self.id.as_str(); "{}: cloud link up", self.id);
                 self.journal(Event::Connect {
                     link: Link::Cloud,
-                    remote: url,
+                    remote: self.cloud_url.clone(),
                     protocol: Some(self.proto.as_str().into()),
-                })
-                .await;
+                });
                 self.outbox_retry_at = None;
-                self.pump_outbox().await
+                self.pump_outbox();
+                Ok(())
             }
             Err(e) => {
                 if self.last_connect_error.as_ref() != Some(&e) {
@@ -52,8 +57,7 @@ impl Session {
                         link: Link::Cloud,
                         reason: format!("connect failed: {e}"),
                         code: None,
-                    })
-                    .await;
+                    });
                     self.last_connect_error = Some(e);
                 }
                 self.schedule_retry();
@@ -73,36 +77,31 @@ impl Session {
     /// closed, so it queues by itself.
     pub(super) fn disconnect_mode(&self) -> bool {
         self.proto == Protocol::Ocpp201
-            || self.ctx.cfg.offline_mode == crate::config::OfflineMode::Disconnect
+            || self.cfg.offline_mode == crate::config::OfflineMode::Disconnect
     }
 
-    pub(super) fn schedule_retry(&mut self) {
+    fn schedule_retry(&mut self) {
         let delay = self
             .backoff
             .as_mut()
             .map_or(Duration::from_secs(5), |b| b.next_delay());
-        self.link = UpLink::Down {
-            retry_at: Instant::now() + delay,
+        self.link = CloudLink::Down {
+            retry_at: self.now.mono + delay,
         };
     }
 
     /// The cloud link went down: answer whatever the charger still waits
-    /// for, and retry later.
-    pub(super) async fn link_down(&mut self, reason: String, code: Option<u16>) -> Result<(), End> {
-        // Called from many places on the relay path, so boxed: inline, its
-        // future would be part of every session's size.
-        Box::pin(self.link_down_now(reason, code)).await
-    }
-
-    async fn link_down_now(&mut self, reason: String, code: Option<u16>) -> Result<(), End> {
-        self.upstream = None;
+    /// for, and retry later. A link that is not up has nothing to lose.
+    pub(super) fn link_down(&mut self, reason: String, code: Option<u16>) -> Result<(), End> {
+        if !self.cloud_up() {
+            return Ok(());
+        }
         log::warn!(charger_id = self.id.as_str(); "{}: cloud link down: {reason}", self.id);
         self.journal(Event::Disconnect {
             link: Link::Cloud,
             reason: reason.clone(),
             code,
-        })
-        .await;
+        });
         self.last_connect_error = None;
         self.schedule_retry();
         if self.disconnect_mode() {
@@ -111,73 +110,113 @@ impl Session {
                 Some((CloseCode::Again, "cloud unreachable")),
             ));
         }
-        self.abandon_in_flight().await?;
+        self.abandon_in_flight();
         self.resync.in_flight = None; // sent again when the link returns
-        self.answer_pending_locally(|_| true).await
+        self.answer_pending_locally(|_| true);
+        Ok(())
     }
 
-    pub(super) async fn answer_pending_locally(
-        &mut self,
-        which: impl Fn(&PendingUp) -> bool,
-    ) -> Result<(), End> {
-        let mut due: Vec<(String, PendingUp)> = Vec::new();
+    /// Answer the charger's relayed calls that `which` picks, oldest first.
+    fn answer_pending_locally(&mut self, which: impl Fn(&PendingUp) -> bool) {
         let ids: Vec<String> = self
             .pending_up
             .iter()
             .filter(|(_, p)| which(p))
             .map(|(k, _)| k.clone())
             .collect();
-        for id in ids {
-            if let Some(p) = self.pending_up.remove(&id) {
-                due.push((id, p));
-            }
-        }
+        let mut due: Vec<(String, PendingUp)> = ids
+            .into_iter()
+            .filter_map(|id| self.pending_up.remove(&id).map(|p| (id, p)))
+            .collect();
         due.sort_by_key(|(_, p)| p.sent);
         for (id, p) in due {
-            self.answer_locally(&id, &p.action, &p.payload, Queue::No)
-                .await?;
-        }
-        Ok(())
-    }
-
-    pub(super) async fn send_upstream(&mut self, text: &str) -> bool {
-        self.relay_upstream(text.into()).await
-    }
-
-    /// Send a text frame to the cloud; a relayed frame goes as the shared
-    /// buffer it was received in.
-    pub(super) async fn relay_upstream(&mut self, text: Utf8Bytes) -> bool {
-        match self.upstream.as_mut() {
-            Some(up) => up.send(Message::Text(text)).await.is_ok(),
-            None => false,
+            self.answer_locally(&id, &p.action, &p.payload, Queue::No);
         }
     }
 
     // ---- housekeeping ----
 
-    pub(super) async fn on_tick(&mut self) -> Result<(), End> {
-        let now = Instant::now();
-        let timeout = self.ctx.cfg.call_timeout;
-        self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout)
-            .await?;
+    /// When the session next needs [`Input::Timer`](super::state::Input):
+    /// the housekeeping tick, or the retry of the cloud link.
+    pub fn deadline(&mut self) -> std::time::Instant {
+        let want = self.next_tick(self.last_tick);
+        if want < self.tick_at {
+            self.tick_at = want;
+        }
+        match self.link {
+            CloudLink::Down { retry_at } => retry_at.min(self.tick_at),
+            _ => self.tick_at,
+        }
+    }
+
+    /// When the housekeeping tick is next due. Every second while a call,
+    /// an outbox entry or a resync waits on a timeout; otherwise only for
+    /// the next ping or the check that pings are answered. An idle charger
+    /// then costs one wake-up per ping instead of one a second: with 1,000
+    /// idle chargers that was 1,000 wake-ups/s and a few percent of a core
+    /// for nothing.
+    fn next_tick(&self, last_tick: std::time::Instant) -> std::time::Instant {
+        let busy = !self.pending_up.is_empty()
+            || !self.pending_down.is_empty()
+            || !self.queue_down.is_empty()
+            || self.in_flight.is_some()
+            || self.resync.in_flight.is_some()
+            || !self.resync.is_idle()
+            || !self.outbox.is_empty();
+        let soonest = last_tick + TICK;
+        if busy {
+            return soonest;
+        }
+        let ping = self.cfg.ping_interval;
+        if ping.is_zero() {
+            return last_tick + IDLE_TICK;
+        }
+        let ping_due = self.last_ping + ping;
+        let silent_too_long = self.last_rx + ping * 2 + PING_GRACE;
+        // Never sooner than a second after the last tick: the tick's
+        // checks are whole-second ones, and a deadline it does not act on
+        // must not make the timer fire again at once.
+        ping_due.min(silent_too_long).max(soonest)
+    }
+
+    pub(super) fn on_timer(&mut self) -> Result<(), End> {
+        let now = self.now.mono;
+        if let CloudLink::Down { retry_at } = self.link {
+            if now >= retry_at {
+                self.start_connect(false);
+            }
+        }
+        if now < self.tick_at {
+            return Ok(());
+        }
+        let step = self.on_tick();
+        self.last_tick = now;
+        self.tick_at = self.next_tick(now);
+        step
+    }
+
+    fn on_tick(&mut self) -> Result<(), End> {
+        let now = self.now.mono;
+        let timeout = self.cfg.call_timeout;
+        self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout);
         if self
             .in_flight
             .as_ref()
             .is_some_and(|f| now.duration_since(f.sent) >= timeout)
         {
             // The cloud is silent: try again after the retry interval.
-            self.abandon_in_flight().await?;
-            self.outbox_retry_at = Some(now + self.ctx.cfg.tx_retry_interval);
+            self.abandon_in_flight();
+            self.outbox_retry_at = Some(now + self.cfg.tx_retry_interval);
         }
         if self
             .resync
             .in_flight
             .as_ref()
-            .is_some_and(|f| now.duration_since(f.3) >= timeout)
+            .is_some_and(|f| now.duration_since(f.sent) >= timeout)
         {
             self.resync.in_flight = None;
         }
-        self.pump_outbox().await?;
+        self.pump_outbox();
         let expired: Vec<String> = self
             .pending_down
             .iter()
@@ -186,16 +225,16 @@ impl Session {
             .collect();
         for id in expired {
             if let Some(p) = self.pending_down.remove(&id) {
-                self.journal_remote_action(&p, &CallOutcome::Timeout).await;
+                self.journal_remote_action(&p, &CallOutcome::Timeout);
                 if let Some(reply) = p.reply {
-                    let _ = reply.send(CallOutcome::Timeout);
+                    self.out.push(Action::Reply(reply, CallOutcome::Timeout));
                 }
             }
         }
-        self.pump_down().await?;
-        let interval = self.ctx.cfg.ping_interval;
+        self.pump_down();
+        let interval = self.cfg.ping_interval;
         if !interval.is_zero() {
-            if now.duration_since(self.last_rx) > interval * 2 + super::PING_GRACE {
+            if now.duration_since(self.last_rx) > interval * 2 + PING_GRACE {
                 return Err(End::new(
                     "no answer to pings",
                     Some((CloseCode::Away, "no answer to pings")),
@@ -203,72 +242,54 @@ impl Session {
             }
             if now.duration_since(self.last_ping) >= interval {
                 self.last_ping = now;
-                self.charger
-                    .send(Message::Ping(Default::default()))
-                    .await
-                    .map_err(|e| End::new(format!("ping failed: {e}"), None))?;
-                if let Some(up) = self.upstream.as_mut() {
-                    let _ = up.send(Message::Ping(Default::default())).await;
-                }
+                self.out.push(Action::Ping);
             }
         }
         Ok(())
     }
 
-    pub(super) async fn protocol_error(&self, from: Link, code: &str, detail: &str, text: &str) {
+    pub(super) fn protocol_error(&mut self, from: Link, code: &str, detail: &str, text: &str) {
         log::warn!(charger_id = self.id.as_str(); "{}: protocol error from {from:?}: {code}: {detail}", self.id);
-        let ev = Event::ProtocolError {
+        self.journal(Event::ProtocolError {
             from,
             code: code.to_string(),
             detail: detail.to_string(),
             frame: event::excerpt(text, 200),
-        };
-        self.journal(ev).await;
+        });
     }
 
-    pub(super) async fn finish(&mut self, end: End) {
-        if let Some(c) = self.connecting.take() {
-            c.abort();
-        }
+    /// The session ends: close both sockets, journal the disconnect, and
+    /// tell everyone who waits for the charger that it is gone.
+    pub(super) fn finish(&mut self, end: End) {
         log::info!(charger_id = self.id.as_str(); "{}: charger disconnected: {}", self.id, end.reason);
         if let Some((code, why)) = end.close {
-            let frame = CloseFrame {
-                code,
-                reason: why.into(),
-            };
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), self.charger.close(Some(frame))).await;
+            self.out.push(Action::CloseCharger(code, why));
         }
-        let ev = Event::Disconnect {
+        self.out.push(Action::JournalDurable(Event::Disconnect {
             link: Link::Charger,
             reason: end.reason,
             code: end.code,
-        };
-        if let Err(e) = self.ctx.journal.record_durable(Some(&self.id), ev).await {
-            log::error!(charger_id = self.id.as_str(); "cannot journal disconnect: {e}");
-        }
-        if let Some(mut up) = self.upstream.take() {
-            let frame = CloseFrame {
-                code: CloseCode::Normal,
-                reason: "charger disconnected".into(),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), up.close(Some(frame))).await;
+        }));
+        if let CloudLink::Up(up) = std::mem::replace(&mut self.link, CloudLink::Standalone) {
+            self.out.push(Action::CloseCloud(up));
             self.journal(Event::Disconnect {
                 link: Link::Cloud,
                 reason: "charger disconnected".into(),
                 code: Some(1000),
-            })
-            .await;
+            });
         }
         for (_, p) in self.pending_down.drain() {
             if let Some(reply) = p.reply {
-                let _ = reply.send(CallOutcome::Disconnected);
+                self.out
+                    .push(Action::Reply(reply, CallOutcome::Disconnected));
             }
         }
         for q in self.queue_down.drain(..) {
             if let Queued::Local { reply, .. } = q {
-                let _ = reply.send(CallOutcome::Disconnected);
+                self.out
+                    .push(Action::Reply(reply, CallOutcome::Disconnected));
             }
         }
+        self.out.push(Action::Stop);
     }
 }

@@ -5,13 +5,14 @@
 //! gateway's own ids), and leave only when the cloud has answered. Local
 //! transaction ids are mapped to the cloud's in both directions.
 
+use std::time::Instant;
+
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::time::Instant;
 
-use super::{End, Session, UpLink};
+use super::state::{Action, PendingUp, Queued, SessionState, Then};
 use crate::event::{self, Event, Source};
-use crate::journal::Op;
+use crate::journal::{JournalError, Op};
 use crate::ocpp::frame;
 use crate::outbox::{self, Entry};
 
@@ -36,37 +37,11 @@ pub(super) struct InFlight {
     pub direct: bool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-impl Session {
+impl<S> SessionState<S> {
     /// Whether transaction messages go through the outbox (only when there
     /// is a cloud to deliver them to, and only for OCPP 1.6).
     pub(super) fn uses_outbox(&self) -> bool {
-        self.ctx.connector.is_some() && self.proto == crate::ocpp::Protocol::Ocpp16
-    }
-
-    /// Load what a previous session (or run) left queued for this charger.
-    pub(super) fn load_outbox(&mut self) {
-        match (
-            self.ctx.journal.outbox(&self.id),
-            self.ctx.journal.tx_map(&self.id),
-        ) {
-            (Ok(q), Ok(map)) => {
-                self.outbox = q.into();
-                for (local, cloud) in map {
-                    self.to_cloud.insert(local, cloud);
-                    self.to_local.insert(cloud, local);
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                log::error!(charger_id = self.id.as_str(); "cannot load the outbox: {e}")
-            }
-        }
+        self.cloud_url.is_some() && self.proto == crate::ocpp::Protocol::Ocpp16
     }
 
     /// The outbox operation for a locally answered message.
@@ -84,7 +59,7 @@ impl Session {
                 entry: Entry {
                     action: action.into(),
                     payload: payload.get().into(),
-                    queued_ms: now_ms(),
+                    queued_ms: self.now_ms(),
                     attempts: 0,
                     local_tx,
                 },
@@ -122,25 +97,22 @@ impl Session {
     }
 
     /// A transaction message from the charger.
-    pub(super) async fn on_transaction_call(
+    pub(super) fn on_transaction_call(
         &mut self,
         id: String,
         action: String,
         payload: Box<RawValue>,
-    ) -> Result<(), End> {
-        let direct =
-            matches!(self.link, UpLink::Up) && self.outbox.is_empty() && !self.upstream_busy();
+    ) {
+        let direct = self.cloud_up() && self.outbox.is_empty() && !self.upstream_busy();
         if !direct {
-            return self
-                .answer_locally(&id, &action, &payload, Queue::Push)
-                .await;
+            return self.answer_locally(&id, &action, &payload, Queue::Push);
         }
         // Durable first, then to the cloud under the charger's own id, so the
         // cloud's answer reaches the charger unchanged.
         let entry = Entry {
             action: action.clone(),
             payload: payload.get().into(),
-            queued_ms: now_ms(),
+            queued_ms: self.now_ms(),
             attempts: 0,
             local_tx: None,
         };
@@ -156,41 +128,58 @@ impl Session {
                 });
             }
         }
-        let key = match self.ctx.journal.commit(ops).await {
-            Ok(keys) => keys[0],
+        let then = Then::Direct {
+            id,
+            action,
+            payload,
+            entry,
+        };
+        self.out.push(Action::Commit { ops, then });
+    }
+
+    /// The outbox entry of a transaction message is stored (or not): relay it.
+    pub(super) fn on_direct_stored(
+        &mut self,
+        id: String,
+        action: String,
+        payload: Box<RawValue>,
+        entry: Entry,
+        res: Result<Vec<u64>, JournalError>,
+    ) {
+        match res {
+            Ok(keys) => {
+                let key = keys[0];
+                self.outbox.push_back((key, entry));
+                self.send_entry(key, Some(id));
+            }
             Err(e) => {
                 // Storage is failing (disk full?): the journal raised its
                 // alarm. The cloud is there, so relay the message as a plain
                 // proxy would rather than refuse it.
                 log::error!(charger_id = self.id.as_str(); "cannot queue {action}, relaying it unqueued: {e}");
                 let text = frame::call_raw(&id, &action, payload.get());
-                if !self.send_upstream(&text).await {
-                    self.link_down("write to cloud failed".into(), None).await?;
-                    return self.answer_locally(&id, &action, &payload, Queue::No).await;
-                }
+                self.send_cloud(text);
+                let sent = self.now.mono;
                 self.pending_up.insert(
                     id,
-                    super::PendingUp {
+                    PendingUp {
                         action,
                         payload,
-                        sent: Instant::now(),
+                        sent,
                     },
                 );
-                return Ok(());
             }
-        };
-        self.outbox.push_back((key, entry));
-        self.send_entry(key, Some(id)).await
+        }
     }
 
     /// Queue a message the gateway writes on the charger's behalf.
-    pub(super) async fn enqueue(
+    pub(super) fn enqueue(
         &mut self,
         action: String,
         payload: Value,
         event: Event,
         reply: tokio::sync::oneshot::Sender<bool>,
-    ) -> Result<(), End> {
+    ) {
         let mut ops = vec![Op::Event {
             charger: Some(self.id.clone()),
             event,
@@ -198,37 +187,52 @@ impl Session {
         let entry = Entry {
             action,
             payload: payload.to_string(),
-            queued_ms: now_ms(),
+            queued_ms: self.now_ms(),
             attempts: 0,
             local_tx: None,
         };
-        if self.uses_outbox() {
+        let queued = self.uses_outbox();
+        if queued {
             ops.push(Op::Outbox(outbox::Op::Push {
                 charger: self.id.clone(),
                 entry: entry.clone(),
             }));
         }
-        match self.ctx.journal.commit(ops).await {
+        let then = Then::Enqueue {
+            entry,
+            queued,
+            reply,
+        };
+        self.out.push(Action::Commit { ops, then });
+    }
+
+    pub(super) fn on_enqueued(
+        &mut self,
+        entry: Entry,
+        queued: bool,
+        reply: tokio::sync::oneshot::Sender<bool>,
+        res: Result<Vec<u64>, JournalError>,
+    ) {
+        match res {
             Ok(keys) => {
-                if self.uses_outbox() {
+                if queued {
                     self.outbox.push_back((keys[1], entry));
                 }
-                let _ = reply.send(true);
-                self.pump_outbox().await
+                self.out.push(Action::Stored(reply, true));
+                self.pump_outbox();
             }
             Err(e) => {
                 log::error!(charger_id = self.id.as_str(); "cannot queue {}: {e}", entry.action);
-                let _ = reply.send(false);
-                Ok(())
+                self.out.push(Action::Stored(reply, false));
             }
         }
     }
 
     /// Send one outbox entry to the cloud; `charger_id` when the charger
     /// waits for the answer under that id.
-    async fn send_entry(&mut self, key: u64, charger_id: Option<String>) -> Result<(), End> {
+    fn send_entry(&mut self, key: u64, charger_id: Option<String>) {
         let Some((_, entry)) = self.outbox.iter().find(|(k, _)| *k == key).cloned() else {
-            return Ok(());
+            return;
         };
         let payload = outbox::rewrite_up(&entry.action, &entry.payload, |l| {
             self.to_cloud.get(&l).copied()
@@ -238,16 +242,13 @@ impl Session {
         let direct = charger_id.is_some();
         let msg_id = charger_id.unwrap_or_else(|| format!("cg-r{key}-{}", fastrand::u32(..)));
         let text = frame::call_raw(&msg_id, &entry.action, &payload);
-        self.in_flight = Some(super::replay::InFlight {
+        self.in_flight = Some(InFlight {
             msg_id,
             key,
-            sent: Instant::now(),
+            sent: self.now.mono,
             direct,
         });
-        if !self.send_upstream(&text).await {
-            return self.link_down("write to cloud failed".into(), None).await;
-        }
-        Ok(())
+        self.send_cloud(text);
     }
 
     /// The StopTransaction of a transaction the gateway stopped because the
@@ -273,31 +274,25 @@ impl Session {
         out.to_string()
     }
 
-    /// Send the next queued entry when the cloud link is free.
-    pub(super) async fn pump_outbox(&mut self) -> Result<(), End> {
-        // Runs after every answer from the cloud; nearly always there is
-        // nothing to send, and the sending part is boxed so that its
-        // future does not enlarge every session's.
+    /// Send the next queued entry when the cloud link is free: a boot the
+    /// cloud missed first, then the outbox in order, then the latest
+    /// statuses.
+    pub(super) fn pump_outbox(&mut self) {
         if self.outbox.is_empty() && self.resync.is_idle() {
-            return Ok(());
+            return;
         }
-        Box::pin(self.pump_outbox_now()).await
-    }
-
-    async fn pump_outbox_now(&mut self) -> Result<(), End> {
-        // A boot the cloud missed goes before the transactions.
-        if self.pump_resync(true).await? {
-            return Ok(());
+        if self.pump_resync(true) {
+            return;
         }
         loop {
-            let free = matches!(self.link, UpLink::Up) && !self.upstream_busy();
-            if !free || self.outbox_retry_at.is_some_and(|t| t > Instant::now()) {
-                return Ok(());
+            let free = self.cloud_up() && !self.upstream_busy();
+            if !free || self.outbox_retry_at.is_some_and(|t| t > self.now.mono) {
+                return;
             }
             let Some((key, entry)) = self.outbox.front().cloned() else {
                 // Outbox delivered: now the latest statuses.
-                self.pump_resync(false).await?;
-                return Ok(());
+                self.pump_resync(false);
+                return;
             };
             let local = serde_json::from_str::<Value>(&entry.payload)
                 .ok()
@@ -313,25 +308,20 @@ impl Session {
                     &entry,
                     "its StartTransaction was not accepted by the cloud (no cloud transaction id)"
                         .into(),
-                )
-                .await;
+                );
                 continue;
             }
-            return self.send_entry(key, None).await;
+            return self.send_entry(key, None);
         }
     }
 
     /// The cloud answered the entry in flight.
-    pub(super) async fn on_outbox_result(
-        &mut self,
-        text: &str,
-        payload: &RawValue,
-    ) -> Result<(), End> {
+    pub(super) fn on_outbox_result(&mut self, text: &str, payload: &RawValue) {
         let Some(f) = self.in_flight.take() else {
-            return Ok(());
+            return;
         };
         let Some(pos) = self.outbox.iter().position(|(k, _)| *k == f.key) else {
-            return Ok(());
+            return;
         };
         let (key, entry) = self.outbox.remove(pos).expect("position is valid");
         self.outbox_retry_at = None;
@@ -354,23 +344,24 @@ impl Session {
             self.to_cloud.insert(local, cloud);
             self.to_local.insert(cloud, local);
         }
-        let raw = RawValue::from_string(entry.payload.clone()).ok();
+        let status = crate::ocpp::messages::AnswerFields::read(payload).status();
         let ev = if f.direct {
-            raw.as_ref().and_then(|p| {
-                if event::journal_on_request(&entry.action) {
-                    None
-                } else {
-                    event::for_charger_call(&entry.action, p, Some(payload), Source::Cloud)
-                }
-            })
+            RawValue::from_string(entry.payload.clone())
+                .ok()
+                .and_then(|p| {
+                    if event::journal_on_request(&entry.action) {
+                        None
+                    } else {
+                        event::for_charger_call(&entry.action, &p, Some(payload), Source::Cloud)
+                    }
+                })
         } else {
-            let status = crate::ocpp::messages::AnswerFields::read(payload).status();
             Some(Event::Replayed {
                 action: entry.action.clone(),
                 queued_ms: entry.queued_ms,
                 local_transaction_id: entry.local_tx,
                 cloud_transaction_id: cloud_tx,
-                status,
+                status: status.clone(),
             })
         };
         if let Some(ev) = ev {
@@ -379,65 +370,51 @@ impl Session {
                 event: ev,
             });
         }
-        // Not awaited: the next entry can go out while this commits (group
-        // commit). A crash before the commit means this entry is sent again,
-        // the same window as a crash just before the cloud's answer arrived.
-        self.ctx.journal.submit(ops).await;
+        // Not waited for: the next entry can go out while this commits
+        // (group commit). A crash before the commit means this entry is
+        // sent again, the same window as a crash just before the cloud's
+        // answer arrived.
+        self.out.push(Action::Submit(ops));
         if f.direct {
-            self.send_charger(text.to_string()).await?;
+            self.send_charger(text.to_string());
         } else if entry.action == "StartTransaction" {
-            let status = crate::ocpp::messages::AnswerFields::read(payload).status();
             if let (Some(local), Some(s)) = (entry.local_tx, status) {
                 if s != "Accepted" {
-                    self.deauthorize(local, &s).await?;
+                    self.deauthorize(local, &s);
                 }
             }
         }
-        self.pump_outbox().await
+        self.pump_outbox()
     }
 
     /// The cloud did not accept the id tag of a transaction the gateway let
     /// start offline. OCPP 1.6 StopTransactionOnInvalidId: if it is still
     /// running, the gateway stops it, and its StopTransaction goes to the
     /// cloud with reason DeAuthorized.
-    async fn deauthorize(&mut self, local: i64, status: &str) -> Result<(), End> {
-        if !self.ctx.cfg.stop_on_invalid_id {
-            return Ok(());
-        }
-        let state = self.ctx.journal.state();
-        let running = state.chargers.get(&self.id).is_some_and(|c| {
-            c.transactions
-                .values()
-                .any(|t| t.transaction_id == Some(local))
-        });
-        if !running {
-            return Ok(());
+    fn deauthorize(&mut self, local: i64, status: &str) {
+        if !self.cfg.stop_on_invalid_id || !self.env.transaction_running(&self.id, local) {
+            return;
         }
         log::warn!(charger_id = self.id.as_str(); "{}: the cloud answered {status} for offline transaction {local}: stopping it", self.id);
         self.deauthorized.insert(local);
+        // Nobody waits for this answer: the receiver is dropped.
         let (reply, _) = tokio::sync::oneshot::channel();
-        let payload = serde_json::json!({ "transactionId": local });
-        self.queue_down.push_back(super::Queued::Local {
+        self.queue_down.push_back(Queued::Local {
             action: "RemoteStopTransaction".into(),
-            payload,
+            payload: serde_json::json!({ "transactionId": local }),
             source: Source::Gateway,
             reply,
         });
-        self.pump_down().await
+        self.pump_down()
     }
 
     /// The cloud refused the entry in flight with a CALLERROR.
-    pub(super) async fn on_outbox_error(
-        &mut self,
-        text: &str,
-        code: &str,
-        description: &str,
-    ) -> Result<(), End> {
+    pub(super) fn on_outbox_error(&mut self, text: &str, code: &str, description: &str) {
         let Some(f) = self.in_flight.take() else {
-            return Ok(());
+            return;
         };
         let Some((key, entry)) = self.outbox.iter().find(|(k, _)| *k == f.key).cloned() else {
-            return Ok(());
+            return;
         };
         let error = format!("{code}: {description}");
         if f.direct {
@@ -447,32 +424,34 @@ impl Session {
                 charger: self.id.clone(),
                 key,
             })];
-            let _ = self.ctx.journal.commit(ops).await;
-            self.send_charger(text.to_string()).await?;
+            self.out.push(Action::Commit {
+                ops,
+                then: Then::Log("remove a refused outbox entry"),
+            });
+            self.send_charger(text.to_string());
             self.protocol_error(
                 crate::event::Link::Cloud,
                 code,
                 &format!("cloud rejected {}: {description}", entry.action),
                 "",
-            )
-            .await;
-            return self.pump_outbox().await;
+            );
+            return self.pump_outbox();
         }
         let attempts = entry.attempts + 1;
-        let cfg = self.ctx.cfg.clone();
-        if attempts >= cfg.tx_attempts {
-            self.kill(key, &Entry { attempts, ..entry }, error).await;
+        if attempts >= self.cfg.tx_attempts {
+            self.kill(key, &Entry { attempts, ..entry }, error);
         } else {
             let updated = Entry {
                 attempts,
                 ..entry.clone()
             };
+            let update = outbox::Op::Update {
+                charger: self.id.clone(),
+                key,
+                entry: updated,
+            };
             let ops = vec![
-                Op::Outbox(outbox::Op::Update {
-                    charger: self.id.clone(),
-                    key,
-                    entry: updated.clone(),
-                }),
+                Op::Outbox(update.clone()),
                 Op::Event {
                     charger: Some(self.id.clone()),
                     event: Event::ReplayRetry {
@@ -482,22 +461,19 @@ impl Session {
                     },
                 },
             ];
-            let _ = self.ctx.journal.commit(ops).await;
-            self.queued(
-                Some(outbox::Op::Update {
-                    charger: self.id.clone(),
-                    key,
-                    entry: updated,
-                }),
-                Some(key),
-            );
+            self.out.push(Action::Commit {
+                ops,
+                then: Then::Log("count a replay attempt"),
+            });
+            self.queued(Some(update), Some(key));
             // OCPP 1.6 TransactionMessageRetryInterval: interval × attempts so far.
-            self.outbox_retry_at = Some(Instant::now() + cfg.tx_retry_interval * attempts);
+            self.outbox_retry_at = Some(self.now.mono + self.cfg.tx_retry_interval * attempts);
         }
-        self.pump_outbox().await
+        self.pump_outbox()
     }
 
-    async fn kill(&mut self, key: u64, entry: &Entry, error: String) {
+    /// Move an entry to the dead letters.
+    fn kill(&mut self, key: u64, entry: &Entry, error: String) {
         self.outbox.retain(|(k, _)| *k != key);
         self.outbox_retry_at = None;
         log::warn!(charger_id = self.id.as_str(); "{}: {} moved to dead letters: {error}", self.id, entry.action);
@@ -518,29 +494,29 @@ impl Session {
                 event: ev,
             },
         ];
-        if let Err(e) = self.ctx.journal.commit(ops).await {
-            log::error!(charger_id = self.id.as_str(); "cannot move outbox entry {key} to dead letters: {e}");
-        }
+        self.out.push(Action::Commit {
+            ops,
+            then: Then::Log("move an outbox entry to dead letters"),
+        });
     }
 
     /// The entry in flight will get no answer (link down or timeout): if
     /// the charger waits for it, answer it locally; the entry stays queued
     /// and is sent again later.
-    pub(super) async fn abandon_in_flight(&mut self) -> Result<(), End> {
+    pub(super) fn abandon_in_flight(&mut self) {
         let Some(f) = self.in_flight.take() else {
-            return Ok(());
+            return;
         };
         if !f.direct {
-            return Ok(());
+            return;
         }
         let Some((_, entry)) = self.outbox.iter().find(|(k, _)| *k == f.key).cloned() else {
-            return Ok(());
+            return;
         };
         let Ok(payload) = RawValue::from_string(entry.payload.clone()) else {
-            return Ok(());
+            return;
         };
         self.answer_locally(&f.msg_id, &entry.action, &payload, Queue::Update(f.key))
-            .await
     }
 
     /// Rewrite the cloud's transaction id to the local one in calls toward

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-use tokio::time::Instant;
+use std::time::Instant;
 
-use super::{End, Session, UpLink};
+use serde_json::Value;
+
+use super::state::SessionState;
 use crate::event::Event;
 use crate::ocpp::frame;
 
@@ -21,8 +22,18 @@ pub(super) struct Resync {
     boot: Option<String>,
     /// The latest StatusNotification payload per connector.
     statuses: BTreeMap<u64, String>,
-    /// The resync message with the cloud now: (message id, action, connector).
-    pub in_flight: Option<(String, String, Option<u64>, Instant)>,
+    /// The resync message with the cloud now.
+    pub in_flight: Option<ResyncInFlight>,
+}
+
+/// A resync message with the cloud, waiting for its answer.
+#[derive(Debug)]
+pub(super) struct ResyncInFlight {
+    pub msg_id: String,
+    pub action: &'static str,
+    /// The connector of a StatusNotification; `None` for the boot.
+    pub connector: Option<u64>,
+    pub sent: Instant,
 }
 
 impl Resync {
@@ -39,7 +50,7 @@ fn connector(payload: &str) -> Option<u64> {
         .as_u64()
 }
 
-impl Session {
+impl<S> SessionState<S> {
     /// The gateway answered `action` itself: remember what the cloud missed.
     pub(super) fn note_missed(&mut self, action: &str, payload: &str) {
         if !self.uses_outbox() {
@@ -79,9 +90,9 @@ impl Session {
     /// Send the next resync message if its turn has come: a missed boot
     /// goes before the outbox (`before_outbox`), statuses after it.
     /// Returns whether one went out.
-    pub(super) async fn pump_resync(&mut self, before_outbox: bool) -> Result<bool, End> {
-        if !matches!(self.link, UpLink::Up) || self.upstream_busy() {
-            return Ok(false);
+    pub(super) fn pump_resync(&mut self, before_outbox: bool) -> bool {
+        if !self.cloud_up() || self.upstream_busy() {
+            return false;
         }
         let next = match (&self.resync.boot, before_outbox) {
             (Some(p), _) => Some(("BootNotification", p.clone(), None)),
@@ -93,44 +104,40 @@ impl Session {
                 .next()
                 .map(|(c, p)| ("StatusNotification", p.clone(), Some(*c))),
         };
-        let Some((action, payload, conn)) = next else {
-            return Ok(false);
+        let Some((action, payload, connector)) = next else {
+            return false;
         };
-        let id = format!("cg-s{}", fastrand::u32(..));
-        let text = frame::call_raw(&id, action, &payload);
-        self.resync.in_flight = Some((id, action.to_string(), conn, Instant::now()));
-        if !self.send_upstream(&text).await {
-            self.link_down("write to cloud failed".into(), None).await?;
-            return Ok(false);
-        }
-        Ok(true)
+        let msg_id = format!("cg-s{}", fastrand::u32(..));
+        let text = frame::call_raw(&msg_id, action, &payload);
+        self.resync.in_flight = Some(ResyncInFlight {
+            msg_id,
+            action,
+            connector,
+            sent: self.now.mono,
+        });
+        self.send_cloud(text);
+        true
     }
 
     /// The cloud answered (or refused) the resync message in flight.
-    pub(super) async fn on_resync_answer(
-        &mut self,
-        status: Option<String>,
-        error: Option<String>,
-    ) -> Result<(), End> {
-        let Some((_, action, conn, _)) = self.resync.in_flight.take() else {
-            return Ok(());
+    pub(super) fn on_resync_answer(&mut self, status: Option<String>, error: Option<String>) {
+        let Some(f) = self.resync.in_flight.take() else {
+            return;
         };
-        match conn {
+        match f.connector {
             None => self.resync.boot = None,
             Some(c) => {
                 self.resync.statuses.remove(&c);
             }
         }
-        let status = status.or(error);
-        let ev = Event::Replayed {
-            action,
+        self.journal(Event::Replayed {
+            action: f.action.to_string(),
             queued_ms: 0,
             local_transaction_id: None,
             cloud_transaction_id: None,
-            status,
-        };
-        self.journal(ev).await;
-        self.pump_outbox().await
+            status: status.or(error),
+        });
+        self.pump_outbox()
     }
 
     /// Whether the upstream CALL slot is taken (OCPP-J: one at a time).

@@ -1,0 +1,1000 @@
+//! One charger's session as a state machine, with no I/O: no sockets, no
+//! journal handle, no clock reads (the shape of rumqttc's `state.rs`).
+//! [`SessionState::handle`] takes an [`Input`] — a frame from the charger
+//! or the cloud, a link event, a finished commit, a timer, a command — and
+//! the time, and returns the [`Action`]s that the task in `mod.rs` carries
+//! out in order: frames to send, records to commit, replies, a connection
+//! to open, the end of the session.
+//!
+//! The decisions live here and in the files beside it: the one outstanding
+//! CALL each way (`pump_down`, `upstream_busy`), the pending-call tables,
+//! local answers (`answer_locally`), the outbox in flight and its replay
+//! (`replay.rs`), the resync after an outage (`resync.rs`), the cloud link,
+//! timeouts and pings (`link.rs`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::replay::{InFlight, Queue};
+use super::resync::Resync;
+use crate::clock::format_ms;
+use crate::config::Config;
+use crate::event::{self, Event, Link, Source};
+use crate::hub::{CallOutcome, Command};
+use crate::journal::{JournalError, Op};
+use crate::ocpp::frame::{self, Frame};
+use crate::ocpp::{local, Protocol};
+use crate::outbox::{self, Entry};
+use crate::upstream::Backoff;
+
+/// The time an input happens at: monotonic for timeouts, wall clock for
+/// OCPP timestamps and id tag expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: time::OffsetDateTime,
+}
+
+impl Now {
+    /// The machine's clocks now (the task's one clock read).
+    pub fn system() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: time::OffsetDateTime::now_utc(),
+        }
+    }
+
+    fn unix_ms(&self) -> i64 {
+        (self.wall.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+}
+
+/// What the session reads from storage while deciding: in-memory lookups
+/// that never wait (the journal implements it; tests bring their own).
+pub trait Env: Send {
+    /// The authorization cache's status for an id tag at `now`.
+    fn tag_status(&self, charger: &str, tag: &str, now: time::OffsetDateTime) -> Option<String>;
+    /// A fresh (negative) local transaction id.
+    fn next_local_tx_id(&self) -> i64;
+    /// Whether the live state has transaction `tx` running on the charger.
+    fn transaction_running(&self, charger: &str, tx: i64) -> bool;
+}
+
+/// A message from the charger's socket.
+#[derive(Debug)]
+pub enum ChargerMsg {
+    Text(Utf8Bytes),
+    Binary,
+    /// The charger closed the connection (its close code and reason).
+    Closed(Option<(u16, String)>),
+    /// A message over `max_message_size`.
+    TooBig(String),
+    /// The connection broke.
+    Lost(String),
+    /// Ping or pong: proof of life, nothing else.
+    Other,
+}
+
+/// A message from the cloud's socket.
+#[derive(Debug)]
+pub enum CloudMsg {
+    Text(Utf8Bytes),
+    Binary,
+    Closed(Option<(u16, String)>),
+    Lost(String),
+    Other,
+}
+
+/// What happens to a session. `S` is the cloud socket.
+pub enum Input<S> {
+    /// The session starts: the charger connected from `remote`.
+    Start {
+        remote: String,
+    },
+    Charger(ChargerMsg),
+    Cloud(CloudMsg),
+    /// A connection attempt to the cloud ended.
+    Connected(Result<S, String>),
+    /// A write to the cloud failed: the link is gone.
+    CloudWriteFailed,
+    /// A write to the charger failed: the session is over.
+    ChargerWriteFailed(String),
+    /// A commit the session asked for finished.
+    Committed(Then, Result<Vec<u64>, JournalError>),
+    /// The deadline from [`SessionState::deadline`] passed.
+    Timer,
+    Command(Command),
+    Shutdown,
+}
+
+/// What the task does for the session, in order.
+pub enum Action<S> {
+    ToCharger(Utf8Bytes),
+    ToCloud(Utf8Bytes),
+    /// Ping the charger (a failure ends the session) and the cloud.
+    Ping,
+    /// Journal an event about this charger (batched, not waited for).
+    Journal(Event),
+    /// Commit with fsync and wait; then feed back
+    /// [`Input::Committed`] with `then` before anything else.
+    Commit {
+        ops: Vec<Op>,
+        then: Then,
+    },
+    /// Hand to the journal without waiting for the commit.
+    Submit(Vec<Op>),
+    Reply(oneshot::Sender<CallOutcome>, CallOutcome),
+    /// Answer a [`Command::Enqueue`]: stored or not.
+    Stored(oneshot::Sender<bool>, bool),
+    /// Start connecting to the cloud; the result comes back as
+    /// [`Input::Connected`].
+    OpenCloud,
+    /// Close the charger's socket with this code (the session is ending).
+    CloseCharger(CloseCode, &'static str),
+    /// Close the cloud's socket (the charger left).
+    CloseCloud(S),
+    /// Journal an event durably and wait (the charger's disconnect).
+    JournalDurable(Event),
+    /// The session is over; nothing follows.
+    Stop,
+}
+
+/// What to do once a commit is done, where the next step depends on it.
+pub enum Then {
+    /// Nothing: a failure is only logged.
+    Log(&'static str),
+    /// A local answer: sent once its record is stored, else a CALLERROR.
+    LocalAnswer {
+        id: String,
+        action: String,
+        payload: String,
+        reply: String,
+        queued: Option<outbox::Op>,
+    },
+    /// A transaction message to relay under the charger's own id once it
+    /// is in the outbox.
+    Direct {
+        id: String,
+        action: String,
+        payload: Box<RawValue>,
+        entry: Entry,
+    },
+    /// A message queued for the gateway's own purposes.
+    Enqueue {
+        entry: Entry,
+        queued: bool,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The cloud link. The socket lives in `Up`, so a link that is up always
+/// has one, and one that is not never does.
+pub enum CloudLink<S> {
+    /// No cloud configured.
+    Standalone,
+    /// A connection attempt is running; `first` holds the charger's frames
+    /// back so that its BootNotification reaches the cloud.
+    Connecting {
+        first: bool,
+    },
+    Up(S),
+    /// Waiting to retry.
+    Down {
+        retry_at: Instant,
+    },
+}
+
+/// A charger's call relayed to the cloud, waiting for its answer.
+pub(super) struct PendingUp {
+    pub action: String,
+    pub payload: Box<RawValue>,
+    pub sent: Instant,
+}
+
+/// A call relayed or sent to the charger, waiting for its answer.
+pub(super) struct PendingDown {
+    pub action: String,
+    pub request: Value,
+    pub source: Source,
+    /// Who waits locally; `None` for the cloud's calls.
+    pub reply: Option<oneshot::Sender<CallOutcome>>,
+    pub sent: Instant,
+}
+
+/// A call toward the charger that waits for its turn.
+pub(super) enum Queued {
+    Cloud {
+        text: String,
+        id: String,
+        action: String,
+        request: Value,
+    },
+    Local {
+        action: String,
+        payload: Value,
+        source: Source,
+        reply: oneshot::Sender<CallOutcome>,
+    },
+}
+
+/// Why a session ends.
+#[derive(Debug)]
+pub struct End {
+    pub reason: String,
+    /// Close frame to send the charger, if its socket is still open.
+    pub close: Option<(CloseCode, &'static str)>,
+    pub code: Option<u16>,
+}
+
+impl End {
+    pub(super) fn new(reason: impl Into<String>, close: Option<(CloseCode, &'static str)>) -> End {
+        End {
+            reason: reason.into(),
+            close,
+            code: None,
+        }
+    }
+}
+
+/// What a session is set up with.
+pub struct Setup {
+    pub id: String,
+    pub proto: Protocol,
+    pub cfg: Arc<Config>,
+    /// The cloud's URL for this charger; `None`: standalone.
+    pub cloud_url: Option<String>,
+    pub backoff: Option<Backoff>,
+    /// What a previous session left queued, and its id map.
+    pub outbox: Vec<(u64, Entry)>,
+    pub tx_map: Vec<(i64, i64)>,
+}
+
+/// One charger's session: both links' protocol state.
+pub struct SessionState<S> {
+    pub(super) id: String,
+    pub(super) proto: Protocol,
+    pub(super) cfg: Arc<Config>,
+    pub(super) env: Box<dyn Env>,
+    pub(super) cloud_url: Option<String>,
+    pub(super) link: CloudLink<S>,
+    pub(super) backoff: Option<Backoff>,
+    /// The last connect error journaled (the same one is not repeated).
+    pub(super) last_connect_error: Option<String>,
+    pub(super) pending_up: HashMap<String, PendingUp>,
+    pub(super) pending_down: HashMap<String, PendingDown>,
+    pub(super) queue_down: VecDeque<Queued>,
+    /// Counter for the gateway's own message ids toward the charger.
+    pub(super) local_ids: u64,
+    /// This charger's queued transaction messages, mirrored from storage.
+    pub(super) outbox: VecDeque<(u64, Entry)>,
+    /// The outbox entry with the cloud right now.
+    pub(super) in_flight: Option<InFlight>,
+    /// No outbox entry goes out before this (retry interval after an error).
+    pub(super) outbox_retry_at: Option<Instant>,
+    /// Local transaction id → the cloud's, and back.
+    pub(super) to_cloud: HashMap<i64, i64>,
+    pub(super) to_local: HashMap<i64, i64>,
+    /// Offline transactions stopped because the cloud refused their tag.
+    pub(super) deauthorized: HashSet<i64>,
+    /// Boot and statuses the cloud missed while the gateway answered.
+    pub(super) resync: Resync,
+    pub(super) last_rx: Instant,
+    pub(super) last_ping: Instant,
+    /// The charger's message rate (`ocpp.rate_limit_per_sec`).
+    pub(super) rate: Option<crate::limits::Rate>,
+    /// The housekeeping tick: when it last ran and when it runs next.
+    pub(super) last_tick: Instant,
+    pub(super) tick_at: Instant,
+    /// The input's time.
+    pub(super) now: Now,
+    /// Actions decided while handling the current input.
+    pub(super) out: Vec<Action<S>>,
+}
+
+/// Calls waiting for the charger or for its answer before the gateway
+/// answers new ones from the cloud with "busy" (the cloud's own calls are
+/// relayed as they come; a charger that never answers must not make the
+/// gateway remember them without bound).
+pub(super) const MAX_QUEUED_DOWN: usize = 64;
+
+/// The housekeeping tick's period while something waits on a timeout.
+pub(super) const TICK: Duration = Duration::from_secs(1);
+/// With nothing waiting and pings off, the tick still runs this often.
+pub(super) const IDLE_TICK: Duration = Duration::from_secs(3600);
+/// A charger is closed when it has sent nothing, pongs included, for two
+/// ping intervals and this long.
+pub(super) const PING_GRACE: Duration = Duration::from_secs(5);
+
+impl<S> SessionState<S> {
+    /// A session for a charger that just connected, at `now`.
+    pub fn new(setup: Setup, env: Box<dyn Env>, now: Now) -> SessionState<S> {
+        let cfg = setup.cfg;
+        let mut to_cloud = HashMap::new();
+        let mut to_local = HashMap::new();
+        for (local, cloud) in setup.tx_map {
+            to_cloud.insert(local, cloud);
+            to_local.insert(cloud, local);
+        }
+        let t = now.mono;
+        SessionState {
+            id: setup.id,
+            proto: setup.proto,
+            env,
+            cloud_url: setup.cloud_url,
+            link: CloudLink::Standalone,
+            backoff: setup.backoff,
+            last_connect_error: None,
+            pending_up: HashMap::new(),
+            pending_down: HashMap::new(),
+            queue_down: VecDeque::new(),
+            local_ids: 0,
+            outbox: setup.outbox.into(),
+            in_flight: None,
+            outbox_retry_at: None,
+            to_cloud,
+            to_local,
+            deauthorized: HashSet::new(),
+            resync: Resync::default(),
+            last_rx: t,
+            last_ping: t,
+            rate: (cfg.rate_per_sec > 0)
+                .then(|| crate::limits::Rate::new(cfg.rate_per_sec, cfg.rate_burst, t)),
+            last_tick: t,
+            tick_at: t + TICK,
+            cfg,
+            now,
+            out: Vec::new(),
+        }
+    }
+
+    /// Handle one input at `now`; returns what to do, in order.
+    pub fn handle(&mut self, input: Input<S>, now: Now) -> Vec<Action<S>> {
+        self.now = now;
+        if let Err(end) = self.step(input) {
+            self.finish(end);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn step(&mut self, input: Input<S>) -> Result<(), End> {
+        match input {
+            Input::Start { remote } => {
+                self.journal(Event::Connect {
+                    link: Link::Charger,
+                    remote: Some(remote),
+                    protocol: Some(self.proto.as_str().into()),
+                });
+                if self.cloud_url.is_some() {
+                    self.start_connect(true);
+                }
+                Ok(())
+            }
+            Input::Charger(msg) => self.on_charger_msg(msg),
+            Input::Cloud(msg) => self.on_cloud_msg(msg),
+            Input::Connected(res) => self.on_connected(res),
+            Input::CloudWriteFailed => self.link_down("write to cloud failed".into(), None),
+            Input::ChargerWriteFailed(e) => {
+                Err(End::new(format!("write to charger failed: {e}"), None))
+            }
+            Input::Committed(then, res) => self.on_committed(then, res),
+            Input::Timer => self.on_timer(),
+            Input::Command(Command::Replace) => Err(End::new(
+                "replaced by a new connection",
+                Some((CloseCode::Normal, "replaced by a new connection")),
+            )),
+            Input::Command(Command::Call {
+                action,
+                payload,
+                source,
+                reply,
+            }) => {
+                self.queue_down.push_back(Queued::Local {
+                    action,
+                    payload,
+                    source,
+                    reply,
+                });
+                self.pump_down();
+                Ok(())
+            }
+            Input::Command(Command::Enqueue {
+                action,
+                payload,
+                event,
+                reply,
+            }) => {
+                self.enqueue(action, payload, event, reply);
+                Ok(())
+            }
+            Input::Shutdown => Err(End::new(
+                "gateway shutting down",
+                Some((CloseCode::Away, "gateway shutting down")),
+            )),
+        }
+    }
+
+    /// Whether the charger's frames wait (for the first cloud connection,
+    /// so that the cloud gets the BootNotification).
+    pub fn holds_charger(&self) -> bool {
+        matches!(self.link, CloudLink::Connecting { first: true })
+    }
+
+    /// The cloud socket, while the link is up.
+    pub fn cloud_mut(&mut self) -> Option<&mut S> {
+        match &mut self.link {
+            CloudLink::Up(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn cloud_up(&self) -> bool {
+        matches!(self.link, CloudLink::Up(_))
+    }
+
+    pub(super) fn journal(&mut self, ev: Event) {
+        self.out.push(Action::Journal(ev));
+    }
+
+    pub(super) fn send_charger(&mut self, text: impl Into<Utf8Bytes>) {
+        self.out.push(Action::ToCharger(text.into()));
+    }
+
+    pub(super) fn send_cloud(&mut self, text: impl Into<Utf8Bytes>) {
+        self.out.push(Action::ToCloud(text.into()));
+    }
+
+    /// Now as RFC 3339 UTC with milliseconds, as OCPP timestamps are written.
+    pub(super) fn now_rfc3339(&self) -> String {
+        format_ms(self.now.wall)
+    }
+
+    pub(super) fn now_ms(&self) -> i64 {
+        self.now.unix_ms()
+    }
+
+    // ---- charger → gateway ----
+
+    fn on_charger_msg(&mut self, msg: ChargerMsg) -> Result<(), End> {
+        self.last_rx = self.now.mono;
+        match msg {
+            ChargerMsg::Text(t) => {
+                if let Some(rate) = &mut self.rate {
+                    if !rate.take(self.now.mono) {
+                        return self.over_rate(t.as_str());
+                    }
+                }
+                self.on_charger_text(t);
+                Ok(())
+            }
+            ChargerMsg::Binary => {
+                self.protocol_error(
+                    Link::Charger,
+                    "ProtocolError",
+                    "binary frames are not OCPP-J",
+                    "",
+                );
+                Ok(())
+            }
+            ChargerMsg::Closed(f) => {
+                let code = f.as_ref().map(|f| f.0);
+                let why = f.map(|f| f.1).filter(|r| !r.is_empty());
+                Err(End {
+                    reason: why.unwrap_or_else(|| "charger closed the connection".into()),
+                    close: None,
+                    code,
+                })
+            }
+            ChargerMsg::Other => Ok(()),
+            ChargerMsg::TooBig(e) => Err(End::new(
+                format!("charger sent too large a message: {e}"),
+                Some((CloseCode::Size, "message too big")),
+            )),
+            ChargerMsg::Lost(e) => Err(End::new(e, None)),
+        }
+    }
+
+    /// A message over the charger's rate: a CALL is answered with a
+    /// CALLERROR and not relayed, anything else dropped; one that keeps
+    /// flooding is closed with 1008 (policy violation).
+    fn over_rate(&mut self, text: &str) -> Result<(), End> {
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        let (abusive, refused) = (rate.abusive(), rate.refused);
+        if abusive {
+            return Err(End::new(
+                format!("charger kept sending over its message rate ({refused} refused in a row)"),
+                Some((CloseCode::Policy, "message rate limit exceeded")),
+            ));
+        }
+        let limit = self.cfg.rate_per_sec;
+        if refused == 1 {
+            self.protocol_error(
+                Link::Charger,
+                "GenericError",
+                &format!("message rate limit exceeded ({limit}/s): not relayed"),
+                text,
+            );
+        }
+        if let Ok(Frame::Call { id, .. }) = frame::parse(text) {
+            let reply = frame::call_error(
+                &id,
+                "GenericError",
+                &format!("rate limit exceeded ({limit}/s); try again later"),
+            );
+            self.send_charger(reply);
+        }
+        Ok(())
+    }
+
+    /// Parse a frame from either side. A malformed one is journaled, and
+    /// when its sender expects an answer the CALLERROR to send back is the
+    /// error value.
+    fn parse_frame(&mut self, from: Link, text: &str) -> Result<Frame, Option<String>> {
+        let e = match frame::parse(text) {
+            Ok(f) => return Ok(f),
+            Err(e) => e,
+        };
+        let code = e.error_code(self.proto);
+        self.protocol_error(from, code, &e.detail, text);
+        Err(e
+            .wants_reply()
+            .then(|| frame::call_error(e.reply_id(), code, &e.detail)))
+    }
+
+    /// `raw` is relayed as received: the same shared buffer, no copy.
+    fn on_charger_text(&mut self, raw: Utf8Bytes) {
+        let text = raw.as_str();
+        let frame = match self.parse_frame(Link::Charger, text) {
+            Ok(f) => f,
+            Err(reply) => {
+                if let Some(reply) = reply {
+                    self.send_charger(reply);
+                }
+                return;
+            }
+        };
+        match frame {
+            Frame::Call {
+                id,
+                action,
+                payload,
+            } => {
+                if self.uses_outbox() && outbox::is_transaction_message(&action, payload.get()) {
+                    return self.on_transaction_call(id, action, payload);
+                }
+                // While an outbox entry is with the cloud, the upstream CALL slot
+                // is taken (OCPP-J: one outstanding CALL): answer locally.
+                if self.cloud_up() && self.in_flight.is_none() && self.resync.in_flight.is_none() {
+                    if self.proto == Protocol::Ocpp16 && event::journal_on_request(&action) {
+                        if let Some(ev) =
+                            event::for_charger_call(&action, &payload, None, Source::Charger)
+                        {
+                            self.journal(ev);
+                        }
+                    }
+                    self.out.push(Action::ToCloud(raw.clone()));
+                    let sent = self.now.mono;
+                    self.pending_up.insert(
+                        id,
+                        PendingUp {
+                            action,
+                            payload,
+                            sent,
+                        },
+                    );
+                    return;
+                }
+                self.answer_locally(&id, &action, &payload, Queue::No)
+            }
+            Frame::CallResult { id, payload } => {
+                let result = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                self.on_charger_answer(&id, CallOutcome::Result(result), text)
+            }
+            Frame::CallError {
+                id,
+                code,
+                description,
+            } => self.on_charger_answer(&id, CallOutcome::Error { code, description }, text),
+        }
+    }
+
+    /// The gateway answers a charger's CALL itself, after the event that
+    /// the answer acknowledges is on disk.
+    pub(super) fn answer_locally(
+        &mut self,
+        id: &str,
+        action: &str,
+        payload: &RawValue,
+        queue: Queue,
+    ) {
+        if self.proto != Protocol::Ocpp16 {
+            let reply = frame::call_error(
+                id,
+                "InternalError",
+                "cloud unreachable; ocpp2.0.1 is relayed only",
+            );
+            return self.send_charger(reply);
+        }
+        let now = self.now_rfc3339();
+        let (env, charger, wall) = (&self.env, &self.id, self.now.wall);
+        let known = |tag: &str| env.tag_status(charger, tag, wall);
+        let answer = local::answer(action, payload, &now, &self.cfg.policy, &known, &mut || {
+            env.next_local_tx_id()
+        });
+        match answer {
+            Ok(ans) => {
+                let raw = RawValue::from_string(ans.to_string())
+                    .expect("serde_json output is valid JSON");
+                let mut ops = Vec::new();
+                if let Some(ev) =
+                    event::for_charger_call(action, payload, Some(&raw), Source::Gateway)
+                {
+                    ops.push(Op::Event {
+                        charger: Some(self.id.clone()),
+                        event: ev,
+                    });
+                }
+                let local_tx = if action == "StartTransaction" {
+                    ans["transactionId"].as_i64()
+                } else {
+                    None
+                };
+                let queued = self.queue_op(queue, action, payload, local_tx);
+                if let Some(op) = &queued {
+                    ops.push(Op::Outbox(op.clone()));
+                }
+                let then = Then::LocalAnswer {
+                    id: id.to_string(),
+                    action: action.to_string(),
+                    payload: payload.get().to_string(),
+                    reply: frame::call_result(id, &ans),
+                    queued,
+                };
+                self.out.push(Action::Commit { ops, then });
+            }
+            Err(le) => {
+                self.protocol_error(
+                    Link::Charger,
+                    le.code,
+                    &format!("{action}: {}", le.description),
+                    payload.get(),
+                );
+                self.send_charger(frame::call_error(id, le.code, &le.description));
+            }
+        }
+    }
+
+    fn on_committed(&mut self, then: Then, res: Result<Vec<u64>, JournalError>) -> Result<(), End> {
+        match then {
+            Then::Log(what) => {
+                if let Err(e) = res {
+                    log::warn!(charger_id = self.id.as_str(); "cannot {what}: {e}");
+                }
+            }
+            Then::LocalAnswer {
+                id,
+                action,
+                payload,
+                reply,
+                queued,
+            } => match res {
+                Ok(keys) => {
+                    self.queued(queued, keys.last().copied());
+                    self.note_missed(&action, &payload);
+                    self.send_charger(reply);
+                }
+                Err(e) => {
+                    // Never acknowledge what is not stored: the charger keeps
+                    // the message and retries.
+                    log::error!(charger_id = self.id.as_str(); "cannot store {action}: {e}");
+                    let reply = frame::call_error(
+                        &id,
+                        "InternalError",
+                        "gateway storage unavailable; retry later",
+                    );
+                    self.send_charger(reply);
+                }
+            },
+            Then::Direct {
+                id,
+                action,
+                payload,
+                entry,
+            } => self.on_direct_stored(id, action, payload, entry, res),
+            Then::Enqueue {
+                entry,
+                queued,
+                reply,
+            } => self.on_enqueued(entry, queued, reply, res),
+        }
+        Ok(())
+    }
+
+    fn on_charger_answer(&mut self, id: &str, outcome: CallOutcome, text: &str) {
+        let Some(p) = self.pending_down.remove(id) else {
+            self.protocol_error(
+                Link::Charger,
+                "ProtocolError",
+                "answer to a call that is not outstanding",
+                text,
+            );
+            return;
+        };
+        self.journal_remote_action(&p, &outcome);
+        if let (Source::Cloud, "SendLocalList", CallOutcome::Result(r)) =
+            (p.source, p.action.as_str(), &outcome)
+        {
+            if r["status"] == "Accepted" {
+                // The charger took the list: the gateway answers from it too.
+                if let Some(op) = crate::auth::local_list_update(&self.id, &p.request) {
+                    self.out.push(Action::Commit {
+                        ops: vec![Op::Auth(op)],
+                        then: Then::Log("store the local list"),
+                    });
+                }
+            }
+        }
+        match p.reply {
+            Some(reply) => self.out.push(Action::Reply(reply, outcome)),
+            None if self.cloud_up() => self.send_cloud(text.to_string()),
+            None => {
+                log::warn!(charger_id = self.id.as_str(); "answer to the cloud's {} dropped: cloud link is down", p.action)
+            }
+        }
+        self.pump_down();
+    }
+
+    /// Keep the id tag status from the cloud's answer (authorization cache).
+    fn remember_tags(&mut self, action: &str, request: &str, answer: &str) {
+        if let Some(op) = crate::auth::cache_update(action, request, answer) {
+            self.out.push(Action::Commit {
+                ops: vec![Op::Auth(op)],
+                then: Then::Log("update the authorization cache"),
+            });
+        }
+    }
+
+    pub(super) fn journal_remote_action(&mut self, p: &PendingDown, outcome: &CallOutcome) {
+        let (result, error) = match outcome {
+            CallOutcome::Result(v) => (Some(v.clone()), None),
+            CallOutcome::Error { code, description } => {
+                (None, Some(format!("{code}: {description}")))
+            }
+            CallOutcome::Timeout => (
+                None,
+                Some("timeout: the charger did not answer".to_string()),
+            ),
+            CallOutcome::Disconnected => (
+                None,
+                Some("charger disconnected before answering".to_string()),
+            ),
+        };
+        self.journal(Event::RemoteAction {
+            action: p.action.clone(),
+            source: p.source,
+            request: crate::event::redact(&p.action, &p.request),
+            result,
+            error,
+        });
+    }
+
+    // ---- cloud → gateway ----
+
+    fn on_cloud_msg(&mut self, msg: CloudMsg) -> Result<(), End> {
+        match msg {
+            CloudMsg::Text(t) => {
+                self.on_cloud_text(t);
+                Ok(())
+            }
+            CloudMsg::Closed(f) => {
+                let code = f.as_ref().map(|f| f.0);
+                let why = f.map(|f| f.1).filter(|r| !r.is_empty());
+                self.link_down(
+                    why.unwrap_or_else(|| "cloud closed the connection".into()),
+                    code,
+                )
+            }
+            CloudMsg::Binary => {
+                self.protocol_error(
+                    Link::Cloud,
+                    "ProtocolError",
+                    "binary frames are not OCPP-J",
+                    "",
+                );
+                Ok(())
+            }
+            CloudMsg::Other => Ok(()),
+            CloudMsg::Lost(e) => self.link_down(e, None),
+        }
+    }
+
+    fn on_cloud_text(&mut self, raw: Utf8Bytes) {
+        let text = raw.as_str();
+        let frame = match self.parse_frame(Link::Cloud, text) {
+            Ok(f) => f,
+            Err(reply) => {
+                if let Some(reply) = reply {
+                    self.send_cloud(reply);
+                }
+                return;
+            }
+        };
+        match frame {
+            Frame::Call {
+                id,
+                action,
+                payload,
+            } => {
+                if self.queue_down.len() + self.pending_down.len() >= MAX_QUEUED_DOWN {
+                    // A cloud that sends faster than the charger answers
+                    // must not grow the gateway's memory without bound.
+                    let reply = frame::call_error(
+                        &id,
+                        "GenericError",
+                        "charger busy: too many calls waiting for it at the gateway",
+                    );
+                    return self.send_cloud(reply);
+                }
+                let request = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                self.queue_down.push_back(Queued::Cloud {
+                    text: text.to_string(),
+                    id,
+                    action,
+                    request,
+                });
+                self.pump_down()
+            }
+            Frame::CallResult { id, payload } => {
+                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+                    return self.on_outbox_result(text, &payload);
+                }
+                if self
+                    .resync
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.msg_id == id)
+                {
+                    let status = crate::ocpp::messages::AnswerFields::read(&payload).status();
+                    return self.on_resync_answer(status, None);
+                }
+                let Some(p) = self.pending_up.remove(&id) else {
+                    self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text);
+                    return;
+                };
+                self.out.push(Action::ToCharger(raw.clone()));
+                self.note_delivered(&p.action, p.payload.get());
+                self.remember_tags(&p.action, p.payload.get(), payload.get());
+                if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
+                    if let Some(ev) =
+                        self.event_for(&p.action, &p.payload, Some(&payload), Source::Cloud)
+                    {
+                        self.journal(ev);
+                    }
+                }
+                self.pump_outbox()
+            }
+            Frame::CallError {
+                id,
+                code,
+                description,
+            } => {
+                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+                    return self.on_outbox_error(text, &code, &description);
+                }
+                if self
+                    .resync
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.msg_id == id)
+                {
+                    return self.on_resync_answer(None, Some(format!("{code}: {description}")));
+                }
+                let Some(p) = self.pending_up.remove(&id) else {
+                    self.protocol_error(
+                        Link::Cloud,
+                        "ProtocolError",
+                        "error for a call that is not outstanding",
+                        text,
+                    );
+                    return;
+                };
+                self.out.push(Action::ToCharger(raw.clone()));
+                self.protocol_error(
+                    Link::Cloud,
+                    &code,
+                    &format!("cloud rejected {}: {description}", p.action),
+                    "",
+                );
+                self.pump_outbox()
+            }
+        }
+    }
+
+    fn event_for(
+        &self,
+        action: &str,
+        payload: &RawValue,
+        answer: Option<&RawValue>,
+        by: Source,
+    ) -> Option<Event> {
+        if self.proto == Protocol::Ocpp16 {
+            return event::for_charger_call(action, payload, answer, by);
+        }
+        if action == "Heartbeat" {
+            return None;
+        }
+        let status = answer.and_then(|a| crate::ocpp::messages::AnswerFields::read(a).status());
+        Some(Event::ChargerCall {
+            action: action.to_string(),
+            status,
+            answered_by: by,
+        })
+    }
+
+    /// Send the next call toward the charger when none is outstanding.
+    /// Cloud calls are relayed even while another cloud call is out (the
+    /// cloud's own business), but never while a gateway call is.
+    pub(super) fn pump_down(&mut self) {
+        while let Some(next) = self.queue_down.front() {
+            let local_busy = self.pending_down.values().any(|p| p.reply.is_some());
+            let ok = match next {
+                Queued::Cloud { .. } => !local_busy,
+                Queued::Local { .. } => self.pending_down.is_empty(),
+            };
+            if !ok {
+                return;
+            }
+            let sent = self.now.mono;
+            let (id, pending, text) = match self.queue_down.pop_front().expect("front exists") {
+                Queued::Cloud {
+                    text,
+                    id,
+                    action,
+                    request,
+                } => {
+                    // The cloud names transactions the charger knows by a local id.
+                    let text = self
+                        .rewrite_for_charger(&id, &action, &request)
+                        .unwrap_or(text);
+                    let p = PendingDown {
+                        action,
+                        request,
+                        source: Source::Cloud,
+                        reply: None,
+                        sent,
+                    };
+                    (id, p, text)
+                }
+                Queued::Local {
+                    action,
+                    payload,
+                    source,
+                    reply,
+                } => {
+                    self.local_ids += 1;
+                    // Prefixed so they never collide with the cloud's ids.
+                    let id = format!("cg-{}-{}", self.local_ids, fastrand::u32(..));
+                    let text = frame::call(&id, &action, &payload);
+                    let p = PendingDown {
+                        action,
+                        request: payload,
+                        source,
+                        reply: Some(reply),
+                        sent,
+                    };
+                    (id, p, text)
+                }
+            };
+            self.pending_down.insert(id, pending);
+            self.send_charger(text);
+        }
+    }
+}

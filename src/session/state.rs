@@ -998,3 +998,7 @@ impl<S> SessionState<S> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -22,12 +22,15 @@ use crate::hub::{Accepted, Command, Ctx};
 use crate::journal::Journal;
 use crate::upstream::{basic_auth, UpStream};
 
+mod cloud;
+pub mod inout;
 mod link;
 mod replay;
 mod resync;
 pub mod state;
 
-pub use state::{Action, ChargerMsg, CloudMsg, Env, Input, Now, SessionState, Setup};
+pub use inout::{Action, ChargerMsg, CloudMsg, Env, Input, Now, Setup};
+pub use state::SessionState;
 
 type Connecting = tokio::task::JoinHandle<Result<UpStream, String>>;
 type ChargerWs = WebSocketStream<crate::tls::ChargerStream>;

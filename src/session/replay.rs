@@ -10,7 +10,8 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::state::{Action, PendingUp, Queued, SessionState, Then};
+use super::inout::{Action, PendingUp, Queued, Then};
+use super::state::SessionState;
 use crate::event::{self, Event, Source};
 use crate::journal::{JournalError, Op};
 use crate::ocpp::frame;

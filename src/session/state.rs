@@ -6,11 +6,13 @@
 //! out in order: frames to send, records to commit, replies, a connection
 //! to open, the end of the session.
 //!
-//! The decisions live here and in the files beside it: the one outstanding
-//! CALL each way (`pump_down`, `upstream_busy`), the pending-call tables,
-//! local answers (`answer_locally`), the outbox in flight and its replay
-//! (`replay.rs`), the resync after an outage (`resync.rs`), the cloud link,
-//! timeouts and pings (`link.rs`).
+//! Here: the state, the charger's frames (`on_charger_text`: relay, or
+//! answer locally), local answers and what follows a commit. Beside it,
+//! one `impl` each: the cloud's frames and the calls toward the charger
+//! under the one-CALL rule (`cloud.rs`), the outbox in flight, its replay
+//! and id rewriting (`replay.rs`), the resync after an outage
+//! (`resync.rs`), the cloud link, timeouts and pings (`link.rs`). The
+//! vocabulary of inputs and actions is in `inout.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,10 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::inout::{
+    Action, ChargerMsg, CloudLink, End, Env, Input, Now, PendingDown, PendingUp, Queued, Setup,
+    Then,
+};
 use super::replay::{InFlight, Queue};
 use super::resync::Resync;
 use crate::clock::format_ms;
@@ -33,228 +38,6 @@ use crate::ocpp::frame::{self, Frame};
 use crate::ocpp::{local, Protocol};
 use crate::outbox::{self, Entry};
 use crate::upstream::Backoff;
-
-/// The time an input happens at: monotonic for timeouts, wall clock for
-/// OCPP timestamps and id tag expiry.
-#[derive(Debug, Clone, Copy)]
-pub struct Now {
-    pub mono: Instant,
-    pub wall: time::OffsetDateTime,
-}
-
-impl Now {
-    /// The machine's clocks now (the task's one clock read).
-    pub fn system() -> Now {
-        Now {
-            mono: Instant::now(),
-            wall: time::OffsetDateTime::now_utc(),
-        }
-    }
-
-    fn unix_ms(&self) -> i64 {
-        (self.wall.unix_timestamp_nanos() / 1_000_000) as i64
-    }
-}
-
-/// What the session reads from storage while deciding: in-memory lookups
-/// that never wait (the journal implements it; tests bring their own).
-pub trait Env: Send {
-    /// The authorization cache's status for an id tag at `now`.
-    fn tag_status(&self, charger: &str, tag: &str, now: time::OffsetDateTime) -> Option<String>;
-    /// A fresh (negative) local transaction id.
-    fn next_local_tx_id(&self) -> i64;
-    /// Whether the live state has transaction `tx` running on the charger.
-    fn transaction_running(&self, charger: &str, tx: i64) -> bool;
-}
-
-/// A message from the charger's socket.
-#[derive(Debug)]
-pub enum ChargerMsg {
-    Text(Utf8Bytes),
-    Binary,
-    /// The charger closed the connection (its close code and reason).
-    Closed(Option<(u16, String)>),
-    /// A message over `max_message_size`.
-    TooBig(String),
-    /// The connection broke.
-    Lost(String),
-    /// Ping or pong: proof of life, nothing else.
-    Other,
-}
-
-/// A message from the cloud's socket.
-#[derive(Debug)]
-pub enum CloudMsg {
-    Text(Utf8Bytes),
-    Binary,
-    Closed(Option<(u16, String)>),
-    Lost(String),
-    Other,
-}
-
-/// What happens to a session. `S` is the cloud socket.
-pub enum Input<S> {
-    /// The session starts: the charger connected from `remote`.
-    Start {
-        remote: String,
-    },
-    Charger(ChargerMsg),
-    Cloud(CloudMsg),
-    /// A connection attempt to the cloud ended.
-    Connected(Result<S, String>),
-    /// A write to the cloud failed: the link is gone.
-    CloudWriteFailed,
-    /// A write to the charger failed: the session is over.
-    ChargerWriteFailed(String),
-    /// A commit the session asked for finished.
-    Committed(Then, Result<Vec<u64>, JournalError>),
-    /// The deadline from [`SessionState::deadline`] passed.
-    Timer,
-    Command(Command),
-    Shutdown,
-}
-
-/// What the task does for the session, in order.
-pub enum Action<S> {
-    ToCharger(Utf8Bytes),
-    ToCloud(Utf8Bytes),
-    /// Ping the charger (a failure ends the session) and the cloud.
-    Ping,
-    /// Journal an event about this charger (batched, not waited for).
-    Journal(Event),
-    /// Commit with fsync and wait; then feed back
-    /// [`Input::Committed`] with `then` before anything else.
-    Commit {
-        ops: Vec<Op>,
-        then: Then,
-    },
-    /// Hand to the journal without waiting for the commit.
-    Submit(Vec<Op>),
-    Reply(oneshot::Sender<CallOutcome>, CallOutcome),
-    /// Answer a [`Command::Enqueue`]: stored or not.
-    Stored(oneshot::Sender<bool>, bool),
-    /// Start connecting to the cloud; the result comes back as
-    /// [`Input::Connected`].
-    OpenCloud,
-    /// Close the charger's socket with this code (the session is ending).
-    CloseCharger(CloseCode, &'static str),
-    /// Close the cloud's socket (the charger left).
-    CloseCloud(S),
-    /// Journal an event durably and wait (the charger's disconnect).
-    JournalDurable(Event),
-    /// The session is over; nothing follows.
-    Stop,
-}
-
-/// What to do once a commit is done, where the next step depends on it.
-pub enum Then {
-    /// Nothing: a failure is only logged.
-    Log(&'static str),
-    /// A local answer: sent once its record is stored, else a CALLERROR.
-    LocalAnswer {
-        id: String,
-        action: String,
-        payload: String,
-        reply: String,
-        queued: Option<outbox::Op>,
-    },
-    /// A transaction message to relay under the charger's own id once it
-    /// is in the outbox.
-    Direct {
-        id: String,
-        action: String,
-        payload: Box<RawValue>,
-        entry: Entry,
-    },
-    /// A message queued for the gateway's own purposes.
-    Enqueue {
-        entry: Entry,
-        queued: bool,
-        reply: oneshot::Sender<bool>,
-    },
-}
-
-/// The cloud link. The socket lives in `Up`, so a link that is up always
-/// has one, and one that is not never does.
-pub enum CloudLink<S> {
-    /// No cloud configured.
-    Standalone,
-    /// A connection attempt is running; `first` holds the charger's frames
-    /// back so that its BootNotification reaches the cloud.
-    Connecting {
-        first: bool,
-    },
-    Up(S),
-    /// Waiting to retry.
-    Down {
-        retry_at: Instant,
-    },
-}
-
-/// A charger's call relayed to the cloud, waiting for its answer.
-pub(super) struct PendingUp {
-    pub action: String,
-    pub payload: Box<RawValue>,
-    pub sent: Instant,
-}
-
-/// A call relayed or sent to the charger, waiting for its answer.
-pub(super) struct PendingDown {
-    pub action: String,
-    pub request: Value,
-    pub source: Source,
-    /// Who waits locally; `None` for the cloud's calls.
-    pub reply: Option<oneshot::Sender<CallOutcome>>,
-    pub sent: Instant,
-}
-
-/// A call toward the charger that waits for its turn.
-pub(super) enum Queued {
-    Cloud {
-        text: String,
-        id: String,
-        action: String,
-        request: Value,
-    },
-    Local {
-        action: String,
-        payload: Value,
-        source: Source,
-        reply: oneshot::Sender<CallOutcome>,
-    },
-}
-
-/// Why a session ends.
-#[derive(Debug)]
-pub struct End {
-    pub reason: String,
-    /// Close frame to send the charger, if its socket is still open.
-    pub close: Option<(CloseCode, &'static str)>,
-    pub code: Option<u16>,
-}
-
-impl End {
-    pub(super) fn new(reason: impl Into<String>, close: Option<(CloseCode, &'static str)>) -> End {
-        End {
-            reason: reason.into(),
-            close,
-            code: None,
-        }
-    }
-}
-
-/// What a session is set up with.
-pub struct Setup {
-    pub id: String,
-    pub proto: Protocol,
-    pub cfg: Arc<Config>,
-    /// The cloud's URL for this charger; `None`: standalone.
-    pub cloud_url: Option<String>,
-    pub backoff: Option<Backoff>,
-    /// What a previous session left queued, and its id map.
-    pub outbox: Vec<(u64, Entry)>,
-    pub tx_map: Vec<(i64, i64)>,
-}
 
 /// One charger's session: both links' protocol state.
 pub struct SessionState<S> {
@@ -537,7 +320,7 @@ impl<S> SessionState<S> {
     /// Parse a frame from either side. A malformed one is journaled, and
     /// when its sender expects an answer the CALLERROR to send back is the
     /// error value.
-    fn parse_frame(&mut self, from: Link, text: &str) -> Result<Frame, Option<String>> {
+    pub(super) fn parse_frame(&mut self, from: Link, text: &str) -> Result<Frame, Option<String>> {
         let e = match frame::parse(text) {
             Ok(f) => return Ok(f),
             Err(e) => e,
@@ -753,7 +536,7 @@ impl<S> SessionState<S> {
     }
 
     /// Keep the id tag status from the cloud's answer (authorization cache).
-    fn remember_tags(&mut self, action: &str, request: &str, answer: &str) {
+    pub(super) fn remember_tags(&mut self, action: &str, request: &str, answer: &str) {
         if let Some(op) = crate::auth::cache_update(action, request, answer) {
             self.out.push(Action::Commit {
                 ops: vec![Op::Auth(op)],
@@ -784,218 +567,6 @@ impl<S> SessionState<S> {
             result,
             error,
         });
-    }
-
-    // ---- cloud → gateway ----
-
-    fn on_cloud_msg(&mut self, msg: CloudMsg) -> Result<(), End> {
-        match msg {
-            CloudMsg::Text(t) => {
-                self.on_cloud_text(t);
-                Ok(())
-            }
-            CloudMsg::Closed(f) => {
-                let code = f.as_ref().map(|f| f.0);
-                let why = f.map(|f| f.1).filter(|r| !r.is_empty());
-                self.link_down(
-                    why.unwrap_or_else(|| "cloud closed the connection".into()),
-                    code,
-                )
-            }
-            CloudMsg::Binary => {
-                self.protocol_error(
-                    Link::Cloud,
-                    "ProtocolError",
-                    "binary frames are not OCPP-J",
-                    "",
-                );
-                Ok(())
-            }
-            CloudMsg::Other => Ok(()),
-            CloudMsg::Lost(e) => self.link_down(e, None),
-        }
-    }
-
-    fn on_cloud_text(&mut self, raw: Utf8Bytes) {
-        let text = raw.as_str();
-        let frame = match self.parse_frame(Link::Cloud, text) {
-            Ok(f) => f,
-            Err(reply) => {
-                if let Some(reply) = reply {
-                    self.send_cloud(reply);
-                }
-                return;
-            }
-        };
-        match frame {
-            Frame::Call {
-                id,
-                action,
-                payload,
-            } => {
-                if self.queue_down.len() + self.pending_down.len() >= MAX_QUEUED_DOWN {
-                    // A cloud that sends faster than the charger answers
-                    // must not grow the gateway's memory without bound.
-                    let reply = frame::call_error(
-                        &id,
-                        "GenericError",
-                        "charger busy: too many calls waiting for it at the gateway",
-                    );
-                    return self.send_cloud(reply);
-                }
-                let request = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-                self.queue_down.push_back(Queued::Cloud {
-                    text: text.to_string(),
-                    id,
-                    action,
-                    request,
-                });
-                self.pump_down()
-            }
-            Frame::CallResult { id, payload } => {
-                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
-                    return self.on_outbox_result(text, &payload);
-                }
-                if self
-                    .resync
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| f.msg_id == id)
-                {
-                    let status = crate::ocpp::messages::AnswerFields::read(&payload).status();
-                    return self.on_resync_answer(status, None);
-                }
-                let Some(p) = self.pending_up.remove(&id) else {
-                    self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text);
-                    return;
-                };
-                self.out.push(Action::ToCharger(raw.clone()));
-                self.note_delivered(&p.action, p.payload.get());
-                self.remember_tags(&p.action, p.payload.get(), payload.get());
-                if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
-                    if let Some(ev) =
-                        self.event_for(&p.action, &p.payload, Some(&payload), Source::Cloud)
-                    {
-                        self.journal(ev);
-                    }
-                }
-                self.pump_outbox()
-            }
-            Frame::CallError {
-                id,
-                code,
-                description,
-            } => {
-                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
-                    return self.on_outbox_error(text, &code, &description);
-                }
-                if self
-                    .resync
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| f.msg_id == id)
-                {
-                    return self.on_resync_answer(None, Some(format!("{code}: {description}")));
-                }
-                let Some(p) = self.pending_up.remove(&id) else {
-                    self.protocol_error(
-                        Link::Cloud,
-                        "ProtocolError",
-                        "error for a call that is not outstanding",
-                        text,
-                    );
-                    return;
-                };
-                self.out.push(Action::ToCharger(raw.clone()));
-                self.protocol_error(
-                    Link::Cloud,
-                    &code,
-                    &format!("cloud rejected {}: {description}", p.action),
-                    "",
-                );
-                self.pump_outbox()
-            }
-        }
-    }
-
-    fn event_for(
-        &self,
-        action: &str,
-        payload: &RawValue,
-        answer: Option<&RawValue>,
-        by: Source,
-    ) -> Option<Event> {
-        if self.proto == Protocol::Ocpp16 {
-            return event::for_charger_call(action, payload, answer, by);
-        }
-        if action == "Heartbeat" {
-            return None;
-        }
-        let status = answer.and_then(|a| crate::ocpp::messages::AnswerFields::read(a).status());
-        Some(Event::ChargerCall {
-            action: action.to_string(),
-            status,
-            answered_by: by,
-        })
-    }
-
-    /// Send the next call toward the charger when none is outstanding.
-    /// Cloud calls are relayed even while another cloud call is out (the
-    /// cloud's own business), but never while a gateway call is.
-    pub(super) fn pump_down(&mut self) {
-        while let Some(next) = self.queue_down.front() {
-            let local_busy = self.pending_down.values().any(|p| p.reply.is_some());
-            let ok = match next {
-                Queued::Cloud { .. } => !local_busy,
-                Queued::Local { .. } => self.pending_down.is_empty(),
-            };
-            if !ok {
-                return;
-            }
-            let sent = self.now.mono;
-            let (id, pending, text) = match self.queue_down.pop_front().expect("front exists") {
-                Queued::Cloud {
-                    text,
-                    id,
-                    action,
-                    request,
-                } => {
-                    // The cloud names transactions the charger knows by a local id.
-                    let text = self
-                        .rewrite_for_charger(&id, &action, &request)
-                        .unwrap_or(text);
-                    let p = PendingDown {
-                        action,
-                        request,
-                        source: Source::Cloud,
-                        reply: None,
-                        sent,
-                    };
-                    (id, p, text)
-                }
-                Queued::Local {
-                    action,
-                    payload,
-                    source,
-                    reply,
-                } => {
-                    self.local_ids += 1;
-                    // Prefixed so they never collide with the cloud's ids.
-                    let id = format!("cg-{}-{}", self.local_ids, fastrand::u32(..));
-                    let text = frame::call(&id, &action, &payload);
-                    let p = PendingDown {
-                        action,
-                        request: payload,
-                        source,
-                        reply: Some(reply),
-                        sent,
-                    };
-                    (id, p, text)
-                }
-            };
-            self.pending_down.insert(id, pending);
-            self.send_charger(text);
-        }
     }
 }
 

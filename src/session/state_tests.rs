@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::hub::Command;
 use crate::outbox::Entry;
+use crate::session::inout::CloudMsg;
 
 struct FakeEnv {
     next_tx: Cell<i64>,

@@ -7,6 +7,7 @@ use super::*;
 use crate::config::Config;
 use crate::meter::{MeterStatus, Reading};
 use crate::state::{ChargerState, LiveState, Override, Transaction};
+use serde_json::json;
 
 fn cfg(extra: &str) -> Config {
     let text = format!(

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use super::decide::{self, Decision, EngineState, Inputs, Plan, Sent};
+use super::decide::{self, Decision, EngineState, Inputs, Sent};
+use super::plan::Plan;
 use super::status::StatusHandle;
 use crate::clock::Clock;
 use crate::event::Source;

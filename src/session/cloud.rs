@@ -1,0 +1,226 @@
+//! The cloud side of the session's decisions: frames from the cloud (its
+//! calls queued for the charger under the one-CALL rule, its answers to
+//! relayed calls, replayed entries and resync messages), and the queue of
+//! calls toward the charger.
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::inout::{Action, CloudMsg, End, PendingDown, Queued};
+use super::state::{SessionState, MAX_QUEUED_DOWN};
+use crate::event::{self, Event, Link, Source};
+use crate::ocpp::frame::{self, Frame};
+use crate::ocpp::Protocol;
+
+impl<S> SessionState<S> {
+    pub(super) fn on_cloud_msg(&mut self, msg: CloudMsg) -> Result<(), End> {
+        match msg {
+            CloudMsg::Text(t) => {
+                self.on_cloud_text(t);
+                Ok(())
+            }
+            CloudMsg::Closed(f) => {
+                let code = f.as_ref().map(|f| f.0);
+                let why = f.map(|f| f.1).filter(|r| !r.is_empty());
+                self.link_down(
+                    why.unwrap_or_else(|| "cloud closed the connection".into()),
+                    code,
+                )
+            }
+            CloudMsg::Binary => {
+                self.protocol_error(
+                    Link::Cloud,
+                    "ProtocolError",
+                    "binary frames are not OCPP-J",
+                    "",
+                );
+                Ok(())
+            }
+            CloudMsg::Other => Ok(()),
+            CloudMsg::Lost(e) => self.link_down(e, None),
+        }
+    }
+
+    fn on_cloud_text(&mut self, raw: Utf8Bytes) {
+        let text = raw.as_str();
+        let frame = match self.parse_frame(Link::Cloud, text) {
+            Ok(f) => f,
+            Err(reply) => {
+                if let Some(reply) = reply {
+                    self.send_cloud(reply);
+                }
+                return;
+            }
+        };
+        match frame {
+            Frame::Call {
+                id,
+                action,
+                payload,
+            } => {
+                if self.queue_down.len() + self.pending_down.len() >= MAX_QUEUED_DOWN {
+                    // A cloud that sends faster than the charger answers
+                    // must not grow the gateway's memory without bound.
+                    let reply = frame::call_error(
+                        &id,
+                        "GenericError",
+                        "charger busy: too many calls waiting for it at the gateway",
+                    );
+                    return self.send_cloud(reply);
+                }
+                let request = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                self.queue_down.push_back(Queued::Cloud {
+                    text: text.to_string(),
+                    id,
+                    action,
+                    request,
+                });
+                self.pump_down()
+            }
+            Frame::CallResult { id, payload } => {
+                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+                    return self.on_outbox_result(text, &payload);
+                }
+                if self
+                    .resync
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.msg_id == id)
+                {
+                    let status = crate::ocpp::messages::AnswerFields::read(&payload).status();
+                    return self.on_resync_answer(status, None);
+                }
+                let Some(p) = self.pending_up.remove(&id) else {
+                    self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text);
+                    return;
+                };
+                self.out.push(Action::ToCharger(raw.clone()));
+                self.note_delivered(&p.action, p.payload.get());
+                self.remember_tags(&p.action, p.payload.get(), payload.get());
+                if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
+                    if let Some(ev) =
+                        self.event_for(&p.action, &p.payload, Some(&payload), Source::Cloud)
+                    {
+                        self.journal(ev);
+                    }
+                }
+                self.pump_outbox()
+            }
+            Frame::CallError {
+                id,
+                code,
+                description,
+            } => {
+                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+                    return self.on_outbox_error(text, &code, &description);
+                }
+                if self
+                    .resync
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.msg_id == id)
+                {
+                    return self.on_resync_answer(None, Some(format!("{code}: {description}")));
+                }
+                let Some(p) = self.pending_up.remove(&id) else {
+                    self.protocol_error(
+                        Link::Cloud,
+                        "ProtocolError",
+                        "error for a call that is not outstanding",
+                        text,
+                    );
+                    return;
+                };
+                self.out.push(Action::ToCharger(raw.clone()));
+                self.protocol_error(
+                    Link::Cloud,
+                    &code,
+                    &format!("cloud rejected {}: {description}", p.action),
+                    "",
+                );
+                self.pump_outbox()
+            }
+        }
+    }
+
+    fn event_for(
+        &self,
+        action: &str,
+        payload: &RawValue,
+        answer: Option<&RawValue>,
+        by: Source,
+    ) -> Option<Event> {
+        if self.proto == Protocol::Ocpp16 {
+            return event::for_charger_call(action, payload, answer, by);
+        }
+        if action == "Heartbeat" {
+            return None;
+        }
+        let status = answer.and_then(|a| crate::ocpp::messages::AnswerFields::read(a).status());
+        Some(Event::ChargerCall {
+            action: action.to_string(),
+            status,
+            answered_by: by,
+        })
+    }
+
+    /// Send the next call toward the charger when none is outstanding.
+    /// Cloud calls are relayed even while another cloud call is out (the
+    /// cloud's own business), but never while a gateway call is.
+    pub(super) fn pump_down(&mut self) {
+        while let Some(next) = self.queue_down.front() {
+            let local_busy = self.pending_down.values().any(|p| p.reply.is_some());
+            let ok = match next {
+                Queued::Cloud { .. } => !local_busy,
+                Queued::Local { .. } => self.pending_down.is_empty(),
+            };
+            if !ok {
+                return;
+            }
+            let sent = self.now.mono;
+            let (id, pending, text) = match self.queue_down.pop_front().expect("front exists") {
+                Queued::Cloud {
+                    text,
+                    id,
+                    action,
+                    request,
+                } => {
+                    // The cloud names transactions the charger knows by a local id.
+                    let text = self
+                        .rewrite_for_charger(&id, &action, &request)
+                        .unwrap_or(text);
+                    let p = PendingDown {
+                        action,
+                        request,
+                        source: Source::Cloud,
+                        reply: None,
+                        sent,
+                    };
+                    (id, p, text)
+                }
+                Queued::Local {
+                    action,
+                    payload,
+                    source,
+                    reply,
+                } => {
+                    self.local_ids += 1;
+                    // Prefixed so they never collide with the cloud's ids.
+                    let id = format!("cg-{}-{}", self.local_ids, fastrand::u32(..));
+                    let text = frame::call(&id, &action, &payload);
+                    let p = PendingDown {
+                        action,
+                        request: payload,
+                        source,
+                        reply: Some(reply),
+                        sent,
+                    };
+                    (id, p, text)
+                }
+            };
+            self.pending_down.insert(id, pending);
+            self.send_charger(text);
+        }
+    }
+}

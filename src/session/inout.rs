@@ -3,6 +3,7 @@
 //! actions the task carries out, and the small records the state keeps
 //! about calls in flight. No behaviour here beyond constructors.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -240,4 +241,53 @@ pub struct Setup {
     /// What a previous session left queued, and its id map.
     pub outbox: Vec<(u64, Entry)>,
     pub tx_map: Vec<(i64, i64)>,
+}
+
+/// What `answer_locally` does with the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Not a queued message.
+    No,
+    /// Queue it now (it arrived while the gateway answers alone).
+    Push,
+    /// It is queued under this key already (sent, but the cloud did not
+    /// answer in time): record the local transaction id on it.
+    Update(u64),
+}
+
+/// The outbox entry that is with the cloud right now.
+pub struct InFlight {
+    pub msg_id: String,
+    pub key: u64,
+    pub sent: Instant,
+    /// The charger waits for this answer (sent directly under its id).
+    pub direct: bool,
+}
+
+/// What the cloud missed while the gateway answered alone.
+#[derive(Debug, Default)]
+pub struct Resync {
+    /// The payload of a BootNotification the gateway answered itself.
+    pub boot: Option<String>,
+    /// The latest StatusNotification payload per connector.
+    pub statuses: BTreeMap<u64, String>,
+    /// The resync message with the cloud now.
+    pub in_flight: Option<ResyncInFlight>,
+}
+
+/// A resync message with the cloud, waiting for its answer.
+#[derive(Debug)]
+pub struct ResyncInFlight {
+    pub msg_id: String,
+    pub action: &'static str,
+    /// The connector of a StatusNotification; `None` for the boot.
+    pub connector: Option<u64>,
+    pub sent: Instant,
+}
+
+impl Resync {
+    /// Nothing for the cloud to catch up on.
+    pub fn is_idle(&self) -> bool {
+        self.boot.is_none() && self.statuses.is_empty()
+    }
 }

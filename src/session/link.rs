@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::inout::{Action, CloudLink, End, PendingUp, Queued};
-use super::replay::Queue;
+use super::inout::{Action, CloudLink, End, PendingUp, Queue, Queued};
+
 use super::state::{SessionState, IDLE_TICK, PING_GRACE, TICK};
 use crate::event::{self, Event, Link};
 use crate::hub::CallOutcome;

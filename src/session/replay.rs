@@ -5,38 +5,15 @@
 //! gateway's own ids), and leave only when the cloud has answered. Local
 //! transaction ids are mapped to the cloud's in both directions.
 
-use std::time::Instant;
-
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::inout::{Action, PendingUp, Queued, Then};
+use super::inout::{Action, InFlight, PendingUp, Queue, Queued, Then};
 use super::state::SessionState;
 use crate::event::{self, Event, Source};
 use crate::journal::{JournalError, Op};
 use crate::ocpp::frame;
 use crate::outbox::{self, Entry};
-
-/// What `answer_locally` does with the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Queue {
-    /// Not a queued message.
-    No,
-    /// Queue it now (it arrived while the gateway answers alone).
-    Push,
-    /// It is queued under this key already (sent, but the cloud did not
-    /// answer in time): record the local transaction id on it.
-    Update(u64),
-}
-
-/// The outbox entry that is with the cloud right now.
-pub(super) struct InFlight {
-    pub msg_id: String,
-    pub key: u64,
-    pub sent: Instant,
-    /// The charger waits for this answer (sent directly under its id).
-    pub direct: bool,
-}
 
 impl<S> SessionState<S> {
     /// Whether transaction messages go through the outbox (only when there

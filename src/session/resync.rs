@@ -5,43 +5,12 @@
 //! connector that changed meanwhile. Sent under the gateway's own ids;
 //! the answers are consumed here.
 
-use std::collections::BTreeMap;
-
-use std::time::Instant;
-
 use serde_json::Value;
 
+use super::inout::ResyncInFlight;
 use super::state::SessionState;
 use crate::event::Event;
 use crate::ocpp::frame;
-
-/// What the cloud missed while the gateway answered alone.
-#[derive(Debug, Default)]
-pub(super) struct Resync {
-    /// The payload of a BootNotification the gateway answered itself.
-    boot: Option<String>,
-    /// The latest StatusNotification payload per connector.
-    statuses: BTreeMap<u64, String>,
-    /// The resync message with the cloud now.
-    pub in_flight: Option<ResyncInFlight>,
-}
-
-/// A resync message with the cloud, waiting for its answer.
-#[derive(Debug)]
-pub(super) struct ResyncInFlight {
-    pub msg_id: String,
-    pub action: &'static str,
-    /// The connector of a StatusNotification; `None` for the boot.
-    pub connector: Option<u64>,
-    pub sent: Instant,
-}
-
-impl Resync {
-    /// Nothing for the cloud to catch up on.
-    pub(super) fn is_idle(&self) -> bool {
-        self.boot.is_none() && self.statuses.is_empty()
-    }
-}
 
 fn connector(payload: &str) -> Option<u64> {
     serde_json::from_str::<Value>(payload)

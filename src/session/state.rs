@@ -24,11 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::inout::{
-    Action, ChargerMsg, CloudLink, End, Env, Input, Now, PendingDown, PendingUp, Queued, Setup,
-    Then,
+    Action, ChargerMsg, CloudLink, End, Env, InFlight, Input, Now, PendingDown, PendingUp, Queue,
+    Queued, Resync, Setup, Then,
 };
-use super::replay::{InFlight, Queue};
-use super::resync::Resync;
 use crate::clock::format_ms;
 use crate::config::Config;
 use crate::event::{self, Event, Link, Source};

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use super::plan::{pause_floor, plan, stop_start, LiveChange, Plan};
+use super::plan::{pause_floor, plan, stop_start, Charger, LiveChange, LiveSent, Plan};
 use super::schedule::Allowed;
 use super::share::{self, Demand};
 use super::status::{ChargerLimit, SmartStatus};
@@ -73,30 +73,6 @@ pub struct Sent {
     pub standing: Option<String>,
     pub live: Option<LiveChange>,
     pub ok: bool,
-}
-
-/// What the engine remembers about one connected charger.
-#[derive(Debug, Default)]
-pub(super) struct Charger {
-    /// Profiles must be (re)sent from this instant on (after a connect or
-    /// a boot, the charger may have lost or never had them).
-    pub(super) dirty_at: Option<Instant>,
-    pub(super) standing_sent: Option<String>,
-    pub(super) live_sent: Option<LiveSent>,
-    pub(super) in_flight: bool,
-    pub(super) retry_at: Option<Instant>,
-    /// Load sharing turns.
-    pub(super) running_since: Option<i64>,
-    pub(super) waiting_since: Option<i64>,
-    pub(super) journaled: Option<ChargerLimit>,
-    /// Pause method "stop": the session the gateway stopped, to restart.
-    pub(super) stopped: Option<(u32, String)>,
-}
-
-#[derive(Debug)]
-pub(super) struct LiveSent {
-    pub(super) amps: f64,
-    pub(super) at: Instant,
 }
 
 /// Everything the engine carries from one round to the next.

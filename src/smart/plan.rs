@@ -8,11 +8,35 @@ use std::time::Instant;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 
-use super::decide::Charger;
 use super::profile::{self, Slot};
 use super::schedule;
+use super::status::ChargerLimit;
 use crate::config::{ChargerLimits, Config, PauseMethod};
 use crate::state::ChargerState;
+
+/// What the engine remembers about one connected charger.
+#[derive(Debug, Default)]
+pub struct Charger {
+    /// Profiles must be (re)sent from this instant on (after a connect or
+    /// a boot, the charger may have lost or never had them).
+    pub(super) dirty_at: Option<Instant>,
+    pub(super) standing_sent: Option<String>,
+    pub(super) live_sent: Option<LiveSent>,
+    pub(super) in_flight: bool,
+    pub(super) retry_at: Option<Instant>,
+    /// Load sharing turns.
+    pub(super) running_since: Option<i64>,
+    pub(super) waiting_since: Option<i64>,
+    pub(super) journaled: Option<ChargerLimit>,
+    /// Pause method "stop": the session the gateway stopped, to restart.
+    pub(super) stopped: Option<(u32, String)>,
+}
+
+#[derive(Debug)]
+pub struct LiveSent {
+    pub(super) amps: f64,
+    pub(super) at: Instant,
+}
 
 /// The profiles to send to one charger now.
 #[derive(Debug, Clone, PartialEq)]

@@ -63,6 +63,22 @@ pub struct BenchArgs {
     /// latency). A charger whose answer comes late sends its next at once.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// What the chargers send: `heartbeat` (the cheapest message), or
+    /// `transactions` (each charger starts a transaction, then alternates
+    /// Heartbeat and MeterValues of that transaction: what sites send).
+    #[arg(long, value_enum, default_value = "heartbeat")]
+    pub mix: Mix,
+    /// Another chargegate binary (the previous build, say), measured in the
+    /// same rounds as a fourth path.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+}
+
+/// The message mix the bench sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    Heartbeat,
+    Transactions,
 }
 
 /// Raise the open-files limit to its hard maximum (a gateway with a
@@ -91,13 +107,19 @@ pub async fn sink() -> std::io::Result<std::net::SocketAddr> {
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
                     return;
                 };
+                let mut next_tx = 0;
                 while let Some(Ok(msg)) = ws.next().await {
                     if let Message::Text(t) = msg {
-                        if let Ok(Frame::Call { id, .. }) = frame::parse(t.as_str()) {
-                            let reply = frame::call_result(
-                                &id,
-                                &serde_json::json!({"currentTime": "2026-01-01T00:00:00Z"}),
-                            );
+                        if let Ok(Frame::Call { id, action, .. }) = frame::parse(t.as_str()) {
+                            let payload = match action.as_str() {
+                                "StartTransaction" => {
+                                    next_tx += 1;
+                                    serde_json::json!({"transactionId": next_tx, "idTagInfo": {"status": "Accepted"}})
+                                }
+                                "MeterValues" | "StopTransaction" => serde_json::json!({}),
+                                _ => serde_json::json!({"currentTime": "2026-01-01T00:00:00Z"}),
+                            };
+                            let reply = frame::call_result(&id, &payload);
                             if ws.send(Message::text(reply)).await.is_err() {
                                 return;
                             }
@@ -130,27 +152,79 @@ pub(crate) async fn open(url: &str) -> anyhow::Result<Ws> {
 }
 
 async fn call(ws: &mut Ws, n: usize) -> anyhow::Result<Duration> {
+    call_with(ws, n, "Heartbeat", &serde_json::json!({}))
+        .await
+        .map(|(d, _)| d)
+}
+
+/// One CALL and its answer: the round trip and the answer's payload.
+async fn call_with(
+    ws: &mut Ws,
+    n: usize,
+    action: &str,
+    payload: &serde_json::Value,
+) -> anyhow::Result<(Duration, String)> {
     let id = n.to_string();
     let t0 = Instant::now();
-    ws.send(Message::text(frame::call(
-        &id,
-        "Heartbeat",
-        &serde_json::json!({}),
-    )))
-    .await?;
-    tokio::time::timeout(Duration::from_secs(10), answer(ws, &id))
+    ws.send(Message::text(frame::call(&id, action, payload)))
+        .await?;
+    let got = tokio::time::timeout(Duration::from_secs(10), answer_payload(ws, &id))
         .await
         .context("no answer within 10 s")??;
-    Ok(t0.elapsed())
+    Ok((t0.elapsed(), got))
+}
+
+/// The next message of the charger's in its mix: in `transactions`, every
+/// other one is a MeterValues of its transaction `tx`.
+async fn next_call(ws: &mut Ws, k: usize, tx: Option<i64>) -> anyhow::Result<Duration> {
+    let Some(tx) = tx.filter(|_| k % 2 == 1) else {
+        return call(ws, k).await;
+    };
+    let meter = serde_json::json!({
+        "connectorId": 1,
+        "transactionId": tx,
+        "meterValue": [{
+            "timestamp": crate::clock::now_rfc3339(),
+            "sampledValue": [
+                {"value": format!("{}", 1000 + k), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {"value": "7360", "measurand": "Power.Active.Import", "unit": "W"},
+                {"value": "32.0", "measurand": "Current.Import", "unit": "A", "phase": "L1"}
+            ]
+        }]
+    });
+    call_with(ws, k, "MeterValues", &meter)
+        .await
+        .map(|(d, _)| d)
+}
+
+/// Start a transaction on each charger; their transaction ids.
+async fn start_transactions(conns: &mut [Ws]) -> anyhow::Result<Vec<Option<i64>>> {
+    let mut ids = Vec::with_capacity(conns.len());
+    for ws in conns.iter_mut() {
+        let start = serde_json::json!({"connectorId": 1, "idTag": "BENCH", "meterStart": 1000, "timestamp": crate::clock::now_rfc3339()});
+        let (_, answer) = call_with(ws, 0, "StartTransaction", &start).await?;
+        let v: serde_json::Value = serde_json::from_str(&answer)?;
+        ids.push(Some(
+            v["transactionId"]
+                .as_i64()
+                .context("StartTransaction answered without a transactionId")?,
+        ));
+    }
+    Ok(ids)
 }
 
 pub(crate) async fn answer(ws: &mut Ws, id: &str) -> anyhow::Result<()> {
+    answer_payload(ws, id).await.map(|_| ())
+}
+
+/// Wait for the CALLRESULT with `id`; its payload.
+async fn answer_payload(ws: &mut Ws, id: &str) -> anyhow::Result<String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
-                if let Ok(Frame::CallResult { id: got, .. }) = frame::parse(t.as_str()) {
+                if let Ok(Frame::CallResult { id: got, payload }) = frame::parse(t.as_str()) {
                     if got == id {
-                        return Ok(());
+                        return Ok(payload.get().to_string());
                     }
                 }
             }
@@ -178,6 +252,7 @@ async fn connect_all(base: &str, tag: &str, n: usize) -> anyhow::Result<Vec<Ws>>
 /// together. Returns the connections, the round trips and the wall time.
 async fn round(
     conns: Vec<Ws>,
+    txs: &[Option<i64>],
     m: usize,
     first_id: usize,
     rate: f64,
@@ -190,6 +265,7 @@ async fn round(
         .into_iter()
         .enumerate()
         .map(|(i, mut ws)| {
+            let tx = txs.get(i).copied().flatten();
             tokio::spawn(async move {
                 let mut rtts = Vec::with_capacity(m);
                 for (j, k) in (first_id..first_id + m).enumerate() {
@@ -197,7 +273,7 @@ async fn round(
                         let at = start + p.mul_f64(i as f64 / n as f64 + j as f64);
                         tokio::time::sleep_until(at.into()).await;
                     }
-                    rtts.push(call(&mut ws, k).await?);
+                    rtts.push(next_call(&mut ws, k, tx).await?);
                 }
                 Ok::<_, anyhow::Error>((rtts, ws))
             })
@@ -223,6 +299,8 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 struct Path3 {
     name: &'static str,
     conns: Vec<Ws>,
+    /// Each connection's transaction id (`transactions` mix).
+    txs: Vec<Option<i64>>,
     /// The relay's processes, for RSS and CPU time.
     pids: Vec<u32>,
     samples: Vec<Duration>,
@@ -238,10 +316,24 @@ struct Path3 {
 const IDLE_WINDOW: Duration = Duration::from_secs(3);
 
 impl Path3 {
-    fn new(name: &'static str, conns: Vec<Ws>, pids: Vec<u32>) -> Path3 {
-        Path3 {
+    /// `n` chargers connected through `base`, with a transaction each in
+    /// the `transactions` mix.
+    async fn open(
+        name: &'static str,
+        base: &str,
+        n: usize,
+        mix: Mix,
+        pids: Vec<u32>,
+    ) -> anyhow::Result<Path3> {
+        let mut conns = connect_all(base, &format!("{name}{n}"), n).await?;
+        let txs = match mix {
+            Mix::Heartbeat => vec![None; n],
+            Mix::Transactions => start_transactions(&mut conns).await?,
+        };
+        Ok(Path3 {
             name,
             conns,
+            txs,
             pids,
             samples: Vec::new(),
             round_p99: Vec::new(),
@@ -249,7 +341,7 @@ impl Path3 {
             cpu_ticks: 0,
             idle_ticks: 0,
             rss_kb: 0,
-        }
+        })
     }
 
     /// Percentile of the pooled samples (sorted once, by `print_row`).
@@ -301,17 +393,19 @@ fn with_children(pid: u32) -> Vec<u32> {
 }
 
 async fn start_gateway(
+    exe: &Path,
     dir: &Path,
+    name: &str,
     sink: std::net::SocketAddr,
     threads: Option<usize>,
 ) -> anyhow::Result<(Child, String, std::net::SocketAddr)> {
     let cfg = format!(
         "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\nmax_connections = 0\nmax_connections_per_ip = 0\nrate_limit_per_sec = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n",
-        dir.join("data")
+        dir.join(name)
     );
-    let path = dir.join("gateway.toml");
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, cfg)?;
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = Command::new(exe);
     if let Some(t) = threads {
         cmd.env("TOKIO_WORKER_THREADS", t.to_string());
     }
@@ -401,16 +495,21 @@ fn print_row(n: usize, per_charger: usize, idle_rss: u64, paths: &mut [Path3]) {
         })
         .collect();
     let cell = |i: usize| cells.get(i).cloned().unwrap_or(("-".into(), "-".into()));
+    let ngx = paths
+        .iter()
+        .position(|x| x.name == "nginx")
+        .unwrap_or(usize::MAX);
     let nginx_rss = paths
-        .get(2)
+        .iter()
+        .find(|x| x.name == "nginx")
         .map_or("-".into(), |x| format!("{} KB", x.rss_kb));
     println!(
         "{n:>6} | {:>22} | {:>22} | {:>22} | {:>9} {:>9} | {:>7} KB {:>10} | {:>12.0}",
         cell(0).0,
         cell(1).0,
-        cell(2).0,
+        cell(ngx).0,
         cell(1).1,
-        cell(2).1,
+        cell(ngx).1,
         paths[1].rss_kb,
         nginx_rss,
         msgs / paths[1].wall.as_secs_f64(),
@@ -505,7 +604,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         return r;
     }
-    let (gw, gw_url, _) = start_gateway(&dir, sink, args.gateway_threads).await?;
+    let exe = std::env::current_exe()?;
+    let (gw, gw_url, _) = start_gateway(&exe, &dir, "data", sink, args.gateway_threads).await?;
+    let baseline = match &args.baseline {
+        Some(bin) => {
+            let (child, url, _) =
+                start_gateway(bin, &dir, "baseline", sink, args.gateway_threads).await?;
+            Some((child, url))
+        }
+        None => None,
+    };
     let gw_pid = gw.id().context("gateway pid")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kb(gw_pid);
@@ -528,8 +636,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "flood: each charger sends again as soon as it is answered".into()
     };
     println!(
-        "chargegate bench: {} rounds of {} heartbeats per charger ({load}), sink CSMS on {sink}; gateway idle RSS {} KB",
-        args.rounds, args.messages, idle_rss
+        "chargegate bench: {} rounds of {} messages per charger ({:?} mix; {load}), sink CSMS on {sink}; gateway idle RSS {} KB",
+        args.rounds, args.messages, args.mix, idle_rss
     );
     println!(
         "{:>6} | {:>22} | {:>22} | {:>22} | {:>9} {:>9} | {:>10} {:>10} | {:>12}",
@@ -544,21 +652,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "cg msg/s"
     );
     for &n in &args.chargers {
+        let mix = args.mix;
         let mut paths = vec![
-            Path3::new(
-                "direct",
-                connect_all(&format!("ws://{sink}/ocpp"), &format!("d{n}"), n).await?,
-                vec![],
-            ),
-            Path3::new(
-                "chargegate",
-                connect_all(&gw_url, &format!("g{n}"), n).await?,
-                vec![gw_pid],
-            ),
+            Path3::open("direct", &format!("ws://{sink}/ocpp"), n, mix, vec![]).await?,
+            Path3::open("chargegate", &gw_url, n, mix, vec![gw_pid]).await?,
         ];
         if let Some((child, url)) = &nginx {
-            let conns = connect_all(url, &format!("n{n}"), n).await?;
-            paths.push(Path3::new("nginx", conns, with_children(child.id())));
+            let pids = with_children(child.id());
+            paths.push(Path3::open("nginx", url, n, mix, pids).await?);
+        }
+        if let Some((child, url)) = &baseline {
+            let pids = vec![child.id().context("baseline pid")?];
+            paths.push(Path3::open("baseline", url, n, mix, pids).await?);
         }
         let m = args.messages;
         for r in 0..args.rounds.max(1) {
@@ -569,7 +674,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let path = &mut paths[i];
                 let cpu0 = path.cpu_now();
                 let conns = std::mem::take(&mut path.conns);
-                let (conns, mut rtts, wall) = round(conns, m, 1 + r * m, args.rate).await?;
+                let (conns, mut rtts, wall) =
+                    round(conns, &path.txs, m, 1 + r * m, args.rate).await?;
                 path.cpu_ticks += path.cpu_now().saturating_sub(cpu0);
                 path.rss_kb = path.rss_kb.max(path.pids.iter().map(|&p| rss_kb(p)).sum());
                 path.wall += wall;

@@ -106,7 +106,7 @@ pub(super) async fn run(
     println!("prepared {n} queued messages and {journal_mb} MB of events in {:.1} s; journal file {:.1} MB", t.elapsed().as_secs_f64(), size as f64 / 1e6);
 
     let t = Instant::now();
-    let (gw, url, api) = start_gateway(dir, sink, None).await?;
+    let (gw, url, api) = start_gateway(&std::env::current_exe()?, dir, "data", sink, None).await?;
     println!(
         "daemon start to accepting chargers: {:.2} s",
         t.elapsed().as_secs_f64()
@@ -139,7 +139,7 @@ pub(super) async fn run(
     drop(gw); // kill_on_drop: SIGKILL, no clean shutdown
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
-    let (gw, _, _) = start_gateway(dir, sink, None).await?;
+    let (gw, _, _) = start_gateway(&std::env::current_exe()?, dir, "data", sink, None).await?;
     println!(
         "daemon start after SIGKILL (crash recovery) to accepting chargers: {:.2} s",
         t.elapsed().as_secs_f64()

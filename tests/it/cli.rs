@@ -155,6 +155,30 @@ fn bench_runs_and_prints_its_figures() {
         let paced = out.contains("paced at 400 heartbeats/s");
         assert_eq!(paced, rate != "0", "load mode not stated:\n{out}");
     }
+    // What sites send (a transaction each, then Heartbeat and MeterValues
+    // in turn), with a second gateway binary measured in the same rounds.
+    let (code, out, err) = cli(&[
+        "bench",
+        "--chargers",
+        "2",
+        "--messages",
+        "4",
+        "--rounds",
+        "2",
+        "--journal-events",
+        "20",
+        "--no-nginx",
+        "--mix",
+        "transactions",
+        "--baseline",
+        env!("CARGO_BIN_EXE_chargegate"),
+    ]);
+    assert_eq!(code, 0, "transactions mix:\n{out}\n{err}");
+    assert!(out.contains("Transactions mix"), "{out}");
+    assert!(
+        out.contains("baseline   p99/direct per round: median"),
+        "no baseline figures:\n{out}"
+    );
     let (code, _, err) = cli(&["bench", "--rate=-1", "--no-nginx"]);
     assert_ne!(code, 0);
     assert!(err.contains("--rate"), "{err}");

@@ -441,8 +441,8 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
             return Ok(now_ms - n * mult);
         }
     }
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
         .map_err(|_| {
             format!("expected 2h, 30m, 1d, an RFC 3339 time or epoch milliseconds, found {s:?}")
         })

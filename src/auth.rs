@@ -37,13 +37,11 @@ impl TagInfo {
     }
 
     /// The status now: an `Accepted` tag past its expiry date is `Expired`.
-    pub fn status_at(&self, now: time::OffsetDateTime) -> String {
+    pub fn status_at(&self, now: jiff::Timestamp) -> String {
         let expired = self
             .expiry
             .as_deref()
-            .and_then(|e| {
-                time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).ok()
-            })
+            .and_then(|e| e.parse::<jiff::Timestamp>().ok())
             .is_some_and(|e| e < now);
         if expired && self.status == "Accepted" {
             "Expired".into()
@@ -214,12 +212,12 @@ mod tests {
             status: "Accepted".into(),
             expiry: Some("2020-01-01T00:00:00Z".into()),
         };
-        assert_eq!(info.status_at(time::OffsetDateTime::now_utc()), "Expired");
+        assert_eq!(info.status_at(jiff::Timestamp::now()), "Expired");
         let info = TagInfo {
             status: "Accepted".into(),
             expiry: Some("2999-01-01T00:00:00Z".into()),
         };
-        assert_eq!(info.status_at(time::OffsetDateTime::now_utc()), "Accepted");
+        assert_eq!(info.status_at(jiff::Timestamp::now()), "Accepted");
     }
 
     #[test]

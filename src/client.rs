@@ -336,9 +336,7 @@ pub fn format_check(charger: &str, report: &serde_json::Value) -> String {
 
 /// One journal record as a log line.
 pub fn format_record(r: &Record) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(r.time_ms as i128 * 1_000_000)
-        .map(crate::clock::format_ms)
-        .unwrap_or_else(|_| r.time_ms.to_string());
+    let t = crate::clock::format_unix_ms(r.time_ms);
     format!(
         "{t}  {:<12} {:<18} {}",
         r.charger.as_deref().unwrap_or("(gateway)"),

@@ -28,17 +28,23 @@ impl Clock {
 
 /// Now as RFC 3339 UTC with milliseconds, as OCPP timestamps are written.
 pub fn now_rfc3339() -> String {
-    format_ms(time::OffsetDateTime::now_utc())
+    format_ms(Timestamp::now())
 }
 
-/// A UTC time as `2026-01-01T12:00:00.000Z`.
-pub fn format_ms(t: time::OffsetDateTime) -> String {
-    let f = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&f)
-        .unwrap_or_default()
+/// A time as UTC `2026-01-01T12:00:00.000Z` (milliseconds truncated).
+pub fn format_ms(t: Timestamp) -> String {
+    let ms = t.as_millisecond();
+    let whole = Timestamp::from_second(ms.div_euclid(1000)).unwrap_or(t);
+    format!(
+        "{}.{:03}Z",
+        whole.strftime("%Y-%m-%dT%H:%M:%S"),
+        ms.rem_euclid(1000)
+    )
+}
+
+/// A time in milliseconds since the Unix epoch, as [`format_ms`] writes it.
+pub fn format_unix_ms(ms: i64) -> String {
+    Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), format_ms)
 }
 
 #[cfg(test)]
@@ -54,5 +60,13 @@ mod tests {
         assert!((0..5_000).contains(&d), "{d}");
         let sys = Clock::default().now().as_millisecond() - Timestamp::now().as_millisecond();
         assert!(sys.abs() < 5_000, "{sys}");
+    }
+
+    #[test]
+    fn times_are_written_in_utc_with_milliseconds() {
+        let t: Timestamp = "2026-01-01T13:00:00.1239+01:00".parse().unwrap();
+        assert_eq!(format_ms(t), "2026-01-01T12:00:00.123Z");
+        assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_unix_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 }

@@ -15,6 +15,7 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::any;
 use axum::Router;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
@@ -39,12 +40,14 @@ pub struct Uploads {
 
 impl Uploads {
     /// A fresh one-time token for a charger's upload.
-    pub fn issue(&self, charger: &str) -> String {
-        let token: String = (0..24).map(|_| fastrand::alphanumeric()).collect();
+    pub fn issue(&self, charger: &str) -> Result<String, crate::password::RandomError> {
+        // 18 random bytes: 144 bits, 24 URL-safe characters.
+        let bytes: [u8; 18] = crate::password::random()?;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         t.retain(|_, (_, at)| at.elapsed() < TOKEN_LIFETIME);
         t.insert(token.clone(), (charger.to_string(), Instant::now()));
-        token
+        Ok(token)
     }
 
     fn take(&self, token: &str) -> Option<String> {
@@ -254,7 +257,9 @@ mod tests {
     #[test]
     fn tokens_are_one_time() {
         let u = Uploads::default();
-        let t = u.issue("CP");
+        let t = u.issue("CP").unwrap();
+        assert_eq!(t.len(), 24);
+        assert_ne!(t, u.issue("CP").unwrap(), "tokens differ");
         assert_eq!(u.take(&t).as_deref(), Some("CP"));
         assert!(u.take(&t).is_none());
     }

@@ -121,7 +121,10 @@ pub async fn run(
         let Some(local) = ctx.registry.local_addr(&id) else {
             return Err(Error::Offline(id));
         };
-        let token = ctx.uploads.issue(&id);
+        let token = ctx
+            .uploads
+            .issue(&id)
+            .map_err(|e| Error::Refused(e.to_string()))?;
         let location = crate::diagnostics::location(local.ip(), ctx.upload_addr, &token);
         (
             "GetDiagnostics",

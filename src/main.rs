@@ -186,8 +186,16 @@ fn main() -> ExitCode {
             eprintln!("chargegate: weak password: {why}");
             return ExitCode::from(EXIT_CONFIG);
         }
-        println!("{}", chargegate::password::hash(pw));
-        return ExitCode::SUCCESS;
+        return match chargegate::password::hash(pw) {
+            Ok(h) => {
+                println!("{h}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chargegate: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Cmd::CheckConfig { file } = &command {
         return match Config::load(file) {
@@ -261,12 +269,7 @@ fn main() -> ExitCode {
                 for d in dead.iter().filter(|_| !json) {
                     println!(
                         "{}  {} after {} attempt(s): {}\n    {}",
-                        chargegate::clock::format_ms(
-                            time::OffsetDateTime::from_unix_timestamp_nanos(
-                                d.dead_ms as i128 * 1_000_000
-                            )
-                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-                        ),
+                        chargegate::clock::format_unix_ms(d.dead_ms),
                         d.entry.action,
                         d.entry.attempts,
                         d.error,

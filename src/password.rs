@@ -33,9 +33,26 @@ pub fn check_strength(pw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The operating system's random generator failed (it does not on Linux
+/// with a seeded kernel; a secret is never made from a weaker source).
+#[derive(Debug, thiserror::Error)]
+#[error("the system's random number generator failed")]
+pub struct RandomError;
+
+/// `N` bytes from the operating system's cryptographic generator, for
+/// secrets (salts, tokens).
+pub fn random<const N: usize>() -> Result<[u8; N], RandomError> {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| RandomError)?;
+    Ok(out)
+}
+
 /// Hash a password for the config (`chargegate hash-password`).
-pub fn hash(pw: &str) -> String {
-    let salt: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+pub fn hash(pw: &str) -> Result<String, RandomError> {
+    let salt: [u8; 16] = random()?;
     let mut out = [0u8; 32];
     ring::pbkdf2::derive(
         ring::pbkdf2::PBKDF2_HMAC_SHA256,
@@ -45,11 +62,11 @@ pub fn hash(pw: &str) -> String {
         &mut out,
     );
     let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-    format!(
+    Ok(format!(
         "{HASH_PREFIX}{ITERATIONS}${}${}",
         b64.encode(salt),
         b64.encode(out)
-    )
+    ))
 }
 
 /// Whether a stored password (plain or hashed) is well formed.
@@ -114,11 +131,11 @@ mod tests {
 
     #[test]
     fn hashed_passwords_verify() {
-        let h = hash("correct-horse-battery");
+        let h = hash("correct-horse-battery").unwrap();
         assert!(h.starts_with(HASH_PREFIX) && parse_hash(&h).is_some());
         assert!(verify(&h, b"correct-horse-battery"));
         assert!(!verify(&h, b"correct-horse-batterY"));
-        assert_ne!(hash("correct-horse-battery"), h, "salted");
+        assert_ne!(hash("correct-horse-battery").unwrap(), h, "salted");
         assert!(verify("plain-password-16", b"plain-password-16"));
         assert!(!verify("plain-password-16", b"plain-password-17"));
         assert!(

@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn hashed_passwords_and_security_profiles() {
-        let hashed = crate::password::hash("hashed-secret-123");
+        let hashed = crate::password::hash("hashed-secret-123").unwrap();
         let text = format!(
             "[[charger]]\nid = \"CP-H\"\npassword = \"{hashed}\"\n[[charger]]\nid = \"CP-W\"\npassword = \"weak\"\n"
         );

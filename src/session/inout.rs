@@ -26,7 +26,7 @@ use crate::upstream::Backoff;
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub mono: Instant,
-    pub wall: time::OffsetDateTime,
+    pub wall: jiff::Timestamp,
 }
 
 impl Now {
@@ -34,12 +34,12 @@ impl Now {
     pub fn system() -> Now {
         Now {
             mono: Instant::now(),
-            wall: time::OffsetDateTime::now_utc(),
+            wall: jiff::Timestamp::now(),
         }
     }
 
     pub(super) fn unix_ms(&self) -> i64 {
-        (self.wall.unix_timestamp_nanos() / 1_000_000) as i64
+        self.wall.as_millisecond()
     }
 }
 
@@ -47,7 +47,7 @@ impl Now {
 /// that never wait (the journal implements it; tests bring their own).
 pub trait Env: Send {
     /// The authorization cache's status for an id tag at `now`.
-    fn tag_status(&self, charger: &str, tag: &str, now: time::OffsetDateTime) -> Option<String>;
+    fn tag_status(&self, charger: &str, tag: &str, now: jiff::Timestamp) -> Option<String>;
     /// A fresh (negative) local transaction id.
     fn next_local_tx_id(&self) -> i64;
     /// Whether the live state has transaction `tx` running on the charger.

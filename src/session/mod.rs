@@ -36,7 +36,7 @@ type Connecting = tokio::task::JoinHandle<Result<UpStream, String>>;
 type ChargerWs = WebSocketStream<crate::tls::ChargerStream>;
 
 impl Env for Journal {
-    fn tag_status(&self, charger: &str, tag: &str, now: time::OffsetDateTime) -> Option<String> {
+    fn tag_status(&self, charger: &str, tag: &str, now: jiff::Timestamp) -> Option<String> {
         self.auth_lookup(charger, tag).map(|i| i.status_at(now))
     }
 

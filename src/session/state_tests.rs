@@ -20,7 +20,7 @@ struct FakeEnv {
 }
 
 impl Env for FakeEnv {
-    fn tag_status(&self, _: &str, _: &str, _: time::OffsetDateTime) -> Option<String> {
+    fn tag_status(&self, _: &str, _: &str, _: jiff::Timestamp) -> Option<String> {
         None
     }
     fn next_local_tx_id(&self) -> i64 {
@@ -71,7 +71,7 @@ fn op_kind(op: &Op) -> String {
 struct Driver {
     s: SessionState<&'static str>,
     t0: Instant,
-    wall0: time::OffsetDateTime,
+    wall0: jiff::Timestamp,
     /// Seconds since the start: the injected time.
     at: Duration,
     next_key: u64,
@@ -118,7 +118,7 @@ impl Driver {
             next_tx: Cell::new(-1),
         });
         let t0 = Instant::now();
-        let wall0 = time::macros::datetime!(2030-01-07 10:00 UTC);
+        let wall0: jiff::Timestamp = "2030-01-07T10:00:00Z".parse().expect("a time");
         let now = Now {
             mono: t0,
             wall: wall0,
@@ -141,7 +141,7 @@ impl Driver {
     fn now(&self) -> Now {
         Now {
             mono: self.t0 + self.at,
-            wall: self.wall0 + self.at,
+            wall: self.wall0 + jiff::SignedDuration::try_from(self.at).expect("small"),
         }
     }
 

@@ -449,7 +449,7 @@ async fn a_cloud_flooding_a_slow_charger_gets_busy_answers_not_a_growing_queue()
 #[tokio::test]
 async fn hashed_passwords_are_checked_by_the_real_daemon_while_others_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = chargegate::password::hash("correct-horse-42");
+    let hash = chargegate::password::hash("correct-horse-42").unwrap();
     let extra = format!("[[charger]]\nid = \"CP-H\"\npassword = \"{hash}\"\n");
     let cfg = write_config(
         dir.path(),

@@ -74,11 +74,8 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Serve the API until shutdown.
 pub async fn serve(listener: TcpListener, ctx: Ctx) {
-    let mut shutdown = ctx.shutdown.clone();
+    let graceful = ctx.shutdown.clone().cancelled_owned();
     let app = router(ctx);
-    let graceful = async move {
-        let _ = shutdown.changed().await;
-    };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await

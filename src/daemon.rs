@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::event::Event;
@@ -48,8 +51,50 @@ pub struct Running {
     pub clock: crate::clock::Clock,
     /// The config in force; [`reload`] swaps its live parts.
     pub live: crate::config::Live,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+    core: Core,
+}
+
+/// The daemon's core tasks (listeners, API, smart charging, meter, MQTT,
+/// uploads), supervised: none of them may end before shutdown.
+#[derive(Default)]
+pub struct Core {
+    tasks: JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Core {
+    fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Wait until a core task ends (it returned or panicked) and say which
+    /// and how. Never returns while they all run.
+    pub async fn failed(&mut self) -> String {
+        let Some(done) = self.tasks.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, how) = match done {
+            Ok((id, ())) => (id, "ended".to_string()),
+            Err(e) if e.is_panic() => (e.id(), format!("panicked: {}", panic_message(e))),
+            Err(e) => (e.id(), format!("was cancelled: {e}")),
+        };
+        let name = self.names.get(&id).copied().unwrap_or("a core task");
+        format!("{name} {how}")
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    let p = e.into_panic();
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Bind a listener; errors name the config key. Port 0 binds a free port,
@@ -92,7 +137,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         )
         .await?;
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
     let registry = Registry::default();
     let uploads = crate::diagnostics::Uploads::default();
     let clock = crate::clock::Clock::default();
@@ -109,9 +155,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         journal: journal.clone(),
         connector,
         registry: registry.clone(),
-        shutdown: shutdown_rx.clone(),
+        shutdown: shutdown.clone(),
+        sessions: sessions.clone(),
     };
-    let mut tasks = vec![tokio::spawn(server::serve(ocpp, ctx.clone(), None))];
+    let mut core = Core::default();
+    core.spawn("the OCPP listener", server::serve(ocpp, ctx.clone(), None));
     let mut tls_addr = None;
     if let Some(t) = &cfg.tls {
         let server = crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
@@ -119,11 +167,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         let (listener, addr) = bind(t.listen, "ocpp.tls_listen").await?;
         tls_addr = Some(addr);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
-        tasks.push(tokio::spawn(server::serve(
-            listener,
-            ctx.clone(),
-            Some(acceptor),
-        )));
+        core.spawn(
+            "the wss:// OCPP listener",
+            server::serve(listener, ctx.clone(), Some(acceptor)),
+        );
         log::info!(
             "ocpp on wss://{addr}{}/{{id}} (security profiles 2 and 3)",
             cfg.path_prefix
@@ -144,32 +191,31 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     }
     let meter = cfg.smart.meter.clone().map(|m| {
         let (tx, rx) = watch::channel(crate::meter::MeterStatus::default());
-        tasks.push(tokio::spawn(crate::meter::run(
-            m,
-            clock.clone(),
-            tx,
-            shutdown_rx.clone(),
-        )));
+        core.spawn(
+            "the meter reader",
+            crate::meter::run(m, clock.clone(), tx, shutdown.clone()),
+        );
         rx
     });
     if let Some(m) = cfg.mqtt.clone() {
-        tasks.push(tokio::spawn(crate::mqtt::run(ctx.clone(), m)));
+        core.spawn("the MQTT client", crate::mqtt::run(ctx.clone(), m));
     }
-    tasks.push(tokio::spawn(crate::smart::engine::run(
-        ctx.clone(),
-        clock.clone(),
-        meter,
-        smart,
-    )));
-    tasks.push(tokio::spawn(crate::api::serve(api, ctx)));
-    tasks.push(tokio::spawn(crate::diagnostics::serve(
-        upload,
-        uploads,
-        cfg.data_dir.clone(),
-        journal.clone(),
-        cfg.upload_max_bytes,
-        shutdown_rx.clone(),
-    )));
+    core.spawn(
+        "the smart charging engine",
+        crate::smart::engine::run(ctx.clone(), clock.clone(), meter, smart),
+    );
+    core.spawn("the HTTP API", crate::api::serve(api, ctx));
+    core.spawn(
+        "the diagnostics upload listener",
+        crate::diagnostics::serve(
+            upload,
+            uploads,
+            cfg.data_dir.clone(),
+            journal.clone(),
+            cfg.upload_max_bytes,
+            shutdown.clone(),
+        ),
+    );
     match &cfg.upstream {
         Some(u) => log::info!(
             "ocpp on ws://{ocpp_addr}{}/{{id}}, cloud {}",
@@ -191,22 +237,28 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         clock,
         live,
         shutdown,
-        tasks,
+        sessions,
+        core,
     })
 }
 
 impl Running {
     /// Stop accepting, close every session (each journals its disconnect),
     /// then flush and close the journal.
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
-        while !self.registry.connected().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.sessions.close();
+        if tokio::time::timeout(DRAIN_GRACE, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            log::warn!(
+                "{} charger connection(s) still open after {}s; closing anyway",
+                self.sessions.len(),
+                DRAIN_GRACE.as_secs()
+            );
         }
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.core.tasks.shutdown().await;
         let _ = self
             .journal
             .record_durable(None, Event::GatewayStopping)
@@ -284,8 +336,8 @@ fn reload_and_log(path: Option<&std::path::Path>, live: &crate::config::Live) {
 /// Run until SIGTERM or SIGINT. Prints one `READY` line on stdout with the
 /// bound addresses, which scripts and tests read.
 pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    crate::bench::raise_fd_limit();
-    let running = start(cfg).await?;
+    raise_fd_limit();
+    let mut running = start(cfg).await?;
     // Signal handlers first: once READY is out, systemd may signal at once.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -296,8 +348,16 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     notify.send("READY=1");
     let period = crate::notify::Notifier::watchdog_interval();
     let mut watchdog = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+    let mut failed = None;
     loop {
         tokio::select! {
+            why = running.core.failed() => {
+                // Never a healthy-looking daemon with a dead part: exit
+                // non-zero, and systemd (Restart=on-failure) starts it anew.
+                log::error!("{why}; stopping so that the service restarts");
+                failed = Some(why);
+                break;
+            }
             _ = term.recv() => { log::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { log::info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => reload_and_log(config_path.as_deref(), &running.live),
@@ -316,5 +376,40 @@ pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow
     }
     notify.send("STOPPING=1");
     running.stop().await;
-    Ok(())
+    match failed {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
+}
+
+/// Raise the open-files limit to its hard maximum (a gateway with a
+/// thousand chargers holds two sockets per charger).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_core_task_that_ends_or_panics_is_named() {
+        let mut core = Core::default();
+        core.spawn("the quiet one", std::future::pending());
+        core.spawn("the meter reader", async {});
+        assert_eq!(core.failed().await, "the meter reader ended");
+        core.spawn("the smart charging engine", async {
+            panic!("median of nothing");
+        });
+        assert_eq!(
+            core.failed().await,
+            "the smart charging engine panicked: median of nothing"
+        );
+        // While the rest run, nothing is reported.
+        let quiet = tokio::time::timeout(Duration::from_millis(50), core.failed()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+    }
 }

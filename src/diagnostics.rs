@@ -150,7 +150,7 @@ pub async fn serve(
     data_dir: PathBuf,
     journal: Journal,
     max_bytes: usize,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let app = Router::new()
         .route("/diagnostics/{token}", any(upload))
@@ -161,9 +161,7 @@ pub async fn serve(
             data_dir,
             journal,
         });
-    let graceful = async move {
-        let _ = shutdown.changed().await;
-    };
+    let graceful = shutdown.cancelled_owned();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await

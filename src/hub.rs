@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::event::{Event, Source};
@@ -29,7 +31,10 @@ pub struct Ctx {
     pub journal: Journal,
     pub connector: Option<Arc<Connector>>,
     pub registry: Registry,
-    pub shutdown: watch::Receiver<bool>,
+    /// Cancelled once: the gateway is shutting down.
+    pub shutdown: CancellationToken,
+    /// Every charger connection's task, so that shutdown can wait for them.
+    pub sessions: TaskTracker,
     /// Outstanding diagnostics upload URLs.
     pub uploads: crate::diagnostics::Uploads,
     /// Where the diagnostics upload listener is bound.

@@ -290,7 +290,7 @@ pub async fn run(
     cfg: MeterConfig,
     clock: Clock,
     tx: watch::Sender<MeterStatus>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     tx.send_modify(|s| s.model = cfg.model.clone());
     let mut ctx: Option<Context> = None;
@@ -299,7 +299,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
         if ctx.is_none() {
             match connect(&cfg).await {

@@ -185,18 +185,16 @@ fn parse_basic(header: &str) -> Option<(String, Vec<u8>)> {
     Some((user, raw[colon + 1..].to_vec()))
 }
 
-/// Accept chargers until shutdown.
 /// Accept chargers on `listener` (wss:// when `tls` is given) until
 /// shutdown.
 pub async fn serve(listener: TcpListener, ctx: Ctx, tls: Option<tokio_rustls::TlsAcceptor>) {
-    let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     match ctx.conns.admit(addr.ip(), ctx.cfg.max_connections, ctx.cfg.max_connections_per_ip) {
                         Ok(place) => {
-                            tokio::spawn(handle_connection(stream, addr, ctx.clone(), place, tls.clone()));
+                            ctx.sessions.spawn(handle_connection(stream, addr, ctx.clone(), place, tls.clone()));
                         }
                         Err(why) => {
                             // Closed before the handshake costs anything.
@@ -215,7 +213,7 @@ pub async fn serve(listener: TcpListener, ctx: Ctx, tls: Option<tokio_rustls::Tl
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = ctx.shutdown.cancelled() => break,
         }
     }
 }

@@ -81,15 +81,6 @@ pub enum Mix {
     Transactions,
 }
 
-/// Raise the open-files limit to its hard maximum (a gateway with a
-/// thousand chargers holds two sockets per charger).
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 /// A CSMS that answers every CALL at once; what the relays are measured to.
 pub async fn sink() -> std::io::Result<std::net::SocketAddr> {
@@ -596,7 +587,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.rate
         );
     }
-    raise_fd_limit();
+    crate::daemon::raise_fd_limit();
     let dir = tempfile_dir()?;
     let sink = sink().await?;
     if args.replay > 0 {

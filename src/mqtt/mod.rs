@@ -78,7 +78,6 @@ pub async fn run(ctx: Ctx, cfg: MqttConfig) {
     };
     let mut events = ctx.journal.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
             Some(i) = in_rx.recv() => match i {
@@ -92,7 +91,7 @@ pub async fn run(ctx: Ctx, cfg: MqttConfig) {
                 Err(_) => break,
             },
             _ = tick.tick() => m.publish_states(),
-            _ = shutdown.changed() => break,
+            _ = ctx.shutdown.cancelled() => break,
         }
     }
     // Say goodbye ourselves; the last will covers a crash.

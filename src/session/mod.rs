@@ -190,11 +190,10 @@ impl Io {
         let mut wake_at = tokio::time::Instant::from_std(state.deadline());
         let timer = tokio::time::sleep_until(wake_at);
         tokio::pin!(timer);
-        let mut shutdown = self.ctx.shutdown.clone();
-        // Created once: every session shares the shutdown channel, and a
-        // fresh `changed()` each turn would lock its waiter list twice per
-        // message.
-        let shutdown = shutdown.changed();
+        // Created once: every session shares the shutdown token, and a
+        // fresh `cancelled()` each turn would lock its waiter list twice
+        // per message.
+        let shutdown = self.ctx.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
         loop {
             let want = tokio::time::Instant::from_std(state.deadline());

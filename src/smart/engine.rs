@@ -31,7 +31,6 @@ pub async fn run(
     let (sent_tx, mut sent_rx) = mpsc::channel::<Sent>(64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = ctx.shutdown.clone();
     let overrides = ctx
         .journal
         .state()
@@ -55,7 +54,7 @@ pub async fn run(
                 st.on_sent(done, Instant::now());
                 continue;
             }
-            _ = shutdown.changed() => return,
+            _ = ctx.shutdown.cancelled() => return,
         }
         // The config in force now: a SIGHUP may have changed schedules.
         let cfg = ctx.live.get();

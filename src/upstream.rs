@@ -146,12 +146,15 @@ impl Connector {
         charger_id: &str,
         proto: Protocol,
         authorization: Option<&str>,
-    ) -> Result<UpStream, String> {
+    ) -> Result<UpStream, ConnectError> {
         let url = self.url_for(charger_id);
         let mut req = url
             .as_str()
             .into_client_request()
-            .map_err(|e| format!("bad upstream URL {url}: {e}"))?;
+            .map_err(|e| ConnectError::BadUrl {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
         let h = req.headers_mut();
         h.insert(
             "Sec-WebSocket-Protocol",
@@ -160,7 +163,7 @@ impl Connector {
         if let Some(a) = authorization {
             h.insert(
                 "Authorization",
-                HeaderValue::from_str(a).map_err(|_| "invalid Authorization header".to_string())?,
+                HeaderValue::from_str(a).map_err(|_| ConnectError::BadAuthorization)?,
             );
         }
         let tls = self
@@ -177,17 +180,20 @@ impl Connector {
         );
         let (ws, resp) = tokio::time::timeout(self.cfg.connect_timeout, fut)
             .await
-            .map_err(|_| format!("no answer from {url} within {:?}", self.cfg.connect_timeout))?
+            .map_err(|_| ConnectError::Timeout {
+                url: url.clone(),
+                after: self.cfg.connect_timeout,
+            })?
             .map_err(|e| describe(&url, e))?;
         let agreed = resp
             .headers()
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok());
         if agreed != Some(proto.as_str()) {
-            return Err(format!(
-                "cloud did not agree to subprotocol {} (answered {agreed:?})",
-                proto.as_str()
-            ));
+            return Err(ConnectError::Subprotocol {
+                wanted: proto.as_str(),
+                answered: agreed.map(str::to_string),
+            });
         }
         Ok(ws)
     }
@@ -198,16 +204,75 @@ impl Connector {
     }
 }
 
-fn describe(url: &str, e: tokio_tungstenite::tungstenite::Error) -> String {
+/// Why a connection to the cloud failed. Cloned and compared so that the
+/// same failure is journaled once, not at every retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("bad upstream URL {url}: {detail}")]
+    BadUrl { url: String, detail: String },
+    #[error("invalid Authorization header")]
+    BadAuthorization,
+    #[error("no answer from {url} within {after:?}")]
+    Timeout { url: String, after: Duration },
+    #[error("cloud refused {url}: HTTP {status}")]
+    Refused { url: String, status: u16 },
+    /// The cloud's certificate is not trusted: someone has to act, it is
+    /// no network hiccup. The text keeps its `CERTIFICATE:` mark for the
+    /// journal's readers.
+    #[error("CERTIFICATE: TLS to {url} failed: {detail}")]
+    Certificate { url: String, detail: String },
+    #[error("TLS to {url} failed: {detail}")]
+    Tls { url: String, detail: String },
+    #[error("cannot reach {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("cloud did not agree to subprotocol {wanted} (answered {answered:?})")]
+    Subprotocol {
+        wanted: &'static str,
+        answered: Option<String>,
+    },
+    #[error("{url}: {detail}")]
+    Other { url: String, detail: String },
+    /// The task that connected died (it panicked or was cancelled).
+    #[error("connect task failed: {0}")]
+    Task(String),
+}
+
+fn describe(url: &str, e: tokio_tungstenite::tungstenite::Error) -> ConnectError {
     use tokio_tungstenite::tungstenite::Error as E;
+    let url = url.to_string();
     match e {
-        E::Http(resp) => format!("cloud refused {url}: HTTP {}", resp.status()),
-        E::Tls(t) => format!("TLS to {url} failed: {t}"),
-        E::Io(io) if io.to_string().contains("certificate") => {
-            format!("CERTIFICATE: TLS to {url} failed: {io}")
-        }
-        E::Io(io) => format!("cannot reach {url}: {io}"),
-        other => format!("{url}: {other}"),
+        E::Http(resp) => ConnectError::Refused {
+            url,
+            status: resp.status().as_u16(),
+        },
+        E::Tls(t) => ConnectError::Tls {
+            url,
+            detail: t.to_string(),
+        },
+        // rustls reports an untrusted certificate as an I/O error whose
+        // inner error is a `rustls::Error`.
+        E::Io(io) if is_certificate_error(&io) => ConnectError::Certificate {
+            url,
+            detail: io.to_string(),
+        },
+        E::Io(io) => ConnectError::Unreachable {
+            url,
+            detail: io.to_string(),
+        },
+        other => ConnectError::Other {
+            url,
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn is_certificate_error(io: &std::io::Error) -> bool {
+    match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(e) => matches!(
+            e,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+        ),
+        None => false,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::hub::{CallOutcome, Command};
 use crate::journal::{JournalError, Op};
 use crate::ocpp::Protocol;
 use crate::outbox::{self, Entry};
-use crate::upstream::Backoff;
+use crate::upstream::{Backoff, ConnectError};
 
 /// The time an input happens at: monotonic for timeouts, wall clock for
 /// OCPP timestamps and id tag expiry.
@@ -88,7 +88,7 @@ pub enum Input<S> {
     Charger(ChargerMsg),
     Cloud(CloudMsg),
     /// A connection attempt to the cloud ended.
-    Connected(Result<S, String>),
+    Connected(Result<S, ConnectError>),
     /// A write to the cloud failed: the link is gone.
     CloudWriteFailed,
     /// A write to the charger failed: the session is over.

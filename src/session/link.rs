@@ -13,6 +13,7 @@ use super::state::{SessionState, IDLE_TICK, PING_GRACE, TICK};
 use crate::event::{self, Event, Link};
 use crate::hub::CallOutcome;
 use crate::ocpp::Protocol;
+use crate::upstream::ConnectError;
 
 impl<S> SessionState<S> {
     // ---- upstream link ----
@@ -25,7 +26,7 @@ impl<S> SessionState<S> {
         self.link = CloudLink::Connecting { first };
     }
 
-    pub(super) fn on_connected(&mut self, res: Result<S, String>) -> Result<(), End> {
+    pub(super) fn on_connected(&mut self, res: Result<S, ConnectError>) -> Result<(), End> {
         let first = matches!(self.link, CloudLink::Connecting { first: true });
         match res {
             Ok(ws) => {
@@ -46,7 +47,7 @@ impl<S> SessionState<S> {
             }
             Err(e) => {
                 if self.last_connect_error.as_ref() != Some(&e) {
-                    if e.starts_with("CERTIFICATE:") {
+                    if matches!(e, ConnectError::Certificate { .. }) {
                         // Not a network hiccup: someone has to act.
                         log::error!(charger_id = self.id.as_str(); "{}: ALARM: the cloud's TLS certificate was refused ({e}); check [upstream] ca_file and the cloud's certificate", self.id);
                     } else {

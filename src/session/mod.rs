@@ -20,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::hub::{Accepted, Command, Ctx};
 use crate::journal::Journal;
-use crate::upstream::{basic_auth, UpStream};
+use crate::upstream::{basic_auth, ConnectError, UpStream};
 
 mod cloud;
 pub mod inout;
@@ -32,7 +32,7 @@ pub mod state;
 pub use inout::{Action, ChargerMsg, CloudMsg, Env, Input, Now, Setup};
 pub use state::SessionState;
 
-type Connecting = tokio::task::JoinHandle<Result<UpStream, String>>;
+type Connecting = tokio::task::JoinHandle<Result<UpStream, ConnectError>>;
 type ChargerWs = WebSocketStream<crate::tls::ChargerStream>;
 
 impl Env for Journal {
@@ -144,11 +144,11 @@ async fn next_cloud(up: Option<&mut UpStream>) -> Option<Result<Message, WsError
     }
 }
 
-async fn connected(c: &mut Option<Connecting>) -> Result<UpStream, String> {
+async fn connected(c: &mut Option<Connecting>) -> Result<UpStream, ConnectError> {
     match c {
         Some(f) => f
             .await
-            .unwrap_or_else(|e| Err(format!("connect task failed: {e}"))),
+            .unwrap_or_else(|e| Err(ConnectError::Task(e.to_string()))),
         None => std::future::pending().await,
     }
 }

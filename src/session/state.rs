@@ -47,7 +47,7 @@ pub struct SessionState<S> {
     pub(super) link: CloudLink<S>,
     pub(super) backoff: Option<Backoff>,
     /// The last connect error journaled (the same one is not repeated).
-    pub(super) last_connect_error: Option<String>,
+    pub(super) last_connect_error: Option<crate::upstream::ConnectError>,
     pub(super) pending_up: HashMap<String, PendingUp>,
     pub(super) pending_down: HashMap<String, PendingDown>,
     pub(super) queue_down: VecDeque<Queued>,

@@ -72,14 +72,11 @@ pub(crate) struct Tables<'t> {
 }
 
 impl Tables<'_> {
-    pub fn apply(&mut self, op: &Op) -> Result<(), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
+    pub fn apply(&mut self, op: &Op) -> Result<(), crate::outbox::TableError> {
         match op {
             Op::Cache { id_tag, info } => {
-                let v = serde_json::to_vec(info).map_err(|x| e(&x))?;
-                self.cache
-                    .insert(id_tag.as_str(), v.as_slice())
-                    .map_err(|x| e(&x))?;
+                let v = serde_json::to_vec(info)?;
+                self.cache.insert(id_tag.as_str(), v.as_slice())?;
             }
             Op::LocalList {
                 charger,
@@ -90,8 +87,7 @@ impl Tables<'_> {
                 if *full {
                     let old: Vec<String> = self
                         .list
-                        .range((charger.as_str(), "")..)
-                        .map_err(|x| e(&x))?
+                        .range((charger.as_str(), "")..)?
                         .map_while(|r| {
                             r.ok()
                                 .filter(|(k, _)| k.value().0 == charger.as_str())
@@ -99,29 +95,22 @@ impl Tables<'_> {
                         })
                         .collect();
                     for tag in old {
-                        self.list
-                            .remove((charger.as_str(), tag.as_str()))
-                            .map_err(|x| e(&x))?;
+                        self.list.remove((charger.as_str(), tag.as_str()))?;
                     }
                 }
                 for (tag, info) in entries {
                     match info {
                         Some(info) => {
-                            let v = serde_json::to_vec(info).map_err(|x| e(&x))?;
+                            let v = serde_json::to_vec(info)?;
                             self.list
-                                .insert((charger.as_str(), tag.as_str()), v.as_slice())
-                                .map_err(|x| e(&x))?;
+                                .insert((charger.as_str(), tag.as_str()), v.as_slice())?;
                         }
                         None => {
-                            self.list
-                                .remove((charger.as_str(), tag.as_str()))
-                                .map_err(|x| e(&x))?;
+                            self.list.remove((charger.as_str(), tag.as_str()))?;
                         }
                     }
                 }
-                self.version
-                    .insert(charger.as_str(), *version)
-                    .map_err(|x| e(&x))?;
+                self.version.insert(charger.as_str(), *version)?;
             }
         }
         Ok(())

@@ -45,8 +45,20 @@ pub enum JournalError {
         path: PathBuf,
         source: redb::DatabaseError,
     },
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the journal's writer thread: {0}")]
+    Thread(std::io::Error),
     #[error("journal storage error: {0}")]
-    Storage(String),
+    Storage(#[from] redb::Error),
+    #[error("journal encoding error: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A commit that failed, as told to each writer in its batch.
+    #[error(transparent)]
+    Batch(Arc<JournalError>),
     #[error("journal is closed")]
     Closed,
     #[error("journal is being reopened after a storage error")]
@@ -55,16 +67,24 @@ pub enum JournalError {
 
 macro_rules! storage_err {
     ($($t:ty),*) => {$(impl From<$t> for JournalError {
-        fn from(e: $t) -> Self { JournalError::Storage(e.to_string()) }
+        fn from(e: $t) -> Self { JournalError::Storage(e.into()) }
     })*};
 }
 storage_err!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
+    redb::CommitError
 );
+
+impl From<outbox::TableError> for JournalError {
+    fn from(e: outbox::TableError) -> Self {
+        match e {
+            outbox::TableError::Storage(e) => JournalError::Storage(e.into()),
+            outbox::TableError::Encode(e) => JournalError::Encode(e),
+        }
+    }
+}
 
 /// Retention and location settings.
 #[derive(Debug, Clone)]
@@ -139,8 +159,9 @@ impl Journal {
     /// the writer thread.
     pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
         if let Some(dir) = cfg.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                JournalError::Storage(format!("cannot create {}: {e}", dir.display()))
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
             })?;
         }
         let path = cfg.path.clone();
@@ -200,7 +221,7 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| JournalError::Storage(format!("cannot start writer thread: {e}")))?;
+            .map_err(JournalError::Thread)?;
         Ok(Journal {
             inner: Arc::new(Inner {
                 tx,
@@ -273,7 +294,7 @@ impl Journal {
     /// What is queued for a charger, oldest first.
     pub fn outbox(&self, charger: &str) -> Result<Vec<(u64, outbox::Entry)>, JournalError> {
         let r = self.inner.db.get()?.begin_read()?;
-        outbox::load(&r.open_table(outbox::OUTBOX)?, charger).map_err(JournalError::Storage)
+        outbox::load(&r.open_table(outbox::OUTBOX)?, charger).map_err(JournalError::from)
     }
 
     /// What is known of an id tag for a charger: its local list from the
@@ -298,13 +319,13 @@ impl Journal {
     /// A charger's dead letters, oldest first.
     pub fn dead_letters(&self, charger: &str) -> Result<Vec<outbox::DeadLetter>, JournalError> {
         let r = self.inner.db.get()?.begin_read()?;
-        outbox::load_dead(&r.open_table(outbox::DEAD)?, charger).map_err(JournalError::Storage)
+        outbox::load_dead(&r.open_table(outbox::DEAD)?, charger).map_err(JournalError::from)
     }
 
     /// A charger's map of local to cloud transaction ids.
     pub fn tx_map(&self, charger: &str) -> Result<Vec<(i64, i64)>, JournalError> {
         let r = self.inner.db.get()?.begin_read()?;
-        outbox::load_map(&r.open_table(outbox::TXMAP)?, charger).map_err(JournalError::Storage)
+        outbox::load_map(&r.open_table(outbox::TXMAP)?, charger).map_err(JournalError::from)
     }
 
     /// Outbox depth, oldest entry and dead letters of a charger.
@@ -584,9 +605,10 @@ impl Writer {
                             })
                         )
                 });
+                let e = Arc::new(e);
                 for append in batch {
                     if let Some(done) = append.done {
-                        let _ = done.send(Err(JournalError::Storage(e.to_string())));
+                        let _ = done.send(Err(JournalError::Batch(e.clone())));
                     }
                 }
             }
@@ -653,15 +675,12 @@ impl Writer {
                     let (charger, event) = match op {
                         Op::Event { charger, event } => (charger, event),
                         Op::Auth(o) => {
-                            au.apply(o).map_err(JournalError::Storage)?;
+                            au.apply(o)?;
                             res.push(0);
                             continue;
                         }
                         Op::Outbox(o) => {
-                            res.push(
-                                ob.apply(o, &mut next_key, time)
-                                    .map_err(JournalError::Storage)?,
-                            );
+                            res.push(ob.apply(o, &mut next_key, time)?);
                             continue;
                         }
                     };

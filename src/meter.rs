@@ -196,7 +196,38 @@ pub struct MeterStatus {
     pub error: Option<String>,
 }
 
-async fn connect(cfg: &MeterConfig) -> Result<Context, String> {
+/// Why the meter gave no reading.
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {0}: timed out")]
+    ConnectTimeout(std::net::SocketAddr),
+    #[error("cannot open {device}: {source}")]
+    Open {
+        device: std::path::PathBuf,
+        source: tokio_serial::Error,
+    },
+    #[error("register {address:#06x}: no answer within {after:?}")]
+    Timeout { address: u16, after: Duration },
+    #[error("register {address:#06x}: {source}")]
+    Read {
+        address: u16,
+        source: tokio_modbus::Error,
+    },
+    #[error("register {address:#06x}: exception {code}")]
+    Exception {
+        address: u16,
+        code: tokio_modbus::ExceptionCode,
+    },
+    #[error("L{0} current not available")]
+    NoCurrent(usize),
+}
+
+async fn connect(cfg: &MeterConfig) -> Result<Context, MeterError> {
     let slave = Slave(cfg.unit_id);
     match &cfg.transport {
         Transport::Tcp(addr) => {
@@ -207,8 +238,11 @@ async fn connect(cfg: &MeterConfig) -> Result<Context, String> {
             .await
             {
                 Ok(Ok(ctx)) => Ok(ctx),
-                Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
-                Err(_) => Err(format!("cannot connect to {addr}: timed out")),
+                Ok(Err(source)) => Err(MeterError::Connect {
+                    addr: *addr,
+                    source,
+                }),
+                Err(_) => Err(MeterError::ConnectTimeout(*addr)),
             }
         }
         Transport::Rtu {
@@ -233,7 +267,10 @@ async fn connect(cfg: &MeterConfig) -> Result<Context, String> {
                 .stop_bits(stop)
                 .data_bits(tokio_serial::DataBits::Eight)
                 .open_native_async()
-                .map_err(|e| format!("cannot open {}: {e}", device.display()))?;
+                .map_err(|source| MeterError::Open {
+                    device: device.clone(),
+                    source,
+                })?;
             Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
         }
     }
@@ -243,7 +280,7 @@ async fn read_one(
     ctx: &mut Context,
     r: &Register,
     timeout: Duration,
-) -> Result<Option<f64>, String> {
+) -> Result<Option<f64>, MeterError> {
     let n = r.kind.words();
     let fut = async {
         match r.table {
@@ -252,22 +289,32 @@ async fn read_one(
         }
     };
     match tokio::time::timeout(timeout, fut).await {
-        Err(_) => Err(format!(
-            "register {:#06x}: no answer within {timeout:?}",
-            r.address
-        )),
-        Ok(Err(e)) => Err(format!("register {:#06x}: {e}", r.address)),
-        Ok(Ok(Err(code))) => Err(format!("register {:#06x}: exception {code}", r.address)),
+        Err(_) => Err(MeterError::Timeout {
+            address: r.address,
+            after: timeout,
+        }),
+        Ok(Err(source)) => Err(MeterError::Read {
+            address: r.address,
+            source,
+        }),
+        Ok(Ok(Err(code))) => Err(MeterError::Exception {
+            address: r.address,
+            code,
+        }),
         Ok(Ok(Ok(words))) => Ok(decode(r, &words)),
     }
 }
 
-async fn read_all(ctx: &mut Context, cfg: &MeterConfig, now: Timestamp) -> Result<Reading, String> {
+async fn read_all(
+    ctx: &mut Context,
+    cfg: &MeterConfig,
+    now: Timestamp,
+) -> Result<Reading, MeterError> {
     let mut current = [0.0; 3];
     for (i, r) in cfg.map.current.iter().enumerate() {
         current[i] = read_one(ctx, r, cfg.timeout)
             .await?
-            .ok_or_else(|| format!("L{} current not available", i + 1))?;
+            .ok_or(MeterError::NoCurrent(i + 1))?;
     }
     let mut power_w = None;
     if let Some(r) = &cfg.map.power {
@@ -307,7 +354,7 @@ pub async fn run(
                 Err(e) => {
                     tx.send_modify(|s| {
                         s.connected = false;
-                        s.error = Some(e);
+                        s.error = Some(e.to_string());
                     });
                     continue;
                 }
@@ -326,7 +373,7 @@ pub async fn run(
                 ctx = None;
                 tx.send_modify(|s| {
                     s.connected = false;
-                    s.error = Some(e);
+                    s.error = Some(e.to_string());
                 });
             }
         }

@@ -85,21 +85,26 @@ pub(crate) struct Tables<'t> {
     pub txmap: Table<'t, (&'static str, i64), i64>,
 }
 
-fn storage(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// A failed read or write of one of the journal's tables, with redb's or
+/// serde's error kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error(transparent)]
+    Storage(#[from] redb::StorageError),
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl Tables<'_> {
     /// Apply one operation; `next_key` numbers new entries, `now` stamps
     /// dead letters. Returns the entry's key.
-    pub fn apply(&mut self, op: &Op, next_key: &mut u64, now: i64) -> Result<u64, String> {
+    pub fn apply(&mut self, op: &Op, next_key: &mut u64, now: i64) -> Result<u64, TableError> {
         match op {
             Op::Push { charger, entry } => {
                 *next_key += 1;
-                let v = serde_json::to_vec(entry).map_err(storage)?;
+                let v = serde_json::to_vec(entry)?;
                 self.outbox
-                    .insert((charger.as_str(), *next_key), v.as_slice())
-                    .map_err(storage)?;
+                    .insert((charger.as_str(), *next_key), v.as_slice())?;
                 Ok(*next_key)
             }
             Op::Update {
@@ -107,16 +112,12 @@ impl Tables<'_> {
                 key,
                 entry,
             } => {
-                let v = serde_json::to_vec(entry).map_err(storage)?;
-                self.outbox
-                    .insert((charger.as_str(), *key), v.as_slice())
-                    .map_err(storage)?;
+                let v = serde_json::to_vec(entry)?;
+                self.outbox.insert((charger.as_str(), *key), v.as_slice())?;
                 Ok(*key)
             }
             Op::Remove { charger, key } => {
-                self.outbox
-                    .remove((charger.as_str(), *key))
-                    .map_err(storage)?;
+                self.outbox.remove((charger.as_str(), *key))?;
                 Ok(*key)
             }
             Op::Kill {
@@ -125,19 +126,15 @@ impl Tables<'_> {
                 entry,
                 error,
             } => {
-                self.outbox
-                    .remove((charger.as_str(), *key))
-                    .map_err(storage)?;
+                self.outbox.remove((charger.as_str(), *key))?;
                 let dl = DeadLetter {
                     key: *key,
                     entry: entry.clone(),
                     error: error.clone(),
                     dead_ms: now,
                 };
-                let v = serde_json::to_vec(&dl).map_err(storage)?;
-                self.dead
-                    .insert((charger.as_str(), *key), v.as_slice())
-                    .map_err(storage)?;
+                let v = serde_json::to_vec(&dl)?;
+                self.dead.insert((charger.as_str(), *key), v.as_slice())?;
                 Ok(*key)
             }
             Op::MapTx {
@@ -145,9 +142,7 @@ impl Tables<'_> {
                 local,
                 cloud,
             } => {
-                self.txmap
-                    .insert((charger.as_str(), *local), *cloud)
-                    .map_err(storage)?;
+                self.txmap.insert((charger.as_str(), *local), *cloud)?;
                 Ok(0)
             }
         }
@@ -158,13 +153,10 @@ impl Tables<'_> {
 pub(crate) fn load(
     t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     charger: &str,
-) -> Result<Vec<(u64, Entry)>, String> {
+) -> Result<Vec<(u64, Entry)>, TableError> {
     let mut out = Vec::new();
-    for row in t
-        .range((charger, 0)..=(charger, u64::MAX))
-        .map_err(storage)?
-    {
-        let (k, v) = row.map_err(storage)?;
+    for row in t.range((charger, 0)..=(charger, u64::MAX))? {
+        let (k, v) = row?;
         match serde_json::from_slice::<Entry>(v.value()) {
             Ok(e) => out.push((k.value().1, e)),
             Err(e) => {
@@ -179,13 +171,10 @@ pub(crate) fn load(
 pub(crate) fn load_dead(
     t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     charger: &str,
-) -> Result<Vec<DeadLetter>, String> {
+) -> Result<Vec<DeadLetter>, TableError> {
     let mut out = Vec::new();
-    for row in t
-        .range((charger, 0)..=(charger, u64::MAX))
-        .map_err(storage)?
-    {
-        let (_, v) = row.map_err(storage)?;
+    for row in t.range((charger, 0)..=(charger, u64::MAX))? {
+        let (_, v) = row?;
         if let Ok(d) = serde_json::from_slice::<DeadLetter>(v.value()) {
             out.push(d);
         }
@@ -197,13 +186,10 @@ pub(crate) fn load_dead(
 pub(crate) fn load_map(
     t: &impl ReadableTable<(&'static str, i64), i64>,
     charger: &str,
-) -> Result<Vec<(i64, i64)>, String> {
+) -> Result<Vec<(i64, i64)>, TableError> {
     let mut out = Vec::new();
-    for row in t
-        .range((charger, i64::MIN)..=(charger, i64::MAX))
-        .map_err(storage)?
-    {
-        let (k, v) = row.map_err(storage)?;
+    for row in t.range((charger, i64::MIN)..=(charger, i64::MAX))? {
+        let (k, v) = row?;
         out.push((k.value().1, v.value()));
     }
     Ok(out)

@@ -8,9 +8,11 @@
 //! [`hub`] is what every part shares (the registry of live sessions, the
 //! commands a session takes).
 //!
-//! The path of a frame: [`server`] accepts a charger → [`session`] relays
-//! its frames, journaling them through [`journal`], to the cloud socket
-//! opened by [`upstream`] (or answers locally with [`ocpp::local`]).
+//! The path of a frame: [`server`] accepts a charger → [`session`]'s task
+//! reads its frames and its state machine (`session/state.rs`, no I/O)
+//! decides: relay, journal through [`journal`], or answer locally with
+//! [`ocpp::local`]; the task writes to the cloud socket opened by
+//! [`upstream`].
 //!
 //! - [`ocpp`]: pure protocol code (framing, payloads, local answers).
 //! - [`event`]: the journal's vocabulary and the OCPP → event mapping.

@@ -58,90 +58,102 @@ impl<S> SessionState<S> {
                 id,
                 action,
                 payload,
-            } => {
-                if self.queue_down.len() + self.pending_down.len() >= MAX_QUEUED_DOWN {
-                    // A cloud that sends faster than the charger answers
-                    // must not grow the gateway's memory without bound.
-                    let reply = frame::call_error(
-                        &id,
-                        "GenericError",
-                        "charger busy: too many calls waiting for it at the gateway",
-                    );
-                    return self.send_cloud(reply);
-                }
-                let request = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-                self.queue_down.push_back(Queued::Cloud {
-                    text: text.to_string(),
-                    id,
-                    action,
-                    request,
-                });
-                self.pump_down()
-            }
-            Frame::CallResult { id, payload } => {
-                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
-                    return self.on_outbox_result(text, &payload);
-                }
-                if self
-                    .resync
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| f.msg_id == id)
-                {
-                    let status = crate::ocpp::messages::AnswerFields::read(&payload).status();
-                    return self.on_resync_answer(status, None);
-                }
-                let Some(p) = self.pending_up.remove(&id) else {
-                    self.protocol_error(Link::Cloud, "ProtocolError", "answer to a call that is not outstanding (already answered by the gateway?)", text);
-                    return;
-                };
-                self.out.push(Action::ToCharger(raw.clone()));
-                self.note_delivered(&p.action, p.payload.get());
-                self.remember_tags(&p.action, p.payload.get(), payload.get());
-                if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
-                    if let Some(ev) =
-                        self.event_for(&p.action, &p.payload, Some(&payload), Source::Cloud)
-                    {
-                        self.journal(ev);
-                    }
-                }
-                self.pump_outbox()
-            }
+            } => self.on_cloud_call(text, id, action, &payload),
+            Frame::CallResult { id, payload } => self.on_cloud_result(&raw, id, &payload),
             Frame::CallError {
                 id,
                 code,
                 description,
-            } => {
-                if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
-                    return self.on_outbox_error(text, &code, &description);
-                }
-                if self
-                    .resync
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| f.msg_id == id)
-                {
-                    return self.on_resync_answer(None, Some(format!("{code}: {description}")));
-                }
-                let Some(p) = self.pending_up.remove(&id) else {
-                    self.protocol_error(
-                        Link::Cloud,
-                        "ProtocolError",
-                        "error for a call that is not outstanding",
-                        text,
-                    );
-                    return;
-                };
-                self.out.push(Action::ToCharger(raw.clone()));
-                self.protocol_error(
-                    Link::Cloud,
-                    &code,
-                    &format!("cloud rejected {}: {description}", p.action),
-                    "",
-                );
-                self.pump_outbox()
+            } => self.on_cloud_error(&raw, id, &code, &description),
+        }
+    }
+
+    /// A call of the cloud's for the charger: queued for its turn.
+    fn on_cloud_call(&mut self, text: &str, id: String, action: String, payload: &RawValue) {
+        if self.queue_down.len() + self.pending_down.len() >= MAX_QUEUED_DOWN {
+            // A cloud that sends faster than the charger answers must not
+            // grow the gateway's memory without bound.
+            let reply = frame::call_error(
+                &id,
+                "GenericError",
+                "charger busy: too many calls waiting for it at the gateway",
+            );
+            return self.send_cloud(reply);
+        }
+        let request = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+        self.queue_down.push_back(Queued::Cloud {
+            text: text.to_string(),
+            id,
+            action,
+            request,
+        });
+        self.pump_down()
+    }
+
+    fn resync_in_flight(&self, id: &str) -> bool {
+        self.resync
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.msg_id == id)
+    }
+
+    /// The cloud's answer: to a replayed entry, a resync message, or a
+    /// call relayed for the charger (sent on as received).
+    fn on_cloud_result(&mut self, raw: &Utf8Bytes, id: String, payload: &RawValue) {
+        let text = raw.as_str();
+        if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+            return self.on_outbox_result(text, payload);
+        }
+        if self.resync_in_flight(&id) {
+            let status = crate::ocpp::messages::AnswerFields::read(payload).status();
+            return self.on_resync_answer(status, None);
+        }
+        let Some(p) = self.pending_up.remove(&id) else {
+            self.protocol_error(
+                Link::Cloud,
+                "ProtocolError",
+                "answer to a call that is not outstanding (already answered by the gateway?)",
+                text,
+            );
+            return;
+        };
+        self.out.push(Action::ToCharger(raw.clone()));
+        self.note_delivered(&p.action, p.payload.get());
+        self.remember_tags(&p.action, p.payload.get(), payload.get());
+        if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
+            if let Some(ev) = self.event_for(&p.action, &p.payload, Some(payload), Source::Cloud) {
+                self.journal(ev);
             }
         }
+        self.pump_outbox()
+    }
+
+    /// The cloud's CALLERROR, routed like its answers.
+    fn on_cloud_error(&mut self, raw: &Utf8Bytes, id: String, code: &str, description: &str) {
+        let text = raw.as_str();
+        if self.in_flight.as_ref().is_some_and(|f| f.msg_id == id) {
+            return self.on_outbox_error(text, code, description);
+        }
+        if self.resync_in_flight(&id) {
+            return self.on_resync_answer(None, Some(format!("{code}: {description}")));
+        }
+        let Some(p) = self.pending_up.remove(&id) else {
+            self.protocol_error(
+                Link::Cloud,
+                "ProtocolError",
+                "error for a call that is not outstanding",
+                text,
+            );
+            return;
+        };
+        self.out.push(Action::ToCharger(raw.clone()));
+        self.protocol_error(
+            Link::Cloud,
+            code,
+            &format!("cloud rejected {}: {description}", p.action),
+            "",
+        );
+        self.pump_outbox()
     }
 
     fn event_for(

@@ -88,7 +88,8 @@ pub enum Input<S> {
     Charger(ChargerMsg),
     Cloud(CloudMsg),
     /// A connection attempt to the cloud ended.
-    Connected(Result<S, ConnectError>),
+    /// (Boxed: a socket is large, and every input would be as large.)
+    Connected(Result<Box<S>, ConnectError>),
     /// A write to the cloud failed: the link is gone.
     CloudWriteFailed,
     /// A write to the charger failed: the session is over.
@@ -126,7 +127,7 @@ pub enum Action<S> {
     /// Close the charger's socket with this code (the session is ending).
     CloseCharger(CloseCode, &'static str),
     /// Close the cloud's socket (the charger left).
-    CloseCloud(S),
+    CloseCloud(Box<S>),
     /// Journal an event durably and wait (the charger's disconnect).
     JournalDurable(Event),
     /// The session is over; nothing follows.

@@ -26,11 +26,11 @@ impl<S> SessionState<S> {
         self.link = CloudLink::Connecting { first };
     }
 
-    pub(super) fn on_connected(&mut self, res: Result<S, ConnectError>) -> Result<(), End> {
+    pub(super) fn on_connected(&mut self, res: Result<Box<S>, ConnectError>) -> Result<(), End> {
         let first = matches!(self.link, CloudLink::Connecting { first: true });
         match res {
             Ok(ws) => {
-                self.link = CloudLink::Up(ws);
+                self.link = CloudLink::Up(*ws);
                 self.last_connect_error = None;
                 if let Some(b) = self.backoff.as_mut() {
                     b.reset();
@@ -271,7 +271,7 @@ impl<S> SessionState<S> {
             code: end.code,
         }));
         if let CloudLink::Up(up) = std::mem::replace(&mut self.link, CloudLink::Standalone) {
-            self.out.push(Action::CloseCloud(up));
+            self.out.push(Action::CloseCloud(Box::new(up)));
             self.journal(Event::Disconnect {
                 link: Link::Cloud,
                 reason: "charger disconnected".into(),

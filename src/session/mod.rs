@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -31,6 +32,21 @@ pub mod state;
 
 pub use inout::{Action, ChargerMsg, CloudMsg, Env, Input, Now, Setup};
 pub use state::SessionState;
+
+/// How long a closing socket gets to say goodbye.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How one action went. (Large only when it feeds a finished commit back,
+/// and each is consumed at once.)
+#[allow(clippy::large_enum_variant)]
+enum Done {
+    Next,
+    /// Feed this to the state before the rest of the batch.
+    Feed(Input<UpStream>),
+    /// A write to the charger failed: the session is over.
+    ChargerGone(String),
+    Stop,
+}
 
 type Connecting = tokio::task::JoinHandle<Result<UpStream, ConnectError>>;
 type ChargerWs = WebSocketStream<crate::tls::ChargerStream>;
@@ -210,7 +226,7 @@ impl Io {
                 msg = next_cloud(state.cloud_mut()) => Input::Cloud(cloud_msg(msg)),
                 res = connected(&mut self.connecting) => {
                     self.connecting = None;
-                    Input::Connected(res)
+                    Input::Connected(res.map(Box::new))
                 }
                 cmd = cmd_rx.recv() => Input::Command(cmd.map_or(Command::Replace, |c| *c)),
                 _ = &mut timer => Input::Timer,
@@ -232,94 +248,91 @@ impl Io {
     ) -> bool {
         let mut queue: VecDeque<Action<UpStream>> = actions.into();
         while let Some(action) = queue.pop_front() {
-            let follow = match action {
-                Action::ToCharger(text) => match self.charger.send(Message::Text(text)).await {
-                    Ok(()) => continue,
-                    Err(_) if queue.iter().any(|a| matches!(a, Action::Stop)) => continue,
-                    Err(e) => {
-                        // The rest was meant for a charger that is gone.
-                        queue.clear();
-                        state.handle(Input::ChargerWriteFailed(e.to_string()), Now::system())
-                    }
-                },
-                Action::ToCloud(text) => {
-                    let Some(up) = state.cloud_mut() else {
-                        // The link went down earlier in this batch; the
-                        // state answered what waited for it.
-                        continue;
-                    };
-                    if up.send(Message::Text(text)).await.is_ok() {
-                        continue;
-                    }
-                    state.handle(Input::CloudWriteFailed, Now::system())
+            let input = match self.exec_one(state, action).await {
+                Done::Next => continue,
+                Done::Stop => return false,
+                Done::Feed(input) => input,
+                // A session already ending has nothing to lose.
+                Done::ChargerGone(_) if queue.iter().any(|a| matches!(a, Action::Stop)) => continue,
+                Done::ChargerGone(why) => {
+                    // The rest was meant for a charger that is gone.
+                    queue.clear();
+                    Input::ChargerWriteFailed(why)
                 }
-                Action::Ping => {
-                    if let Err(e) = self.charger.send(Message::Ping(Default::default())).await {
-                        queue.clear();
-                        let why = format!("ping failed: {e}");
-                        state.handle(Input::ChargerWriteFailed(why), Now::system())
-                    } else {
-                        if let Some(up) = state.cloud_mut() {
-                            let _ = up.send(Message::Ping(Default::default())).await;
-                        }
-                        continue;
-                    }
-                }
-                Action::Journal(ev) => {
-                    self.ctx.journal.record(Some(&self.id), ev).await;
-                    continue;
-                }
-                Action::Commit { ops, then } => {
-                    let res = self.ctx.journal.commit(ops).await;
-                    state.handle(Input::Committed(then, res), Now::system())
-                }
-                Action::Submit(ops) => {
-                    self.ctx.journal.submit(ops).await;
-                    continue;
-                }
-                Action::Reply(reply, outcome) => {
-                    let _ = reply.send(outcome);
-                    continue;
-                }
-                Action::Stored(reply, ok) => {
-                    let _ = reply.send(ok);
-                    continue;
-                }
-                Action::OpenCloud => {
-                    self.open_cloud();
-                    continue;
-                }
-                Action::CloseCharger(code, why) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: why.into(),
-                    };
-                    let close = self.charger.close(Some(frame));
-                    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
-                    continue;
-                }
-                Action::CloseCloud(mut up) => {
-                    let frame = CloseFrame {
-                        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-                        reason: "charger disconnected".into(),
-                    };
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), up.close(Some(frame))).await;
-                    continue;
-                }
-                Action::JournalDurable(ev) => {
-                    if let Err(e) = self.ctx.journal.record_durable(Some(&self.id), ev).await {
-                        log::error!(charger_id = self.id.as_str(); "cannot journal disconnect: {e}");
-                    }
-                    continue;
-                }
-                Action::Stop => return false,
             };
-            for a in follow.into_iter().rev() {
+            for a in state.handle(input, Now::system()).into_iter().rev() {
                 queue.push_front(a);
             }
         }
         true
+    }
+
+    /// Carry out one action.
+    async fn exec_one(
+        &mut self,
+        state: &mut SessionState<UpStream>,
+        action: Action<UpStream>,
+    ) -> Done {
+        match action {
+            Action::ToCharger(text) => {
+                if let Err(e) = self.charger.send(Message::Text(text)).await {
+                    return Done::ChargerGone(e.to_string());
+                }
+            }
+            Action::ToCloud(text) => {
+                // No socket: the link went down earlier in this batch, and
+                // the state answered what waited for it.
+                if let Some(up) = state.cloud_mut() {
+                    if up.send(Message::Text(text)).await.is_err() {
+                        return Done::Feed(Input::CloudWriteFailed);
+                    }
+                }
+            }
+            Action::Ping => {
+                let ping = Message::Ping(Default::default());
+                if let Err(e) = self.charger.send(ping.clone()).await {
+                    return Done::ChargerGone(format!("ping failed: {e}"));
+                }
+                if let Some(up) = state.cloud_mut() {
+                    let _ = up.send(ping).await;
+                }
+            }
+            Action::Journal(ev) => self.ctx.journal.record(Some(&self.id), ev).await,
+            Action::Commit { ops, then } => {
+                let res = self.ctx.journal.commit(ops).await;
+                return Done::Feed(Input::Committed(then, res));
+            }
+            Action::Submit(ops) => self.ctx.journal.submit(ops).await,
+            Action::Reply(reply, outcome) => {
+                let _ = reply.send(outcome);
+            }
+            Action::Stored(reply, ok) => {
+                let _ = reply.send(ok);
+            }
+            Action::OpenCloud => self.open_cloud(),
+            Action::CloseCharger(code, why) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: why.into(),
+                };
+                let close = self.charger.close(Some(frame));
+                let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
+            }
+            Action::CloseCloud(mut up) => {
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "charger disconnected".into(),
+                };
+                let _ = tokio::time::timeout(CLOSE_WAIT, (*up).close(Some(frame))).await;
+            }
+            Action::JournalDurable(ev) => {
+                if let Err(e) = self.ctx.journal.record_durable(Some(&self.id), ev).await {
+                    log::error!(charger_id = self.id.as_str(); "cannot journal disconnect: {e}");
+                }
+            }
+            Action::Stop => return Done::Stop,
+        }
+        Done::Next
     }
 
     fn open_cloud(&mut self) {

@@ -195,7 +195,7 @@ impl Driver {
     }
 
     fn link_up(&mut self) -> Vec<Seen> {
-        self.feed(Input::Connected(Ok("cloud socket")))
+        self.feed(Input::Connected(Ok(Box::new("cloud socket"))))
     }
 
     /// Let time pass to `secs` since the start, and fire the timer if it

@@ -147,6 +147,7 @@ pub async fn run(
             };
             ops.push(crate::journal::Op::Outbox(crate::outbox::Op::Push {
                 charger: charger.into(),
+                key: ctx.journal.next_outbox_key(),
                 entry,
             }));
         }

@@ -13,7 +13,7 @@
 //! append returns only after the commit that holds it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -139,6 +139,8 @@ struct Inner {
     state: Arc<Mutex<LiveState>>,
     alarm: Arc<Mutex<Option<String>>>,
     next_local_tx: AtomicI64,
+    /// The last outbox key handed out.
+    outbox_key: AtomicU64,
 }
 
 /// Handle to the journal; cheap to clone.
@@ -203,7 +205,7 @@ impl Journal {
             w.open_table(auth::LIST_VERSION)?;
             w.commit()?;
         }
-        let (state, min_local_tx) = rebuild(&db)?;
+        let (state, min_local_tx, outbox_key) = rebuild(&db)?;
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::channel(65_536);
         let (stream, _) = broadcast::channel(4096);
@@ -230,6 +232,7 @@ impl Journal {
                 state,
                 alarm,
                 next_local_tx: AtomicI64::new(min_local_tx.min(0) - 1),
+                outbox_key: AtomicU64::new(outbox_key),
             }),
         })
     }
@@ -390,6 +393,13 @@ impl Journal {
         self.inner.next_local_tx.fetch_sub(1, Ordering::SeqCst)
     }
 
+    /// A fresh outbox key, for an [`outbox::Op::Push`]: known before the
+    /// entry is stored, so that a session can keep an entry in memory and
+    /// store it only when it has to vouch for it.
+    pub fn next_outbox_key(&self) -> u64 {
+        self.inner.outbox_key.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// Records matching `q`, oldest first.
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, JournalError> {
         let r = self.inner.db.get()?.begin_read()?;
@@ -466,7 +476,7 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<Record, JournalError> {
     })
 }
 
-fn rebuild(db: &Database) -> Result<(LiveState, i64), JournalError> {
+fn rebuild(db: &Database) -> Result<(LiveState, i64, u64), JournalError> {
     let r = db.begin_read()?;
     let events = r.open_table(EVENTS)?;
     let mut state = LiveState::default();
@@ -479,7 +489,8 @@ fn rebuild(db: &Database) -> Result<(LiveState, i64), JournalError> {
     }
     let meta = r.open_table(META)?;
     let min_local_tx = meta.get("min_local_tx")?.map_or(0, |v| v.value());
-    Ok((state, min_local_tx))
+    let outbox_key = meta.get("outbox_key")?.map_or(0, |v| v.value()).max(0) as u64;
+    Ok((state, min_local_tx, outbox_key))
 }
 
 /// The database, shared by the writer and readers, and swapped by the

@@ -54,7 +54,12 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Queue a message; the result is its key.
-    Push { charger: String, entry: Entry },
+    /// A new entry under `key`, from [`Journal::next_outbox_key`](crate::journal::Journal::next_outbox_key).
+    Push {
+        charger: String,
+        key: u64,
+        entry: Entry,
+    },
     /// Replace a queued message (attempts, local id).
     Update {
         charger: String,
@@ -96,16 +101,19 @@ pub enum TableError {
 }
 
 impl Tables<'_> {
-    /// Apply one operation; `next_key` numbers new entries, `now` stamps
-    /// dead letters. Returns the entry's key.
+    /// Apply one operation; `next_key` keeps the highest key used, `now`
+    /// stamps dead letters. Returns the entry's key.
     pub fn apply(&mut self, op: &Op, next_key: &mut u64, now: i64) -> Result<u64, TableError> {
         match op {
-            Op::Push { charger, entry } => {
-                *next_key += 1;
+            Op::Push {
+                charger,
+                key,
+                entry,
+            } => {
+                *next_key = (*next_key).max(*key);
                 let v = serde_json::to_vec(entry)?;
-                self.outbox
-                    .insert((charger.as_str(), *next_key), v.as_slice())?;
-                Ok(*next_key)
+                self.outbox.insert((charger.as_str(), *key), v.as_slice())?;
+                Ok(*key)
             }
             Op::Update {
                 charger,

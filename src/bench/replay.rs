@@ -67,6 +67,7 @@ async fn prepare(data: &Path, n: usize, journal_mb: usize) -> anyhow::Result<()>
                 };
                 Op::Outbox(outbox::Op::Push {
                     charger: CHARGER.into(),
+                    key: j.next_outbox_key(),
                     entry,
                 })
             })

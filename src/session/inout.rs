@@ -50,6 +50,8 @@ pub trait Env: Send {
     fn tag_status(&self, charger: &str, tag: &str, now: jiff::Timestamp) -> Option<String>;
     /// A fresh (negative) local transaction id.
     fn next_local_tx_id(&self) -> i64;
+    /// A fresh outbox key.
+    fn next_outbox_key(&self) -> u64;
     /// Whether the live state has transaction `tx` running on the charger.
     fn transaction_running(&self, charger: &str, tx: i64) -> bool;
 }
@@ -146,18 +148,12 @@ pub enum Then {
         reply: String,
         queued: Option<outbox::Op>,
     },
-    /// A transaction message to relay under the charger's own id once it
-    /// is in the outbox.
-    Direct {
-        id: String,
-        action: String,
-        payload: Box<RawValue>,
-        entry: Entry,
-    },
+    /// A replayed entry's removal (and id mapping) is stored: the next
+    /// entry may go.
+    Replayed,
     /// A message queued for the gateway's own purposes.
     Enqueue {
-        entry: Entry,
-        queued: bool,
+        queued: Option<outbox::Op>,
         reply: oneshot::Sender<bool>,
     },
 }

@@ -60,6 +60,10 @@ impl Env for Journal {
         Journal::next_local_tx_id(self)
     }
 
+    fn next_outbox_key(&self) -> u64 {
+        Journal::next_outbox_key(self)
+    }
+
     fn transaction_running(&self, charger: &str, tx: i64) -> bool {
         self.state().chargers.get(charger).is_some_and(|c| {
             c.transactions

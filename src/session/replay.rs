@@ -8,7 +8,7 @@
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::inout::{Action, InFlight, PendingUp, Queue, Queued, Then};
+use super::inout::{Action, InFlight, Queue, Queued, Then};
 use super::state::SessionState;
 use crate::event::{self, Event, Source};
 use crate::journal::{JournalError, Op};
@@ -30,10 +30,12 @@ impl<S> SessionState<S> {
         payload: &RawValue,
         local_tx: Option<i64>,
     ) -> Option<outbox::Op> {
+        let charger = self.id.clone();
         match queue {
             Queue::No => None,
             Queue::Push => Some(outbox::Op::Push {
-                charger: self.id.clone(),
+                charger,
+                key: self.env.next_outbox_key(),
                 entry: Entry {
                     action: action.into(),
                     payload: payload.get().into(),
@@ -48,33 +50,58 @@ impl<S> SessionState<S> {
                     local_tx: local_tx.or(old.local_tx),
                     ..old.clone()
                 };
-                Some(outbox::Op::Update {
-                    charger: self.id.clone(),
-                    key,
-                    entry,
+                // The gateway now vouches for an entry it held in memory
+                // only: it is stored for the first time.
+                Some(if self.unstored == Some(key) {
+                    outbox::Op::Push {
+                        charger,
+                        key,
+                        entry,
+                    }
+                } else {
+                    outbox::Op::Update {
+                        charger,
+                        key,
+                        entry,
+                    }
                 })
             }
         }
     }
 
     /// Mirror a committed outbox operation in memory.
-    pub(super) fn queued(&mut self, op: Option<outbox::Op>, key: Option<u64>) {
-        match op {
-            Some(outbox::Op::Push { entry, .. }) => {
-                if let Some(k) = key {
-                    self.outbox.push_back((k, entry));
-                }
+    pub(super) fn queued(&mut self, op: Option<outbox::Op>) {
+        let (key, entry) = match op {
+            Some(outbox::Op::Push { key, entry, .. } | outbox::Op::Update { key, entry, .. }) => {
+                (key, entry)
             }
-            Some(outbox::Op::Update { key, entry, .. }) => {
-                if let Some(slot) = self.outbox.iter_mut().find(|(k, _)| *k == key) {
-                    slot.1 = entry;
-                }
-            }
-            _ => {}
+            _ => return,
+        };
+        if self.unstored == Some(key) {
+            self.unstored = None;
+        }
+        match self.outbox.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = entry,
+            None => self.outbox.push_back((key, entry)),
         }
     }
 
-    /// A transaction message from the charger.
+    /// A local answer's commit failed: an entry held in memory only is
+    /// dropped (the charger got an error and keeps the message itself).
+    pub(super) fn not_queued(&mut self, op: Option<outbox::Op>) {
+        if let Some(outbox::Op::Push { key, .. }) = op {
+            if self.unstored == Some(key) {
+                self.unstored = None;
+                self.outbox.retain(|(k, _)| *k != key);
+            }
+        }
+    }
+
+    /// A transaction message from the charger. Online with nothing queued,
+    /// it is relayed at once under the charger's own id and kept in memory
+    /// only: until the cloud's answer reaches it, the charger holds the
+    /// message and retries it (OCPP 1.6 §3.7), so the gateway stores it
+    /// only if it has to answer it itself.
     pub(super) fn on_transaction_call(
         &mut self,
         id: String,
@@ -85,69 +112,22 @@ impl<S> SessionState<S> {
         if !direct {
             return self.answer_locally(&id, &action, &payload, Queue::Push);
         }
-        // Durable first, then to the cloud under the charger's own id, so the
-        // cloud's answer reaches the charger unchanged.
+        if event::journal_on_request(&action) {
+            if let Some(ev) = event::for_charger_call(&action, &payload, None, Source::Charger) {
+                self.journal(ev);
+            }
+        }
+        let key = self.env.next_outbox_key();
         let entry = Entry {
-            action: action.clone(),
+            action,
             payload: payload.get().into(),
             queued_ms: self.now_ms(),
             attempts: 0,
             local_tx: None,
         };
-        let mut ops = vec![Op::Outbox(outbox::Op::Push {
-            charger: self.id.clone(),
-            entry: entry.clone(),
-        })];
-        if event::journal_on_request(&action) {
-            if let Some(ev) = event::for_charger_call(&action, &payload, None, Source::Charger) {
-                ops.push(Op::Event {
-                    charger: Some(self.id.clone()),
-                    event: ev,
-                });
-            }
-        }
-        let then = Then::Direct {
-            id,
-            action,
-            payload,
-            entry,
-        };
-        self.out.push(Action::Commit { ops, then });
-    }
-
-    /// The outbox entry of a transaction message is stored (or not): relay it.
-    pub(super) fn on_direct_stored(
-        &mut self,
-        id: String,
-        action: String,
-        payload: Box<RawValue>,
-        entry: Entry,
-        res: Result<Vec<u64>, JournalError>,
-    ) {
-        match res {
-            Ok(keys) => {
-                let key = keys[0];
-                self.outbox.push_back((key, entry));
-                self.send_entry(key, Some(id));
-            }
-            Err(e) => {
-                // Storage is failing (disk full?): the journal raised its
-                // alarm. The cloud is there, so relay the message as a plain
-                // proxy would rather than refuse it.
-                log::error!(charger_id = self.id.as_str(); "cannot queue {action}, relaying it unqueued: {e}");
-                let text = frame::call_raw(&id, &action, payload.get());
-                self.send_cloud(text);
-                let sent = self.now.mono;
-                self.pending_up.insert(
-                    id,
-                    PendingUp {
-                        action,
-                        payload,
-                        sent,
-                    },
-                );
-            }
-        }
+        self.outbox.push_back((key, entry));
+        self.unstored = Some(key);
+        self.send_entry(key, Some(id));
     }
 
     /// Queue a message the gateway writes on the charger's behalf.
@@ -169,38 +149,32 @@ impl<S> SessionState<S> {
             attempts: 0,
             local_tx: None,
         };
-        let queued = self.uses_outbox();
-        if queued {
-            ops.push(Op::Outbox(outbox::Op::Push {
-                charger: self.id.clone(),
-                entry: entry.clone(),
-            }));
-        }
-        let then = Then::Enqueue {
+        let queued = self.uses_outbox().then(|| outbox::Op::Push {
+            charger: self.id.clone(),
+            key: self.env.next_outbox_key(),
             entry,
-            queued,
-            reply,
-        };
+        });
+        if let Some(op) = &queued {
+            ops.push(Op::Outbox(op.clone()));
+        }
+        let then = Then::Enqueue { queued, reply };
         self.out.push(Action::Commit { ops, then });
     }
 
     pub(super) fn on_enqueued(
         &mut self,
-        entry: Entry,
-        queued: bool,
+        queued: Option<outbox::Op>,
         reply: tokio::sync::oneshot::Sender<bool>,
         res: Result<Vec<u64>, JournalError>,
     ) {
         match res {
-            Ok(keys) => {
-                if queued {
-                    self.outbox.push_back((keys[1], entry));
-                }
+            Ok(_) => {
+                self.queued(queued);
                 self.out.push(Action::Stored(reply, true));
                 self.pump_outbox();
             }
             Err(e) => {
-                log::error!(charger_id = self.id.as_str(); "cannot queue {}: {e}", entry.action);
+                log::error!(charger_id = self.id.as_str(); "cannot queue a message of the gateway's: {e}");
                 self.out.push(Action::Stored(reply, false));
             }
         }
@@ -303,10 +277,15 @@ impl<S> SessionState<S> {
         };
         let (key, entry) = self.outbox.remove(pos).expect("position is valid");
         self.outbox_retry_at = None;
-        let mut ops = vec![Op::Outbox(outbox::Op::Remove {
-            charger: self.id.clone(),
-            key,
-        })];
+        let mut ops = Vec::new();
+        if self.unstored == Some(key) {
+            self.unstored = None;
+        } else {
+            ops.push(Op::Outbox(outbox::Op::Remove {
+                charger: self.id.clone(),
+                key,
+            }));
+        }
         if let Some(op) = crate::auth::cache_update(&entry.action, &entry.payload, payload.get()) {
             ops.push(Op::Auth(op));
         }
@@ -348,21 +327,27 @@ impl<S> SessionState<S> {
                 event: ev,
             });
         }
-        // Not waited for: the next entry can go out while this commits
-        // (group commit). A crash before the commit means this entry is
-        // sent again, the same window as a crash just before the cloud's
-        // answer arrived.
-        self.out.push(Action::Submit(ops));
         if f.direct {
+            // The cloud vouched, and its answer goes to the charger: the
+            // history is written with the next group commit.
+            self.out.push(Action::Submit(ops));
             self.send_charger(text.to_string());
-        } else if entry.action == "StartTransaction" {
+            return self.pump_outbox();
+        }
+        // A replayed entry is the gateway speaking for the charger: its
+        // removal and id mapping are on disk before the next entry goes,
+        // so a crash repeats at most the one message in flight.
+        self.out.push(Action::Commit {
+            ops,
+            then: Then::Replayed,
+        });
+        if entry.action == "StartTransaction" {
             if let (Some(local), Some(s)) = (entry.local_tx, status) {
                 if s != "Accepted" {
                     self.deauthorize(local, &s);
                 }
             }
         }
-        self.pump_outbox()
     }
 
     /// The cloud did not accept the id tag of a transaction the gateway let
@@ -398,14 +383,18 @@ impl<S> SessionState<S> {
         if f.direct {
             // The charger asked; it gets the cloud's answer and owns the retry.
             self.outbox.retain(|(k, _)| *k != key);
-            let ops = vec![Op::Outbox(outbox::Op::Remove {
-                charger: self.id.clone(),
-                key,
-            })];
-            self.out.push(Action::Commit {
-                ops,
-                then: Then::Log("remove a refused outbox entry"),
-            });
+            if self.unstored == Some(key) {
+                self.unstored = None;
+            } else {
+                let ops = vec![Op::Outbox(outbox::Op::Remove {
+                    charger: self.id.clone(),
+                    key,
+                })];
+                self.out.push(Action::Commit {
+                    ops,
+                    then: Then::Log("remove a refused outbox entry"),
+                });
+            }
             self.send_charger(text.to_string());
             self.protocol_error(
                 crate::event::Link::Cloud,
@@ -443,7 +432,7 @@ impl<S> SessionState<S> {
                 ops,
                 then: Then::Log("count a replay attempt"),
             });
-            self.queued(Some(update), Some(key));
+            self.queued(Some(update));
             // OCPP 1.6 TransactionMessageRetryInterval: interval × attempts so far.
             self.outbox_retry_at = Some(self.now.mono + self.cfg.tx_retry_interval * attempts);
         }

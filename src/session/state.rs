@@ -55,6 +55,9 @@ pub struct SessionState<S> {
     pub(super) local_ids: u64,
     /// This charger's queued transaction messages, mirrored from storage.
     pub(super) outbox: VecDeque<(u64, Entry)>,
+    /// The key of the outbox entry held in memory only (relayed online
+    /// under the charger's id; stored if the gateway has to vouch for it).
+    pub(super) unstored: Option<u64>,
     /// The outbox entry with the cloud right now.
     pub(super) in_flight: Option<InFlight>,
     /// No outbox entry goes out before this (retry interval after an error).
@@ -117,6 +120,7 @@ impl<S> SessionState<S> {
             queue_down: VecDeque::new(),
             local_ids: 0,
             outbox: setup.outbox.into(),
+            unstored: None,
             in_flight: None,
             outbox_retry_at: None,
             to_cloud,
@@ -467,12 +471,13 @@ impl<S> SessionState<S> {
                 reply,
                 queued,
             } => match res {
-                Ok(keys) => {
-                    self.queued(queued, keys.last().copied());
+                Ok(_) => {
+                    self.queued(queued);
                     self.note_missed(&action, &payload);
                     self.send_charger(reply);
                 }
                 Err(e) => {
+                    self.not_queued(queued);
                     // Never acknowledge what is not stored: the charger keeps
                     // the message and retries.
                     log::error!(charger_id = self.id.as_str(); "cannot store {action}: {e}");
@@ -484,17 +489,13 @@ impl<S> SessionState<S> {
                     self.send_charger(reply);
                 }
             },
-            Then::Direct {
-                id,
-                action,
-                payload,
-                entry,
-            } => self.on_direct_stored(id, action, payload, entry, res),
-            Then::Enqueue {
-                entry,
-                queued,
-                reply,
-            } => self.on_enqueued(entry, queued, reply, res),
+            Then::Replayed => {
+                if let Err(e) = res {
+                    log::warn!(charger_id = self.id.as_str(); "cannot store a replayed entry's removal: {e}");
+                }
+                self.pump_outbox();
+            }
+            Then::Enqueue { queued, reply } => self.on_enqueued(queued, reply, res),
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::session::inout::CloudMsg;
 
 struct FakeEnv {
     next_tx: Cell<i64>,
+    next_key: Cell<u64>,
 }
 
 impl Env for FakeEnv {
@@ -30,6 +31,11 @@ impl Env for FakeEnv {
     }
     fn transaction_running(&self, _: &str, _: i64) -> bool {
         true
+    }
+    fn next_outbox_key(&self) -> u64 {
+        let k = self.next_key.get() + 1;
+        self.next_key.set(k);
+        k
     }
 }
 
@@ -116,6 +122,7 @@ impl Driver {
         };
         let env = Box::new(FakeEnv {
             next_tx: Cell::new(-1),
+            next_key: Cell::new(1000),
         });
         let t0 = Instant::now();
         let wall0: jiff::Timestamp = "2030-01-07T10:00:00Z".parse().expect("a time");
@@ -373,11 +380,20 @@ fn replay_sends_three_messages_in_order_and_retries_a_refused_one() {
     assert_eq!(action, "StartTransaction");
     assert!(id.starts_with("cg-r1-"), "the gateway's replay id: {id}");
     assert!(payload.get("transactionId").is_none());
-    // The cloud hands out its id; the mapping is stored with the removal.
+    // The cloud hands out its id; the mapping and the removal are on disk
+    // before the next entry goes (a crash repeats at most one message).
     let seen = d.cloud(json!([3, id, {"transactionId": 77, "idTagInfo": {"status": "Accepted"}}]));
-    assert!(seen.iter().any(
-        |s| matches!(s, Seen::Submit(ops) if ops.contains(&"remove".to_string()) && ops.contains(&"map:-1->77".to_string()))
-    ), "{seen:?}");
+    let stored = seen
+        .iter()
+        .position(
+            |s| matches!(s, Seen::Commit(ops) if ops.contains(&"remove".to_string()) && ops.contains(&"map:-1->77".to_string())),
+        )
+        .unwrap_or_else(|| panic!("removal and mapping committed: {seen:?}"));
+    let next = seen
+        .iter()
+        .position(|s| matches!(s, Seen::Cloud(_)))
+        .expect("the next entry goes");
+    assert!(stored < next, "{seen:?}");
     assert!(
         frames_to_charger(&seen).is_empty(),
         "replay answers are the gateway's"
@@ -424,11 +440,11 @@ fn transaction_ids_are_rewritten_both_ways() {
         vec![&json!([2, "c-9", "RemoteStopTransaction", {"transactionId": -1}])]
     );
     d.charger(json!([3, "c-9", {"status": "Accepted"}]));
-    // Up: stored in the outbox first, then relayed under the charger's id
-    // with the cloud's transaction id.
+    // Up: relayed at once under the charger's id with the cloud's
+    // transaction id, and not stored (the charger holds it until answered).
     let seen = d.charger(json!([2, "m1", "MeterValues", {"connectorId": 1, "transactionId": -1, "meterValue": [{"timestamp": "2030-01-07T10:00:00Z", "sampledValue": [{"value": "7"}]}]}]));
     assert!(
-        matches!(&seen[0], Seen::Commit(ops) if ops[0] == "push:MeterValues"),
+        !seen.iter().any(|s| matches!(s, Seen::Commit(_))),
         "{seen:?}"
     );
     let (id, action, payload) = only_call(frames_to_cloud(&seen));
@@ -588,4 +604,64 @@ fn a_queued_transaction_message_waits_for_the_relayed_call_to_be_answered() {
         id.starts_with("cg-r"),
         "replayed under the gateway's id: {id}"
     );
+}
+
+fn meter_values(id: &str, tx: i64) -> Value {
+    json!([2, id, "MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": "2030-01-07T10:00:00Z", "sampledValue": [{"value": "7"}]}]}])
+}
+
+#[test]
+fn online_a_transaction_message_is_stored_only_when_the_gateway_answers_it_itself() {
+    let mut d = Driver::with_cloud(vec![], vec![]);
+    d.link_up();
+    let seen = d.charger(meter_values("m1", 5));
+    assert_eq!(frames_to_cloud(&seen).len(), 1);
+    assert!(
+        !seen
+            .iter()
+            .any(|s| matches!(s, Seen::Commit(_) | Seen::Submit(_))),
+        "relayed, nothing written: {seen:?}"
+    );
+    // The cloud stays silent past the call timeout: now the gateway
+    // vouches, so the entry is stored durably before the answer leaves.
+    let seen = d.advance(30.0);
+    let stored = seen
+        .iter()
+        .position(
+            |s| matches!(s, Seen::Commit(ops) if ops.contains(&"push:MeterValues".to_string())),
+        )
+        .unwrap_or_else(|| panic!("stored: {seen:?}"));
+    let answered = seen
+        .iter()
+        .position(|s| matches!(s, Seen::Charger(v) if v[0] == 3 && v[1] == "m1"))
+        .unwrap_or_else(|| panic!("answered: {seen:?}"));
+    assert!(stored < answered, "{seen:?}");
+    assert_eq!(d.s.outbox.len(), 1, "queued for replay");
+    // Answered within the timeout instead, nothing is written at all.
+    let mut d = Driver::with_cloud(vec![], vec![]);
+    d.link_up();
+    d.charger(meter_values("m2", 5));
+    let seen = d.cloud(json!([3, "m2", {}]));
+    assert_eq!(frames_to_charger(&seen), vec![&json!([3, "m2", {}])]);
+    assert!(
+        !seen.iter().any(|s| matches!(s, Seen::Commit(_))),
+        "{seen:?}"
+    );
+    assert!(d.s.outbox.is_empty());
+}
+
+#[test]
+fn an_entry_the_gateway_cannot_store_when_vouching_is_refused_and_forgotten() {
+    let mut d = Driver::with_cloud(vec![], vec![]);
+    d.link_up();
+    d.charger(meter_values("m1", 5));
+    d.fail_commits = true;
+    let seen = d.feed(Input::Cloud(CloudMsg::Lost("connection reset".into())));
+    let answers = frames_to_charger(&seen);
+    assert_eq!(answers.len(), 1, "{seen:?}");
+    assert_eq!(
+        answers[0][0], 4,
+        "an error, so the charger keeps it: {seen:?}"
+    );
+    assert!(d.s.outbox.is_empty(), "not replayed later from memory");
 }

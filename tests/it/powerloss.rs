@@ -149,6 +149,7 @@ fn ops(n: u64) -> Vec<Op> {
         },
         Op::Outbox(outbox::Op::Push {
             charger: "CP-PL".into(),
+            key: n,
             entry: Entry {
                 action: "MeterValues".into(),
                 payload,

@@ -170,3 +170,84 @@ async fn an_offline_session_killed_20_times_reaches_the_cloud_once_and_in_order(
     }
     p.kill9().await;
 }
+
+/// Issue 15: a replay killed again and again sends the cloud at most the
+/// one message in flight twice per kill (each answered entry's removal is
+/// on disk before the next entry goes), and loses nothing.
+#[tokio::test]
+async fn a_replay_killed_10_times_repeats_at_most_one_message_per_kill() {
+    const QUEUED: u64 = 200;
+    const KILLS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = free_addr();
+    let cfg = write_config(
+        dir.path(),
+        &config_text(
+            &dir.path().join("data"),
+            Some(&format!("ws://{cloud}/ocpp")),
+            "",
+        ),
+    );
+    // The cloud is down: everything is answered by the gateway and queued.
+    let p = Process::spawn(&cfg).await;
+    let mut cp = Charger::connect(&format!("ws://{}/ocpp/CP-RK", p.ocpp)).await;
+    let a = cp.call("StartTransaction", json!({"connectorId": 1, "idTag": "K", "meterStart": 0, "timestamp": "2026-01-01T00:00:00Z"})).await;
+    let tx = a[2]["transactionId"].as_i64().unwrap();
+    for v in 1..=QUEUED {
+        let mv = json!({"connectorId": 1, "transactionId": tx, "meterValue": [{"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": v.to_string()}]}]});
+        assert_eq!(cp.call("MeterValues", mv).await[2], json!({}));
+    }
+    let a = cp
+        .call(
+            "StopTransaction",
+            json!({"transactionId": tx, "meterStop": 999, "timestamp": "2026-01-01T01:00:00Z"}),
+        )
+        .await;
+    assert_eq!(a[0], 3);
+    p.kill9().await;
+
+    // The cloud returns; the replay is killed in mid-flight, right after
+    // the cloud got a random number of messages.
+    let mut csms = Csms::start_on(&cloud.to_string(), default_answers()).await;
+    let mut got: Vec<String> = Vec::new();
+    let mut next_call = async |csms: &mut Csms| loop {
+        let v: serde_json::Value = serde_json::from_str(&csms.next_frame("CP-RK").await).unwrap();
+        if v[0] == 2 {
+            return match v[2].as_str().unwrap() {
+                "MeterValues" => v[3]["meterValue"][0]["sampledValue"][0]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                other => other.to_string(),
+            };
+        }
+    };
+    for _ in 0..KILLS {
+        let p = Process::spawn(&cfg).await;
+        let _cp = Charger::connect(&format!("ws://{}/ocpp/CP-RK", p.ocpp)).await;
+        for _ in 0..fastrand::usize(1..15) {
+            got.push(next_call(&mut csms).await);
+        }
+        p.kill9().await;
+    }
+    let p = Process::spawn(&cfg).await;
+    let _cp = Charger::connect(&format!("ws://{}/ocpp/CP-RK", p.ocpp)).await;
+    while got.last().map(String::as_str) != Some("StopTransaction") {
+        got.push(next_call(&mut csms).await);
+    }
+    p.kill9().await;
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len() as u64,
+        QUEUED + 2,
+        "every queued message reached the cloud"
+    );
+    let repeated = got.len() - unique.len();
+    assert!(
+        repeated <= KILLS,
+        "{repeated} messages sent twice in {KILLS} kills: {got:?}"
+    );
+    println!("{KILLS} kills during the replay: {repeated} message(s) sent twice");
+}

@@ -210,7 +210,7 @@ async fn a_replay_killed_10_times_repeats_at_most_one_message_per_kill() {
     // the cloud got a random number of messages.
     let mut csms = Csms::start_on(&cloud.to_string(), default_answers()).await;
     let mut got: Vec<String> = Vec::new();
-    let mut next_call = async |csms: &mut Csms| loop {
+    let next_call = async |csms: &mut Csms| loop {
         let v: serde_json::Value = serde_json::from_str(&csms.next_frame("CP-RK").await).unwrap();
         if v[0] == 2 {
             return match v[2].as_str().unwrap() {

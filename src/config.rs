@@ -177,6 +177,8 @@ pub struct Config {
     pub upload_max_bytes: usize,
     pub journal_max_age: Duration,
     pub journal_max_bytes: u64,
+    /// Relayed history is written at least this often (`commit_interval_secs`).
+    pub journal_commit_interval: Duration,
     pub chargers: BTreeMap<String, ChargerConfig>,
     /// Schedules, load management, the meter.
     pub smart: Smart,
@@ -282,8 +284,16 @@ impl Config {
             ),
             (
                 "[journal]",
-                d(&(self.journal_max_age, self.journal_max_bytes)),
-                d(&(new.journal_max_age, new.journal_max_bytes)),
+                d(&(
+                    self.journal_max_age,
+                    self.journal_max_bytes,
+                    self.journal_commit_interval,
+                )),
+                d(&(
+                    new.journal_max_age,
+                    new.journal_max_bytes,
+                    new.journal_commit_interval,
+                )),
             ),
             ("[meter]", d(&self.smart.meter), d(&new.smart.meter)),
             ("[mqtt]", d(&self.mqtt), d(&new.mqtt)),
@@ -742,12 +752,18 @@ impl Config {
 
         let j = r.table(root, "journal");
         if let Some(t) = j {
-            r.unknown_keys(t, "journal", &["max_age_days", "max_size_mb"]);
+            r.unknown_keys(
+                t,
+                "journal",
+                &["max_age_days", "max_size_mb", "commit_interval_secs"],
+            );
         }
         let journal_max_age =
             Duration::from_secs(r.int(j, "journal", "max_age_days", 90, 1, 3650) as u64 * 86_400);
         let journal_max_bytes =
             r.int(j, "journal", "max_size_mb", 256, 1, 1 << 20) as u64 * 1024 * 1024;
+        let journal_commit_interval =
+            Duration::from_secs(r.int(j, "journal", "commit_interval_secs", 5, 0, 60) as u64);
 
         let d = r.table(root, "diagnostics");
         if let Some(t) = d {
@@ -811,6 +827,7 @@ impl Config {
             upload_max_bytes,
             journal_max_age,
             journal_max_bytes,
+            journal_commit_interval,
             chargers,
             smart,
             mqtt,

@@ -116,6 +116,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         path: journal::path_in(&cfg.data_dir),
         max_age: cfg.journal_max_age,
         max_bytes: cfg.journal_max_bytes,
+        commit_interval: cfg.journal_commit_interval,
     })?;
     let connector = match &cfg.upstream {
         Some(u) => Some(Arc::new(Connector::new(

@@ -548,6 +548,7 @@ async fn journal_rate(dir: &Path, events: usize, tasks: usize) -> anyhow::Result
         path: dir.join(format!("j{tasks}.redb")),
         max_age: Duration::from_secs(86_400),
         max_bytes: 1 << 30,
+        commit_interval: Duration::ZERO,
     })?;
     let start = Instant::now();
     let per = events / tasks;

@@ -35,6 +35,7 @@ async fn prepare(data: &Path, n: usize, journal_mb: usize) -> anyhow::Result<()>
         path: journal::path_in(data),
         max_age: Duration::from_secs(86_400 * 365),
         max_bytes: 1 << 40,
+        commit_interval: Duration::ZERO,
     };
     let j = Journal::open(cfg)?;
     let filler = Event::Disconnect {

@@ -127,6 +127,7 @@ fn cfg() -> JournalConfig {
         path: "powercut.redb".into(),
         max_age: Duration::from_secs(86_400),
         max_bytes: 1 << 30,
+        commit_interval: Duration::ZERO,
     }
 }
 

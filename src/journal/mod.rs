@@ -7,10 +7,11 @@
 //! of our power-loss test (it syncs with `sync_file_range`); redb commits
 //! with fsync by default. See README "Why redb".
 //!
-//! One writer thread owns every write transaction. Appends queue on a
-//! bounded channel; the writer takes everything queued, writes it in one
-//! transaction and commits once, so many chargers share one fsync. A durable
-//! append returns only after the commit that holds it.
+//! One writer thread (`writer.rs`) owns every write transaction. Appends
+//! queue on a bounded channel; the writer takes everything queued and
+//! writes it in one transaction, so many chargers share one fsync. A
+//! durable append returns only after the commit that holds it; relayed
+//! history waits up to `commit_interval` for the next one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -22,9 +23,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::auth;
-use crate::event::{Event, Record, Source};
+use crate::event::{Event, Record};
 use crate::outbox;
 use crate::state::LiveState;
+
+mod writer;
+use writer::{Reopen, Shared, Writer};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const BY_CHARGER: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_charger");
@@ -92,6 +96,10 @@ pub struct JournalConfig {
     pub path: PathBuf,
     pub max_age: Duration,
     pub max_bytes: u64,
+    /// Relayed history waits at most this long in memory before it is
+    /// written (zero: written with every batch). What the gateway vouches
+    /// for never waits.
+    pub commit_interval: Duration,
 }
 
 /// A filter over the journal.
@@ -130,6 +138,27 @@ struct Append {
 enum Msg {
     Append(Append),
     Close(oneshot::Sender<()>),
+    /// Time passes: write what is staged if it has waited long enough.
+    Tick,
+}
+
+/// Wake the writer a few times per commit interval. It holds only a weak
+/// handle, so it ends with the journal.
+fn spawn_ticker(tx: &mpsc::Sender<Msg>, interval: Duration) -> Result<(), JournalError> {
+    let weak = tx.downgrade();
+    let period = (interval / 4).max(Duration::from_millis(50));
+    std::thread::Builder::new()
+        .name("journal-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            let Some(tx) = weak.upgrade() else { return };
+            // Full: the writer is busy and will look at the time anyway.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Msg::Tick) {
+                return;
+            }
+        })
+        .map_err(JournalError::Thread)?;
+    Ok(())
 }
 
 struct Inner {
@@ -138,6 +167,8 @@ struct Inner {
     stream: broadcast::Sender<Arc<Record>>,
     state: Arc<Mutex<LiveState>>,
     alarm: Arc<Mutex<Option<String>>>,
+    /// Records shown but not written yet (the writer's next commit).
+    unwritten: Arc<Mutex<Vec<Record>>>,
     next_local_tx: AtomicI64,
     /// The last outbox key handed out.
     outbox_key: AtomicU64,
@@ -206,20 +237,34 @@ impl Journal {
             w.commit()?;
         }
         let (state, min_local_tx, outbox_key) = rebuild(&db)?;
+        let last = {
+            let r = db.begin_read()?;
+            let seq = r.open_table(EVENTS)?.last()?.map_or(0, |(k, _)| k.value());
+            let time = r
+                .open_table(META)?
+                .get("last_time_ms")?
+                .map_or(0, |v| v.value());
+            (seq, time)
+        };
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::channel(65_536);
         let (stream, _) = broadcast::channel(4096);
         let alarm = Arc::new(Mutex::new(None));
         let db = Shared(Arc::new(std::sync::RwLock::new(Some(db))));
-        let writer = Writer {
-            failed_commits: 0,
+        let unwritten = Arc::new(Mutex::new(Vec::new()));
+        if !cfg.commit_interval.is_zero() {
+            spawn_ticker(&tx, cfg.commit_interval)?;
+        }
+        let writer = Writer::new(
+            db.clone(),
             reopen,
-            db: db.clone(),
             cfg,
-            stream: stream.clone(),
-            state: state.clone(),
-            alarm: alarm.clone(),
-        };
+            stream.clone(),
+            state.clone(),
+            alarm.clone(),
+            unwritten.clone(),
+            last,
+        );
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(rx))
@@ -231,6 +276,7 @@ impl Journal {
                 stream,
                 state,
                 alarm,
+                unwritten,
                 next_local_tx: AtomicI64::new(min_local_tx.min(0) - 1),
                 outbox_key: AtomicU64::new(outbox_key),
             }),
@@ -420,6 +466,25 @@ impl Journal {
             }
             out.len() < limit
         };
+        // Newest first: what is not written yet, then the file.
+        let unwritten: Vec<Record> = self
+            .inner
+            .unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .filter(|rec| rec.seq >= after)
+            .filter(|rec| q.charger.is_none() || rec.charger == q.charger)
+            .cloned()
+            .collect();
+        let first_unwritten = unwritten.last().map_or(u64::MAX, |rec| rec.seq);
+        for rec in unwritten {
+            if !take(rec) {
+                out.reverse();
+                return Ok(out);
+            }
+        }
         match &q.charger {
             Some(c) => {
                 let idx = r.open_table(BY_CHARGER)?;
@@ -428,6 +493,9 @@ impl Journal {
                     .rev()
                 {
                     let seq = entry?.0.value().1;
+                    if seq >= first_unwritten {
+                        continue; // written just now, and taken above
+                    }
                     if let Some(v) = events.get(seq)? {
                         if !take(decode(seq, v.value())?) {
                             break;
@@ -438,6 +506,9 @@ impl Journal {
             None => {
                 for entry in events.range(after..)?.rev() {
                     let (k, v) = entry?;
+                    if k.value() >= first_unwritten {
+                        continue; // written just now, and taken above
+                    }
                     if !take(decode(k.value(), v.value())?) {
                         break;
                     }
@@ -466,7 +537,7 @@ struct Stored {
     event: Event,
 }
 
-fn decode(seq: u64, bytes: &[u8]) -> Result<Record, JournalError> {
+pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<Record, JournalError> {
     let s: Stored = serde_json::from_slice(bytes)?;
     Ok(Record {
         seq,
@@ -493,284 +564,6 @@ fn rebuild(db: &Database) -> Result<(LiveState, i64, u64), JournalError> {
     Ok((state, min_local_tx, outbox_key))
 }
 
-/// The database, shared by the writer and readers, and swapped by the
-/// writer when it has to reopen it: after an I/O error (a full disk) redb
-/// refuses every later transaction until the database is reopened.
-#[derive(Clone)]
-struct Shared(Arc<std::sync::RwLock<Option<Arc<Database>>>>);
-
-impl Shared {
-    fn get(&self) -> Result<Arc<Database>, JournalError> {
-        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
-        g.clone().ok_or(JournalError::Reopening)
-    }
-}
-
-/// Opens the database again (same file or backend).
-type Reopen = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
-
-struct Writer {
-    db: Shared,
-    reopen: Reopen,
-    cfg: JournalConfig,
-    stream: broadcast::Sender<Arc<Record>>,
-    state: Arc<Mutex<LiveState>>,
-    alarm: Arc<Mutex<Option<String>>>,
-    /// Commits failed in a row (disk full, I/O errors).
-    failed_commits: u64,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch = Vec::new();
-        let mut closing = None;
-        while let Some(first) = rx.blocking_recv() {
-            match first {
-                Msg::Append(a) => batch.push(a),
-                Msg::Close(done) => closing = Some(done),
-            }
-            while closing.is_none() && batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Append(a)) => batch.push(a),
-                    Ok(Msg::Close(done)) => closing = Some(done),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                self.commit(std::mem::take(&mut batch));
-            }
-            if closing.is_some() {
-                break;
-            }
-        }
-        rx.close();
-        // Release the writer's handle on the database before saying it is
-        // closed, so a reopen right after `close` finds the file free.
-        drop(self);
-        if let Some(done) = closing {
-            let _ = done.send(());
-        }
-    }
-
-    fn commit(&mut self, mut batch: Vec<Append>) {
-        if self.db.get().is_err() {
-            self.try_reopen();
-        }
-        if self.failed_commits > 0 {
-            // Storage works again: say in the journal what went wrong, now
-            // that it can be written.
-            let ev = Event::StorageAlarm {
-                error: self.alarm().unwrap_or_default(),
-                failed_commits: self.failed_commits,
-            };
-            batch.insert(
-                0,
-                Append {
-                    ops: vec![Op::Event {
-                        charger: None,
-                        event: ev,
-                    }],
-                    done: None,
-                },
-            );
-        }
-        match self.write(&batch) {
-            Ok((records, results)) => {
-                if let Ok(mut a) = self.alarm.lock() {
-                    a.take();
-                }
-                self.failed_commits = 0;
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                for rec in records {
-                    state.apply(&rec);
-                    let _ = self.stream.send(Arc::new(rec));
-                }
-                drop(state);
-                for (res, append) in results.into_iter().zip(batch) {
-                    if let Some(done) = append.done {
-                        let _ = done.send(Ok(res));
-                    }
-                }
-            }
-            Err(e) => {
-                log::error!(
-                    "journal commit failed, {} events not stored: {e}",
-                    batch.len()
-                );
-                if let (Ok(mut a), false) =
-                    (self.alarm.lock(), matches!(e, JournalError::Reopening))
-                {
-                    // Keep the root cause (the full disk), not its echo.
-                    *a = Some(e.to_string());
-                }
-                self.failed_commits += 1;
-                self.try_reopen();
-                // The recovery note is not one of the callers' writes.
-                let batch = batch.into_iter().filter(|a| {
-                    a.done.is_some()
-                        || !matches!(
-                            a.ops.first(),
-                            Some(Op::Event {
-                                event: Event::StorageAlarm { .. },
-                                ..
-                            })
-                        )
-                });
-                let e = Arc::new(e);
-                for append in batch {
-                    if let Some(done) = append.done {
-                        let _ = done.send(Err(JournalError::Batch(e.clone())));
-                    }
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    /// Close and reopen the database so that the next commit can succeed
-    /// once storage works again. Readers holding the old handle keep it
-    /// open a moment longer; then the next failure tries again.
-    fn try_reopen(&mut self) {
-        let mut slot = self.db.0.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = slot.take() {
-            match Arc::try_unwrap(old) {
-                Ok(db) => drop(db),
-                Err(still_shared) => {
-                    *slot = Some(still_shared);
-                    return;
-                }
-            }
-        }
-        match (self.reopen)() {
-            Ok(db) => {
-                log::warn!("journal reopened after a storage error");
-                *slot = Some(Arc::new(db));
-            }
-            Err(e) => log::error!("cannot reopen the journal yet: {e}"),
-        }
-    }
-
-    fn alarm(&self) -> Option<String> {
-        self.alarm.lock().ok().and_then(|a| a.clone())
-    }
-
-    fn write(&self, batch: &[Append]) -> Result<(Vec<Record>, Vec<Vec<u64>>), JournalError> {
-        let w = self.db.get()?.begin_write()?;
-        let mut records = Vec::with_capacity(batch.len());
-        let mut results = Vec::with_capacity(batch.len());
-        {
-            let mut ob = outbox::Tables {
-                outbox: w.open_table(outbox::OUTBOX)?,
-                dead: w.open_table(outbox::DEAD)?,
-                txmap: w.open_table(outbox::TXMAP)?,
-            };
-            let mut au = auth::Tables {
-                cache: w.open_table(auth::CACHE)?,
-                list: w.open_table(auth::LIST)?,
-                version: w.open_table(auth::LIST_VERSION)?,
-            };
-            let mut events = w.open_table(EVENTS)?;
-            let mut idx = w.open_table(BY_CHARGER)?;
-            let mut meta = w.open_table(META)?;
-            let mut seq = events.last()?.map_or(0, |(k, _)| k.value());
-            let mut time = meta
-                .get("last_time_ms")?
-                .map_or(0, |v| v.value())
-                .max(now_ms());
-            let mut bytes = meta.get("bytes")?.map_or(0, |v| v.value());
-            let mut min_local_tx = meta.get("min_local_tx")?.map_or(0, |v| v.value());
-            let mut next_key = meta.get("outbox_key")?.map_or(0, |v| v.value()) as u64;
-            for append in batch {
-                let mut res = Vec::with_capacity(append.ops.len());
-                for op in &append.ops {
-                    let (charger, event) = match op {
-                        Op::Event { charger, event } => (charger, event),
-                        Op::Auth(o) => {
-                            au.apply(o)?;
-                            res.push(0);
-                            continue;
-                        }
-                        Op::Outbox(o) => {
-                            res.push(ob.apply(o, &mut next_key, time)?);
-                            continue;
-                        }
-                    };
-                    seq += 1;
-                    res.push(seq);
-                    time = time.max(now_ms());
-                    let stored = Stored {
-                        time_ms: time,
-                        charger: charger.clone(),
-                        event: event.clone(),
-                    };
-                    let value = serde_json::to_vec(&stored)?;
-                    events.insert(seq, value.as_slice())?;
-                    if let Some(c) = charger {
-                        idx.insert((c.as_str(), seq), ())?;
-                    }
-                    bytes += value.len() as i64 + RECORD_OVERHEAD;
-                    if let Event::StartTransaction {
-                        transaction_id: Some(id),
-                        answered_by: Source::Gateway,
-                        ..
-                    } = *event
-                    {
-                        min_local_tx = min_local_tx.min(id);
-                    }
-                    records.push(Record {
-                        seq,
-                        time_ms: time,
-                        charger: charger.clone(),
-                        event: event.clone(),
-                    });
-                }
-                results.push(res);
-            }
-            meta.insert("outbox_key", next_key as i64)?;
-            bytes = self.trim(&mut events, &mut idx, bytes, time)?;
-            meta.insert("last_time_ms", time)?;
-            meta.insert("bytes", bytes)?;
-            meta.insert("min_local_tx", min_local_tx)?;
-        }
-        w.commit()?;
-        Ok((records, results))
-    }
-
-    /// Drop the oldest records beyond the age or size limit, in the same
-    /// transaction as the append, so the file stays bounded.
-    fn trim(
-        &self,
-        events: &mut redb::Table<u64, &[u8]>,
-        idx: &mut redb::Table<(&str, u64), ()>,
-        mut bytes: i64,
-        now: i64,
-    ) -> Result<i64, JournalError> {
-        let oldest_allowed = now - self.cfg.max_age.as_millis() as i64;
-        for _ in 0..MAX_TRIM {
-            let Some((seq, rec)) = events
-                .first()?
-                .map(|(k, v)| (k.value(), decode(k.value(), v.value())))
-            else {
-                break;
-            };
-            let too_big = bytes > self.cfg.max_bytes as i64;
-            let too_old = rec.as_ref().map_or(true, |r| r.time_ms < oldest_allowed);
-            if !too_big && !too_old {
-                break;
-            }
-            let removed = events.remove(seq)?;
-            bytes -= removed.map_or(0, |v| v.value().len() as i64) + RECORD_OVERHEAD;
-            if let Ok(Record {
-                charger: Some(c), ..
-            }) = &rec
-            {
-                idx.remove((c.as_str(), seq))?;
-            }
-        }
-        Ok(bytes.max(0))
-    }
-}
-
 /// The journal file inside a data directory.
 pub fn path_in(data_dir: &Path) -> PathBuf {
     data_dir.join("journal.redb")
@@ -779,15 +572,76 @@ pub fn path_in(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Link;
+    use crate::event::{Link, Source};
 
     fn open(dir: &Path, max_bytes: u64) -> Journal {
+        open_with(dir, max_bytes, Duration::ZERO)
+    }
+
+    fn open_with(dir: &Path, max_bytes: u64, commit_interval: Duration) -> Journal {
         Journal::open(JournalConfig {
             path: path_in(dir),
             max_age: Duration::from_secs(3600),
             max_bytes,
+            commit_interval,
         })
         .unwrap()
+    }
+
+    /// Records in the file (not counting what is staged in memory).
+    fn written(j: &Journal) -> u64 {
+        j.stats().unwrap().0
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if what() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out");
+    }
+
+    #[tokio::test]
+    async fn relayed_history_is_shown_at_once_and_written_with_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open_with(dir.path(), 1 << 30, Duration::from_secs(60));
+        let mut live = j.subscribe();
+        for _ in 0..3 {
+            j.record(Some("A"), connect()).await;
+        }
+        for seq in 1..=3 {
+            assert_eq!(live.recv().await.unwrap().seq, seq, "streamed at once");
+        }
+        let all = Query::default();
+        assert_eq!(j.query(&all).unwrap().len(), 3, "readers see it at once");
+        assert_eq!(written(&j), 0, "not written before the interval");
+        // A durable append of nothing (the watchdog's probe) is answered
+        // at once, and writes nothing.
+        let probe = tokio::time::timeout(Duration::from_secs(5), j.commit(Vec::new())).await;
+        assert!(matches!(probe, Ok(Ok(ref v)) if v.is_empty()), "{probe:?}");
+        // A durable append writes everything staged before it, in order.
+        assert_eq!(j.record_durable(Some("B"), connect()).await.unwrap(), 4);
+        assert_eq!(written(&j), 4);
+        let seqs: Vec<u64> = j.query(&all).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4], "each once");
+        // Closing writes what is staged.
+        j.record(Some("A"), connect()).await;
+        j.close().await;
+        drop(j);
+        let j = open(dir.path(), 1 << 30);
+        assert_eq!(written(&j), 5);
+    }
+
+    #[tokio::test]
+    async fn staged_history_is_written_within_the_commit_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open_with(dir.path(), 1 << 30, Duration::from_millis(300));
+        j.record(Some("A"), connect()).await;
+        until(|| j.query(&Query::default()).unwrap().len() == 1).await;
+        assert_eq!(written(&j), 0);
+        until(|| written(&j) == 1).await;
     }
 
     fn connect() -> Event {

@@ -25,6 +25,7 @@ use crate::journal::{Journal, JournalConfig};
 use crate::ocpp::frame::{self, Frame};
 
 mod replay;
+mod wear;
 
 /// Benchmark settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,6 +73,19 @@ pub struct BenchArgs {
     /// same rounds as a fourth path.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Instead of the relay figures: bytes written to storage per journaled
+    /// event, with chargers sending MeterValues of a running transaction.
+    #[arg(long)]
+    pub wear: bool,
+    /// With --wear: chargers.
+    #[arg(long, default_value_t = 50)]
+    pub wear_chargers: usize,
+    /// With --wear: seconds between one charger's MeterValues.
+    #[arg(long, default_value_t = 10.0)]
+    pub wear_interval_secs: f64,
+    /// With --wear: seconds of load.
+    #[arg(long, default_value_t = 60.0)]
+    pub wear_secs: f64,
 }
 
 /// The message mix the bench sends.
@@ -593,6 +607,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let sink = sink().await?;
     if args.replay > 0 {
         let r = replay::run(&dir, sink, args.replay, args.journal_mb).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return r;
+    }
+    if args.wear {
+        let secs = |s: f64, what: &str| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--{what}: expected seconds above 0 (got {s})"))
+        };
+        let w = wear::WearArgs {
+            chargers: args.wear_chargers.max(1),
+            interval: secs(args.wear_interval_secs, "wear-interval-secs")?,
+            window: secs(args.wear_secs, "wear-secs")?,
+        };
+        let exe = std::env::current_exe()?;
+        let r = wear::run(&exe, args.baseline.as_deref(), &dir, sink, w).await;
         let _ = std::fs::remove_dir_all(&dir);
         return r;
     }

@@ -179,6 +179,27 @@ fn bench_runs_and_prints_its_figures() {
         out.contains("baseline   p99/direct per round: median"),
         "no baseline figures:\n{out}"
     );
+    // Storage wear: bytes written per journaled event, two builds side by side.
+    let (code, out, err) = cli(&[
+        "bench",
+        "--wear",
+        "--wear-chargers",
+        "2",
+        "--wear-interval-secs",
+        "0.5",
+        "--wear-secs",
+        "2",
+        "--baseline",
+        env!("CARGO_BIN_EXE_chargegate"),
+    ]);
+    assert_eq!(code, 0, "wear:\n{out}\n{err}");
+    for name in ["wear ", "wear-baseline "] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(name) && l.contains("B per event")),
+            "no wear figures for {name:?}:\n{out}"
+        );
+    }
     let (code, _, err) = cli(&["bench", "--rate=-1", "--no-nginx"]);
     assert_ne!(code, 0);
     assert!(err.contains("--rate"), "{err}");

@@ -130,8 +130,6 @@ pub enum Action<S> {
     CloseCharger(CloseCode, &'static str),
     /// Close the cloud's socket (the charger left).
     CloseCloud(Box<S>),
-    /// Journal an event durably and wait (the charger's disconnect).
-    JournalDurable(Event),
     /// The session is over; nothing follows.
     Stop,
 }

@@ -262,14 +262,17 @@ impl<S> SessionState<S> {
     /// tell everyone who waits for the charger that it is gone.
     pub(super) fn finish(&mut self, end: End) {
         log::info!(charger_id = self.id.as_str(); "{}: charger disconnected: {}", self.id, end.reason);
-        if let Some((code, why)) = end.close {
-            self.out.push(Action::CloseCharger(code, why));
-        }
-        self.out.push(Action::JournalDurable(Event::Disconnect {
+        // History like any other: the gateway vouches for nothing here
+        // (and a clean stop writes it before the journal closes). Journaled
+        // first: the close handshake may take a moment.
+        self.journal(Event::Disconnect {
             link: Link::Charger,
             reason: end.reason,
             code: end.code,
-        }));
+        });
+        if let Some((code, why)) = end.close {
+            self.out.push(Action::CloseCharger(code, why));
+        }
         if let CloudLink::Up(up) = std::mem::replace(&mut self.link, CloudLink::Standalone) {
             self.out.push(Action::CloseCloud(Box::new(up)));
             self.journal(Event::Disconnect {

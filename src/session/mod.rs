@@ -319,8 +319,17 @@ impl Io {
                     code,
                     reason: why.into(),
                 };
-                let close = self.charger.close(Some(frame));
-                let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
+                // The close handshake (RFC 6455 §7.1.1): send ours, then read
+                // until the charger's own close arrives, so the socket is not
+                // dropped with unread data (which resets the connection and
+                // can lose our close frame on the way).
+                let charger = &mut self.charger;
+                let handshake = async {
+                    if charger.close(Some(frame)).await.is_ok() {
+                        while let Some(Ok(_)) = charger.next().await {}
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_WAIT, handshake).await;
             }
             Action::CloseCloud(mut up) => {
                 let frame = CloseFrame {
@@ -328,11 +337,6 @@ impl Io {
                     reason: "charger disconnected".into(),
                 };
                 let _ = tokio::time::timeout(CLOSE_WAIT, (*up).close(Some(frame))).await;
-            }
-            Action::JournalDurable(ev) => {
-                if let Err(e) = self.ctx.journal.record_durable(Some(&self.id), ev).await {
-                    log::error!(charger_id = self.id.as_str(); "cannot journal disconnect: {e}");
-                }
             }
             Action::Stop => return Done::Stop,
         }

@@ -54,7 +54,6 @@ enum Seen {
     Ping,
     CloseCharger(u16),
     CloseCloud,
-    Durable(String),
     Stop,
 }
 
@@ -186,7 +185,6 @@ impl Driver {
                 Action::OpenCloud => seen.push(Seen::OpenCloud),
                 Action::CloseCharger(code, _) => seen.push(Seen::CloseCharger(code.into())),
                 Action::CloseCloud(_) => seen.push(Seen::CloseCloud),
-                Action::JournalDurable(ev) => seen.push(Seen::Durable(ev.kind().into())),
                 Action::Stop => seen.push(Seen::Stop),
             }
         }
@@ -509,8 +507,8 @@ fn a_charger_replaced_mid_call_ends_the_session_and_tells_everyone_who_waits() {
     assert_eq!(
         seen,
         vec![
+            Seen::Journal("Disconnect".into()),
             Seen::CloseCharger(1000),
-            Seen::Durable("Disconnect".into()),
             Seen::CloseCloud,
             Seen::Journal("Disconnect".into()),
             Seen::Reply(CallOutcome::Disconnected),

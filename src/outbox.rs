@@ -109,17 +109,13 @@ impl Tables<'_> {
                 charger,
                 key,
                 entry,
-            } => {
-                *next_key = (*next_key).max(*key);
-                let v = serde_json::to_vec(entry)?;
-                self.outbox.insert((charger.as_str(), *key), v.as_slice())?;
-                Ok(*key)
             }
-            Op::Update {
+            | Op::Update {
                 charger,
                 key,
                 entry,
             } => {
+                *next_key = (*next_key).max(*key);
                 let v = serde_json::to_vec(entry)?;
                 self.outbox.insert((charger.as_str(), *key), v.as_slice())?;
                 Ok(*key)

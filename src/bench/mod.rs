@@ -360,15 +360,20 @@ impl Path3 {
     }
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A number from a line `KEY value …` of `/proc/PID/FILE` (0 if missing).
+fn proc_value(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    proc_value(pid, "status", "VmRSS:")
 }
 
 /// User + system CPU time of a process, in clock ticks (`/proc/PID/stat`).

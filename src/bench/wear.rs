@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{connect_all, next_call, start_gateway, start_transactions, Ws};
+use super::{connect_all, next_call, proc_value, start_gateway, start_transactions, Ws};
 use crate::client::ApiClient;
 use crate::event::Record;
 
@@ -26,14 +26,7 @@ pub struct WearArgs {
 
 /// Bytes this process has caused to be written to storage.
 fn write_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    proc_value(pid, "io", "write_bytes:")
 }
 
 /// One gateway under load: its chargers, process and API.

@@ -44,14 +44,8 @@ impl<S> SessionState<S> {
 
     fn on_cloud_text(&mut self, raw: Utf8Bytes) {
         let text = raw.as_str();
-        let frame = match self.parse_frame(Link::Cloud, text) {
-            Ok(f) => f,
-            Err(reply) => {
-                if let Some(reply) = reply {
-                    self.send_cloud(reply);
-                }
-                return;
-            }
+        let Some(frame) = self.parse_frame(Link::Cloud, text) else {
+            return;
         };
         match frame {
             Frame::Call {

@@ -320,31 +320,30 @@ impl<S> SessionState<S> {
     }
 
     /// Parse a frame from either side. A malformed one is journaled, and
-    /// when its sender expects an answer the CALLERROR to send back is the
-    /// error value.
-    pub(super) fn parse_frame(&mut self, from: Link, text: &str) -> Result<Frame, Option<String>> {
+    /// when its sender expects an answer it gets the CALLERROR the spec
+    /// names; `None` then.
+    pub(super) fn parse_frame(&mut self, from: Link, text: &str) -> Option<Frame> {
         let e = match frame::parse(text) {
-            Ok(f) => return Ok(f),
+            Ok(f) => return Some(f),
             Err(e) => e,
         };
         let code = e.error_code(self.proto);
         self.protocol_error(from, code, &e.detail, text);
-        Err(e
-            .wants_reply()
-            .then(|| frame::call_error(e.reply_id(), code, &e.detail)))
+        if e.wants_reply() {
+            let reply = frame::call_error(e.reply_id(), code, &e.detail);
+            match from {
+                Link::Charger => self.send_charger(reply),
+                Link::Cloud => self.send_cloud(reply),
+            }
+        }
+        None
     }
 
     /// `raw` is relayed as received: the same shared buffer, no copy.
     fn on_charger_text(&mut self, raw: Utf8Bytes) {
         let text = raw.as_str();
-        let frame = match self.parse_frame(Link::Charger, text) {
-            Ok(f) => f,
-            Err(reply) => {
-                if let Some(reply) = reply {
-                    self.send_charger(reply);
-                }
-                return;
-            }
+        let Some(frame) = self.parse_frame(Link::Charger, text) else {
+            return;
         };
         match frame {
             Frame::Call {

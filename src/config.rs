@@ -159,6 +159,9 @@ pub struct Config {
     pub policy: Policy,
     /// OCPP 1.6 TransactionMessageAttempts: tries before a dead letter.
     pub tx_attempts: u32,
+    /// Transaction messages one charger may have queued for the cloud;
+    /// more that the gateway would have to vouch for get a CALLERROR.
+    pub max_queued: usize,
     /// OCPP 1.6 TransactionMessageRetryInterval (× attempts so far).
     pub tx_retry_interval: Duration,
     pub offline_mode: OfflineMode,
@@ -249,6 +252,7 @@ impl Config {
                 d(&(
                     &self.policy,
                     self.tx_attempts,
+                    self.max_queued,
                     self.tx_retry_interval,
                     self.offline_mode,
                     self.stop_on_invalid_id,
@@ -256,6 +260,7 @@ impl Config {
                 d(&(
                     &new.policy,
                     new.tx_attempts,
+                    new.max_queued,
                     new.tx_retry_interval,
                     new.offline_mode,
                     new.stop_on_invalid_id,
@@ -654,6 +659,7 @@ impl Config {
                     "transaction_message_retry_interval_secs",
                     "mode",
                     "stop_transaction_on_invalid_id",
+                    "max_queued_messages",
                 ],
             );
         }
@@ -691,6 +697,14 @@ impl Config {
             ),
         }
         let tx_attempts = r.int(off, "offline", "transaction_message_attempts", 3, 1, 100) as u32;
+        let max_queued = r.int(
+            off,
+            "offline",
+            "max_queued_messages",
+            20_000,
+            10,
+            10_000_000,
+        ) as usize;
         let tx_retry_interval = Duration::from_secs(r.int(
             off,
             "offline",
@@ -815,6 +829,7 @@ impl Config {
             tls,
             policy,
             tx_attempts,
+            max_queued,
             tx_retry_interval,
             offline_mode,
             stop_on_invalid_id,

@@ -455,11 +455,13 @@ pub fn for_charger_call(
         }
         "StatusNotification" => {
             let s: messages::StatusNotification = decode(payload).ok()?;
+            // OCPP 1.6 bounds these at 50 characters; a charger that sends
+            // more must not make every record of it bigger.
             Event::StatusNotification {
                 connector: s.connector_id,
-                status: s.status,
-                error_code: s.error_code,
-                info: s.info,
+                status: excerpt(&s.status, FIELD_MAX),
+                error_code: excerpt(&s.error_code, FIELD_MAX),
+                info: s.info.map(|i| excerpt(&i, FIELD_MAX)),
             }
         }
         "Authorize" => {
@@ -519,6 +521,9 @@ pub fn journal_on_request(action: &str) -> bool {
 }
 
 /// The first `max` characters of a frame, cut on a character boundary.
+/// The longest a charger's free-text field is kept (OCPP 1.6's CiString50).
+pub const FIELD_MAX: usize = 50;
+
 pub fn excerpt(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &text[..i]),
@@ -600,5 +605,27 @@ mod tests {
     fn excerpt_cuts_on_char_boundaries() {
         assert_eq!(excerpt("héllo", 2), "hé…");
         assert_eq!(excerpt("hi", 5), "hi");
+    }
+
+    #[test]
+    fn a_chargers_overlong_status_fields_are_cut_to_ocpps_50_characters() {
+        let long = "x".repeat(5000);
+        let p = serde_json::to_string(&serde_json::json!({
+            "connectorId": 1, "status": "Available", "errorCode": long, "info": long
+        }))
+        .unwrap();
+        let raw = RawValue::from_string(p).unwrap();
+        let Some(Event::StatusNotification {
+            error_code, info, ..
+        }) = for_charger_call("StatusNotification", &raw, None, Source::Charger)
+        else {
+            panic!("a StatusNotification event");
+        };
+        assert_eq!(
+            error_code.chars().count(),
+            FIELD_MAX + 1,
+            "50 and an ellipsis"
+        );
+        assert_eq!(info.unwrap().chars().count(), FIELD_MAX + 1);
     }
 }

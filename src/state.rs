@@ -100,6 +100,11 @@ pub struct Override {
     pub by: String,
 }
 
+/// Connector ids the live state keeps (0 is the charger itself). A charger
+/// that reports others (a broken or hostile one) is still journaled, but
+/// cannot grow the gateway's memory without bound.
+pub const MAX_CONNECTOR_ID: u32 = 64;
+
 /// All chargers' state, plus the last sequence number folded in.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LiveState {
@@ -173,6 +178,9 @@ impl LiveState {
                     time_ms: t,
                 });
             }
+            Event::StatusNotification { connector, .. }
+            | Event::StartTransaction { connector, .. }
+                if *connector > MAX_CONNECTOR_ID => {}
             Event::StatusNotification {
                 connector,
                 status,
@@ -401,5 +409,26 @@ mod tests {
             (l.since_ms, l.reason.as_deref()),
             (Some(1000), Some("timeout"))
         );
+    }
+
+    #[test]
+    fn connectors_beyond_the_cap_do_not_grow_the_state() {
+        let mut st = LiveState::default();
+        for (seq, connector) in (1..=1000u32).enumerate() {
+            st.apply(&Record {
+                seq: seq as u64 + 1,
+                time_ms: 0,
+                charger: Some("CP".into()),
+                event: Event::StatusNotification {
+                    connector,
+                    status: "Available".into(),
+                    error_code: "NoError".into(),
+                    info: None,
+                },
+            });
+        }
+        let c = &st.chargers["CP"];
+        assert_eq!(c.connectors.len(), MAX_CONNECTOR_ID as usize);
+        assert!(c.connectors.keys().all(|k| *k <= MAX_CONNECTOR_ID));
     }
 }

@@ -407,6 +407,17 @@ impl<S> SessionState<S> {
             );
             return self.send_charger(reply);
         }
+        if queue == Queue::Push && self.outbox.len() >= self.cfg.max_queued {
+            // The gateway would vouch for one more than it may keep: the
+            // charger keeps it and retries (nothing queued is dropped).
+            let why = format!(
+                "{} transaction messages already queued for the cloud (offline.max_queued_messages)",
+                self.outbox.len()
+            );
+            self.protocol_error(Link::Charger, "InternalError", &why, payload.get());
+            let reply = frame::call_error(id, "InternalError", "gateway queue full; retry later");
+            return self.send_charger(reply);
+        }
         let now = self.now_rfc3339();
         let (env, charger, wall) = (&self.env, &self.id, self.now.wall);
         let known = |tag: &str| env.tag_status(charger, tag, wall);

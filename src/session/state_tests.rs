@@ -83,11 +83,12 @@ struct Driver {
     fail_commits: bool,
 }
 
-fn config(extra: &str) -> Arc<Config> {
+/// `offline`: more keys of the `[offline]` section.
+fn config(offline: &str) -> Arc<Config> {
     let text = format!(
         "[ocpp]\nping_interval_secs = 0\ncall_timeout_secs = 30\n\
          [offline]\ntransaction_message_attempts = 3\n\
-         transaction_message_retry_interval_secs = 10\n{extra}"
+         transaction_message_retry_interval_secs = 10\n{offline}"
     );
     Arc::new(Config::parse(&text, "t.toml").expect("test config parses"))
 }
@@ -110,10 +111,19 @@ impl Driver {
     }
 
     fn new(cloud: Option<&str>, outbox: Vec<(u64, Entry)>, tx_map: Vec<(i64, i64)>) -> Driver {
+        Driver::configured(cloud, outbox, tx_map, "")
+    }
+
+    fn configured(
+        cloud: Option<&str>,
+        outbox: Vec<(u64, Entry)>,
+        tx_map: Vec<(i64, i64)>,
+        offline: &str,
+    ) -> Driver {
         let setup = Setup {
             id: "CP1".into(),
             proto: Protocol::Ocpp16,
-            cfg: config(""),
+            cfg: config(offline),
             cloud_url: cloud.map(str::to_string),
             backoff: Some(Backoff::new(Duration::from_secs(1), Duration::from_secs(1))),
             outbox,
@@ -662,4 +672,48 @@ fn an_entry_the_gateway_cannot_store_when_vouching_is_refused_and_forgotten() {
         "an error, so the charger keeps it: {seen:?}"
     );
     assert!(d.s.outbox.is_empty(), "not replayed later from memory");
+}
+
+#[test]
+fn a_full_outbox_refuses_new_transaction_messages_and_keeps_the_queued_ones() {
+    let queued: Vec<(u64, Entry)> = (1..=10)
+        .map(|k| {
+            (
+                k,
+                entry(
+                    "MeterValues",
+                    json!({"connectorId": 1, "transactionId": 77, "meterValue": []}),
+                    None,
+                ),
+            )
+        })
+        .collect();
+    let mut d = Driver::configured(
+        Some("ws://cloud/CP1"),
+        queued,
+        vec![],
+        "max_queued_messages = 10\n",
+    );
+    let seen = d.charger(meter_values("m1", 77));
+    let answers = frames_to_charger(&seen);
+    assert_eq!(answers.len(), 1, "{seen:?}");
+    assert_eq!(
+        answers[0][0], 4,
+        "refused, so the charger keeps it: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| matches!(s, Seen::Commit(_))),
+        "nothing stored: {seen:?}"
+    );
+    assert_eq!(d.s.outbox.len(), 10, "nothing queued was dropped");
+    // Below the cap the gateway queues again.
+    let mut d = Driver::configured(
+        Some("ws://cloud/CP1"),
+        vec![],
+        vec![],
+        "max_queued_messages = 10\n",
+    );
+    let seen = d.charger(meter_values("m2", 77));
+    assert_eq!(frames_to_charger(&seen)[0][0], 3, "{seen:?}");
+    assert_eq!(d.s.outbox.len(), 1);
 }

@@ -434,8 +434,11 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
             'd' => Some(86_400_000),
             _ => None,
         };
-        if let (Some(mult), Ok(n)) = (mult, s[..s.len() - 1].parse::<i64>()) {
-            return Ok(now_ms - n * mult);
+        // The unit is one ASCII byte, so the number is the rest (a last
+        // character of several bytes matches no unit).
+        let ago = mult.and_then(|m| s[..s.len() - 1].parse::<i64>().ok()?.checked_mul(m));
+        if let Some(ago) = ago {
+            return Ok(now_ms.saturating_sub(ago));
         }
     }
     s.parse::<jiff::Timestamp>()
@@ -457,5 +460,10 @@ mod tests {
         assert_eq!(parse_time("2026-01-01T00:00:00Z", 0), Ok(1_767_225_600_000));
         assert!(parse_time("yesterday", 0).is_err());
         assert!(parse_time("h", 0).is_err());
+        // Regression (issue 16): a multi-byte last character panicked the
+        // handler, and a huge count overflowed.
+        assert!(parse_time("é", 0).is_err());
+        assert!(parse_time("2é", 0).is_err());
+        assert_eq!(parse_time("9223372036854775807d", 0).ok(), None);
     }
 }

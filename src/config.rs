@@ -995,6 +995,19 @@ fn read_chargers(
 
 /// Charge point ids: 1–48 printable characters without '/' (OCPP 2.0.1's
 /// identity string; also covers 1.6's chargeBoxIdentity).
+/// Unicode format characters (category Cf) that can hide in an id: zero
+/// widths, joiners, bidirectional marks and overrides, the BOM, soft hyphen.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}')
+}
+
 pub fn check_charger_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 48 {
         return Err(format!(
@@ -1004,10 +1017,19 @@ pub fn check_charger_id(id: &str) -> Result<(), String> {
     }
     if id
         .chars()
-        .any(|c| c == '/' || c.is_control() || c.is_whitespace())
+        .any(|c| c == '/' || c == '\\' || c.is_control() || c.is_whitespace())
     {
         return Err(format!(
-            "expected no '/', spaces or control characters in {id:?}"
+            "expected no '/', '\\', spaces or control characters in {id:?}"
+        ));
+    }
+    if id == "." || id == ".." {
+        // They name directories: the diagnostics folder, the cloud's URL.
+        return Err(format!("expected a name, not {id:?}"));
+    }
+    if id.chars().any(is_format_char) {
+        return Err(format!(
+            "expected no invisible or direction-changing characters in {id:?} (they make look-alike ids)"
         ));
     }
     Ok(())

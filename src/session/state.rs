@@ -259,6 +259,12 @@ impl<S> SessionState<S> {
                 Ok(())
             }
             ChargerMsg::Binary => {
+                // Counted like text frames: a flood of them is no cheaper.
+                if let Some(rate) = &mut self.rate {
+                    if !rate.take(self.now.mono) {
+                        return self.over_rate("");
+                    }
+                }
                 self.protocol_error(
                     Link::Charger,
                     "ProtocolError",

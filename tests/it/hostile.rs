@@ -1,6 +1,6 @@
 //! Refusals at the handshake and malformed frames.
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -491,4 +491,76 @@ async fn hashed_passwords_are_checked_by_the_real_daemon_while_others_relay() {
         .unwrap_or_else(|c| panic!("right password refused with {c}"));
     assert_eq!(cp.call("Heartbeat", serde_json::json!({})).await[0], 3);
     p.kill9().await;
+}
+
+/// Issue 16: ids that name directories or hide invisible characters are
+/// refused at the handshake, by the real daemon.
+#[tokio::test]
+async fn directory_names_and_invisible_characters_are_not_charger_ids() {
+    let gw = Gateway::start(None, "").await;
+    for id in [
+        "%2E",
+        "%2E%2E",
+        "..",
+        "CP%E2%80%8B1",
+        "CP%E2%80%AE1",
+        "a%5Cb",
+    ] {
+        let url = gw.url(id);
+        let got = connect_status(&url, Some("ocpp1.6"), None).await;
+        assert!(
+            matches!(got, Err(400..=404)),
+            "{id}: {:?}",
+            got.as_ref().map(|_| "connected")
+        );
+    }
+    // A plain id still connects.
+    let ok = connect_status(&gw.url("CP-OK"), Some("ocpp1.6"), None).await;
+    assert!(ok.is_ok());
+}
+
+/// Issue 16: binary frames count against the message rate like text ones,
+/// and a charger that keeps sending them is closed.
+#[tokio::test]
+async fn binary_frames_are_rate_limited_like_text() {
+    let (gw, _dir) = limited("rate_limit_per_sec = 50\nrate_limit_burst = 50\n").await;
+    let mut flood = Charger::connect(&format!("ws://{}/ocpp/CP-BIN", gw.ocpp_addr)).await;
+    let mut sent = 0;
+    for _ in 0..3000 {
+        if flood
+            .ws
+            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                vec![0xff, 0xfe].into(),
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    let closed = loop {
+        match tokio::time::timeout(WAIT, flood.ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
+                break f.map(|f| u16::from(f.code));
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the binary flood was not closed ({sent} sent): {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(1008), "policy violation");
+    let journaled = gw
+        .journal
+        .query(&chargegate::journal::Query {
+            charger: Some("CP-BIN".into()),
+            kinds: vec!["ProtocolError".into()],
+            ..Default::default()
+        })
+        .unwrap()
+        .len();
+    assert!(
+        journaled <= 52,
+        "the burst's worth journaled, not every frame: {journaled}"
+    );
+    gw.stop().await;
 }

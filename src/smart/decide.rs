@@ -29,6 +29,11 @@ use crate::event::{Event, Link, Record, Source};
 use crate::meter::MeterStatus;
 use crate::state::{ChargerState, LiveState};
 
+/// Amperes a charger may report above its limit before it is journaled as
+/// implausible (meters and limits are not exact; the excess is ignored all
+/// the same).
+const IMPLAUSIBLE_OVER: f64 = 1.0;
+
 /// How many meter readings the house-load median looks back over.
 const HISTORY: usize = 5;
 
@@ -193,7 +198,7 @@ pub fn decide(i: &Inputs, st: &mut EngineState, mono: Instant) -> Vec<Decision> 
     if let Some(l) = &i.cfg.smart.load {
         match reading.filter(|_| fresh) {
             Some(r) => {
-                let avail = st.available(i, l, r);
+                let avail = st.available(i, l, r, &mut out);
                 available = Some(avail);
                 share_load(i, st, avail, &mut base);
             }
@@ -312,12 +317,47 @@ impl EngineState {
         i: &Inputs,
         l: &crate::config::LoadConfig,
         r: &crate::meter::Reading,
+        out: &mut Vec<Decision>,
     ) -> f64 {
-        // What the chargers draw themselves, per phase.
+        // What the chargers draw themselves, per phase: what each reports,
+        // but never more than it may draw (its maximum, and the live limit
+        // it was last sent). A charger that claims clearly more is lying or
+        // broken: believing it would make the rest of the site look smaller
+        // and raise everyone else past the fuse, so nothing it reports is
+        // counted (its draw is taken for house load). Counting less makes
+        // shares lower, never higher.
         let mut draw = [0.0f64; 3];
         for id in i.connected {
             let lim = i.cfg.limits(id);
-            let d = charger_draw(i.state.chargers.get(id), &lim, i.now);
+            let reported = charger_draw(i.state.chargers.get(id), &lim, i.now);
+            let told = self
+                .chargers
+                .get(id)
+                .and_then(|c| c.live_sent.as_ref().map(|s| s.amps))
+                .unwrap_or(lim.max_current);
+            let ceiling = lim.max_current.min(told);
+            let implausible = reported > ceiling + IMPLAUSIBLE_OVER;
+            let d = if implausible {
+                0.0
+            } else {
+                reported.min(ceiling)
+            };
+            if let Some(c) = self.chargers.get_mut(id) {
+                if implausible && !c.implausible {
+                    out.push(Decision::Journal {
+                        charger: Some(id.clone()),
+                        event: Event::ProtocolError {
+                            from: crate::event::Link::Charger,
+                            code: "ImplausibleMeterValue".into(),
+                            detail: format!(
+                                "reports drawing {reported:.1} A, more than the {ceiling:.1} A it may; load management counts its draw as house load"
+                            ),
+                            frame: String::new(),
+                        },
+                    });
+                }
+                c.implausible = implausible;
+            }
             for p in draw.iter_mut().take(lim.electrical.phases as usize) {
                 *p += d;
             }

@@ -373,3 +373,39 @@ fn connects_and_boots_delay_profiles_and_transactions_wake_the_engine() {
     });
     assert!(st.on_record(&stop, m0), "a stop is worth a round at once");
 }
+
+/// Issue 16: a charger reporting an absurd current made the gateway take
+/// the house for 0 A and raise the others past the fuse.
+#[test]
+fn a_rogue_chargers_absurd_reading_never_raises_anyone_past_the_fuse() {
+    let t0 = at("2030-01-07T10:00:00Z");
+    let m0 = Instant::now();
+    let mut w = World::new(cfg(LOAD));
+    // House 10 A; A and B really draw the 10 A (safe current) they were told.
+    w.state
+        .chargers
+        .insert("A".into(), charging("A", 500.0, t0));
+    w.state.chargers.insert("B".into(), charging("B", 10.0, t0));
+    w.meter = Some(meter([30.0; 3], t0));
+    let mut st = EngineState::new(m0, false);
+    let ds = w.round(&mut st, t0, m0);
+    let total = limit(&ds, "A") + limit(&ds, "B");
+    let house = 10.0;
+    assert!(
+        house + total <= 40.0,
+        "site at {} A on a 40 A fuse: {:?}",
+        house + total,
+        status(&ds)
+    );
+    assert!(
+        journaled(&ds).iter().any(
+            |e| matches!(e, Event::ProtocolError { code, .. } if code == "ImplausibleMeterValue")
+        ),
+        "the absurd reading is journaled"
+    );
+    // Once: not every round.
+    let ds = w.round(&mut st, t0, m0 + Duration::from_secs(1));
+    assert!(!journaled(&ds)
+        .iter()
+        .any(|e| matches!(e, Event::ProtocolError { .. })));
+}

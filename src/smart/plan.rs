@@ -28,6 +28,8 @@ pub struct Charger {
     pub(super) running_since: Option<i64>,
     pub(super) waiting_since: Option<i64>,
     pub(super) journaled: Option<ChargerLimit>,
+    /// Its reported draw was more than it may draw (journaled once).
+    pub(super) implausible: bool,
     /// Pause method "stop": the session the gateway stopped, to restart.
     pub(super) stopped: Option<(u32, String)>,
 }

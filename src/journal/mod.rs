@@ -283,17 +283,15 @@ impl Journal {
         })
     }
 
-    /// Append an event without waiting for it to be on disk (relayed
-    /// traffic: the cloud or the charger answers, not the gateway).
+    /// Append an event without waiting for it to be on disk (history: the
+    /// gateway vouches for nothing). It is shown at once and written with
+    /// the next commit, within `commit_interval`.
     pub async fn record(&self, charger: Option<&str>, event: Event) {
         let ops = vec![Op::Event {
             charger: charger.map(str::to_string),
             event,
         }];
-        let msg = Msg::Append(Append { ops, done: None });
-        if self.inner.tx.send(msg).await.is_err() {
-            log::warn!("journal closed; event dropped");
-        }
+        self.submit(ops).await;
     }
 
     /// Append an event and wait until the commit that holds it returns.
@@ -309,9 +307,10 @@ impl Journal {
         Ok(self.commit(ops).await?[0])
     }
 
-    /// Queue operations for the next group commit without waiting for it.
-    /// Order with later writes is kept (one writer); only a crash before
-    /// that commit can lose them.
+    /// Queue operations for the next commit without waiting for it (within
+    /// `commit_interval`, or with the next durable append). Order with
+    /// later writes is kept (one writer); only a crash before that commit
+    /// can lose them.
     pub async fn submit(&self, ops: Vec<Op>) {
         if self
             .inner

@@ -1,9 +1,12 @@
-//! The session's side of the outbox: transaction messages enter the durable
-//! outbox before anything else happens to them, go to the cloud one at a
-//! time in arrival order (directly under the charger's message id when the
-//! queue is empty and the link is up, else replayed later under the
-//! gateway's own ids), and leave only when the cloud has answered. Local
-//! transaction ids are mapped to the cloud's in both directions.
+//! The session's side of the outbox: transaction messages enter the
+//! outbox, go to the cloud one at a time in arrival order (directly under
+//! the charger's message id when the queue is empty and the link is up,
+//! else replayed later under the gateway's own ids), and leave only when
+//! the cloud has answered. An entry is written to disk when the gateway
+//! vouches for it (answers the charger itself), before that answer; one
+//! relayed directly stays in memory, since the charger holds it until the
+//! cloud's answer reaches it. Local transaction ids are mapped to the
+//! cloud's in both directions.
 
 use serde_json::value::RawValue;
 use serde_json::Value;

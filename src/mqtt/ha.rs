@@ -39,6 +39,41 @@ fn unlevel(s: &str) -> String {
         .replace("%25", "%")
 }
 
+/// Home Assistant's `slugify`: lowercase ASCII letters and digits, single
+/// underscores between them.
+fn slug(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_end_matches('_').to_string()
+}
+
+/// Discovery configs use `default_entity_id` (`domain.object`), which
+/// replaces `object_id` (removed in Home Assistant 2026.4); the slug is
+/// what Home Assistant made of the object id, so entity ids stay as they
+/// were.
+fn default_entity_ids(list: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    list.into_iter()
+        .map(|(topic, mut v)| {
+            let domain = topic.split('/').nth(1).unwrap_or("sensor").to_string();
+            if let Some(o) = v.as_object_mut() {
+                if let Some(Value::String(id)) = o.remove("object_id") {
+                    o.insert(
+                        "default_entity_id".into(),
+                        format!("{domain}.{}", slug(&id)).into(),
+                    );
+                }
+            }
+            (topic, v)
+        })
+        .collect()
+}
+
 /// An id Home Assistant accepts in discovery topics and unique ids.
 pub fn object_id(s: &str) -> String {
     s.chars()
@@ -227,14 +262,18 @@ pub fn charger_discovery(
 ) -> Vec<(String, Value)> {
     let node = l.charger_node(id);
     let boot = s.and_then(|s| s.boot.as_ref());
-    let device = json!({
+    let mut device = json!({
         "identifiers": [node],
         "name": id,
         "manufacturer": boot.map_or("unknown", |b| b.vendor.as_str()),
         "model": boot.map_or("OCPP 1.6 charger", |b| b.model.as_str()),
-        "sw_version": boot.and_then(|b| b.firmware.clone()),
         "via_device": l.gateway_node(),
     });
+    // Home Assistant refuses a `null` in `device` (and with it every
+    // entity of the charger): an absent firmware version is left out.
+    if let Some(fw) = boot.and_then(|b| b.firmware.clone()) {
+        device["sw_version"] = fw.into();
+    }
     let state = l.state(id);
     // Most entities need the gateway and the charger; the link sensors only
     // the gateway (a down link is their news).
@@ -247,7 +286,7 @@ pub fn charger_discovery(
         let mut v = json!({
             "name": name,
             "unique_id": format!("{node}_{object}"),
-            "object_id": format!("{node}_{object}"),
+            "object_id": format!("{node}_{object}"), // see `default_entity_ids`
             "device": device,
             "availability": avail,
             "availability_mode": "all",
@@ -367,7 +406,7 @@ pub fn charger_discovery(
             ),
         ));
     }
-    out
+    default_entity_ids(out)
 }
 
 /// The topics a charger's discovery would use, to clear them.
@@ -450,23 +489,25 @@ pub fn gateway_discovery(l: &Layout, meter: bool) -> Vec<(String, Value)> {
             list.push((object, name, l.meter(), tpl, extra));
         }
     }
-    list.into_iter()
-        .map(|(object, name, topic, tpl, extra)| {
-            let mut v = json!({
-                "name": name,
-                "unique_id": format!("{node}_{object}"),
-                "object_id": format!("{node}_{object}"),
-                "device": device,
-                "availability": avail,
-                "state_topic": topic,
-                "value_template": tpl,
-            });
-            if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
-                o.extend(x.clone());
-            }
-            (l.discovery_topic("sensor", &node, object), v)
-        })
-        .collect()
+    default_entity_ids(
+        list.into_iter()
+            .map(|(object, name, topic, tpl, extra)| {
+                let mut v = json!({
+                    "name": name,
+                    "unique_id": format!("{node}_{object}"),
+                    "object_id": format!("{node}_{object}"), // see `default_entity_ids`
+                    "device": device,
+                    "availability": avail,
+                    "state_topic": topic,
+                    "value_template": tpl,
+                });
+                if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+                    o.extend(x.clone());
+                }
+                (l.discovery_topic("sensor", &node, object), v)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -506,6 +547,31 @@ mod tests {
                 "unique ids: {topic}"
             );
             assert_eq!(c["device"]["identifiers"][0], "chargegate_site-1__CP-1");
+            // Home Assistant 2026.4 removed `object_id`, and refuses nulls
+            // in `device`; its entity ids are `domain.slug`.
+            assert!(c.get("object_id").is_none(), "{c}");
+            let domain = topic.split('/').nth(1).unwrap();
+            let eid = c["default_entity_id"].as_str().unwrap();
+            let (d, obj) = eid.split_once('.').unwrap();
+            assert_eq!(d, domain, "{eid}");
+            assert!(
+                !obj.is_empty()
+                    && !obj.starts_with('_')
+                    && !obj.ends_with('_')
+                    && !obj.contains("__")
+                    && obj
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "a valid Home Assistant entity id: {eid}"
+            );
+            assert!(
+                c["device"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(|v| !v.is_null()),
+                "no null in device: {c}"
+            );
             assert_eq!(c["device"]["via_device"], "chargegate_site-1");
             assert_eq!(c["availability"][0]["topic"], "chargegate/site-1/status");
             assert!(
@@ -517,6 +583,15 @@ mod tests {
                 Some("chargegate_site-1__CP-1")
             );
         }
+        assert_eq!(
+            configs
+                .iter()
+                .find(|(t, _)| t.contains("/energy/"))
+                .unwrap()
+                .1["default_entity_id"],
+            "sensor.chargegate_site_1_cp_1_energy",
+            "the entity id Home Assistant made of the old object_id"
+        );
         let by = |obj: &str| {
             &configs
                 .iter()

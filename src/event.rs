@@ -51,7 +51,32 @@ pub fn redact(action: &str, request: &Value) -> Value {
         r["value"] = Value::String("(redacted)".into());
         return r;
     }
+    if action == "GetDiagnostics" {
+        if let Some(loc) = request.get("location").and_then(Value::as_str) {
+            let mut r = request.clone();
+            r["location"] = redact_url(loc).into();
+            return r;
+        }
+    }
     request.clone()
+}
+
+/// An upload URL without its secrets: the credentials in its authority
+/// (`ftp://user:password@host`) and the one-time token of the gateway's
+/// own upload listener (`/diagnostics/TOKEN/`).
+fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let end = out[start..].find('/').map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..end].rfind('@') {
+            out.replace_range(start..start + at, "(redacted)");
+        }
+    }
+    if let Some(i) = out.find("/diagnostics/").map(|i| i + "/diagnostics/".len()) {
+        let end = out[i..].find('/').map_or(out.len(), |j| i + j);
+        out.replace_range(i..end, "(redacted)");
+    }
+    out
 }
 
 /// One journal event. The `kind` tag is the name a person reads in the log.
@@ -627,5 +652,25 @@ mod tests {
             "50 and an ellipsis"
         );
         assert_eq!(info.unwrap().chars().count(), FIELD_MAX + 1);
+    }
+
+    #[test]
+    fn upload_tokens_and_url_credentials_are_not_journaled() {
+        let r = redact(
+            "GetDiagnostics",
+            &serde_json::json!({"location": "http://10.0.0.2:8888/diagnostics/AbC-123_x/", "retries": 1}),
+        );
+        assert_eq!(
+            r["location"],
+            "http://10.0.0.2:8888/diagnostics/(redacted)/"
+        );
+        assert_eq!(r["retries"], 1);
+        let r = redact(
+            "GetDiagnostics",
+            &serde_json::json!({"location": "ftp://user:s3cret@ftp.example.invalid/logs/"}),
+        );
+        assert_eq!(r["location"], "ftp://(redacted)@ftp.example.invalid/logs/");
+        let plain = serde_json::json!({"location": "https://upload.example.invalid/x"});
+        assert_eq!(redact("GetDiagnostics", &plain), plain);
     }
 }

@@ -593,7 +593,7 @@ mod tests {
     }
 
     async fn until(what: impl Fn() -> bool) {
-        for _ in 0..200 {
+        for _ in 0..1000 {
             if what() {
                 return;
             }

@@ -126,8 +126,9 @@ pub enum Action<S> {
     /// Start connecting to the cloud; the result comes back as
     /// [`Input::Connected`].
     OpenCloud,
-    /// Close the charger's socket with this code (the session is ending).
-    CloseCharger(CloseCode, &'static str),
+    /// Close the charger's socket with this code (the session is ending);
+    /// `true`: wait (briefly) for the charger's own close frame.
+    CloseCharger(CloseCode, &'static str, bool),
     /// Close the cloud's socket (the charger left).
     CloseCloud(Box<S>),
     /// The session is over; nothing follows.
@@ -213,6 +214,9 @@ pub struct End {
     /// Close frame to send the charger, if its socket is still open.
     pub close: Option<(CloseCode, &'static str)>,
     pub code: Option<u16>,
+    /// Wait for the charger's close frame after ours (a charger that is
+    /// alive); not for one that is gone or silent.
+    pub handshake: bool,
 }
 
 impl End {
@@ -221,6 +225,17 @@ impl End {
             reason: reason.into(),
             close,
             code: None,
+            handshake: true,
+        }
+    }
+
+    /// An end where the charger is not expected to answer our close (it
+    /// stopped answering, or a new connection replaced it): the new
+    /// connection must not wait for the old one's goodbye.
+    pub(super) fn silent(reason: &'static str, close: CloseCode) -> End {
+        End {
+            handshake: false,
+            ..End::new(reason, Some((close, reason)))
         }
     }
 }

@@ -235,10 +235,7 @@ impl<S> SessionState<S> {
         let interval = self.cfg.ping_interval;
         if !interval.is_zero() {
             if now.duration_since(self.last_rx) > interval * 2 + PING_GRACE {
-                return Err(End::new(
-                    "no answer to pings",
-                    Some((CloseCode::Away, "no answer to pings")),
-                ));
+                return Err(End::silent("no answer to pings", CloseCode::Away));
             }
             if now.duration_since(self.last_ping) >= interval {
                 self.last_ping = now;
@@ -271,7 +268,8 @@ impl<S> SessionState<S> {
             code: end.code,
         });
         if let Some((code, why)) = end.close {
-            self.out.push(Action::CloseCharger(code, why));
+            self.out
+                .push(Action::CloseCharger(code, why, end.handshake));
         }
         if let CloudLink::Up(up) = std::mem::replace(&mut self.link, CloudLink::Standalone) {
             self.out.push(Action::CloseCloud(Box::new(up)));

@@ -314,7 +314,7 @@ impl Io {
                 let _ = reply.send(ok);
             }
             Action::OpenCloud => self.open_cloud(),
-            Action::CloseCharger(code, why) => {
+            Action::CloseCharger(code, why, wait) => {
                 let frame = CloseFrame {
                     code,
                     reason: why.into(),
@@ -325,7 +325,7 @@ impl Io {
                 // can lose our close frame on the way).
                 let charger = &mut self.charger;
                 let handshake = async {
-                    if charger.close(Some(frame)).await.is_ok() {
+                    if charger.close(Some(frame)).await.is_ok() && wait {
                         while let Some(Ok(_)) = charger.next().await {}
                     }
                 };

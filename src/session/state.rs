@@ -170,9 +170,9 @@ impl<S> SessionState<S> {
             }
             Input::Committed(then, res) => self.on_committed(then, res),
             Input::Timer => self.on_timer(),
-            Input::Command(Command::Replace) => Err(End::new(
+            Input::Command(Command::Replace) => Err(End::silent(
                 "replaced by a new connection",
-                Some((CloseCode::Normal, "replaced by a new connection")),
+                CloseCode::Normal,
             )),
             Input::Command(Command::Call {
                 action,
@@ -277,9 +277,11 @@ impl<S> SessionState<S> {
                 let code = f.as_ref().map(|f| f.0);
                 let why = f.map(|f| f.1).filter(|r| !r.is_empty());
                 Err(End {
-                    reason: why.unwrap_or_else(|| "charger closed the connection".into()),
-                    close: None,
                     code,
+                    ..End::new(
+                        why.unwrap_or_else(|| "charger closed the connection".into()),
+                        None,
+                    )
                 })
             }
             ChargerMsg::Other => Ok(()),

@@ -52,7 +52,8 @@ enum Seen {
     Stored(bool),
     OpenCloud,
     Ping,
-    CloseCharger(u16),
+    /// The close code, and whether the charger's own close is awaited.
+    CloseCharger(u16, bool),
     CloseCloud,
     Stop,
 }
@@ -193,7 +194,9 @@ impl Driver {
                 Action::Reply(_, o) => seen.push(Seen::Reply(o)),
                 Action::Stored(_, ok) => seen.push(Seen::Stored(ok)),
                 Action::OpenCloud => seen.push(Seen::OpenCloud),
-                Action::CloseCharger(code, _) => seen.push(Seen::CloseCharger(code.into())),
+                Action::CloseCharger(code, _, wait) => {
+                    seen.push(Seen::CloseCharger(code.into(), wait))
+                }
                 Action::CloseCloud(_) => seen.push(Seen::CloseCloud),
                 Action::Stop => seen.push(Seen::Stop),
             }
@@ -518,7 +521,9 @@ fn a_charger_replaced_mid_call_ends_the_session_and_tells_everyone_who_waits() {
         seen,
         vec![
             Seen::Journal("Disconnect".into()),
-            Seen::CloseCharger(1000),
+            // The replaced connection is not waited for: the new one waits
+            // for it to end.
+            Seen::CloseCharger(1000, false),
             Seen::CloseCloud,
             Seen::Journal("Disconnect".into()),
             Seen::Reply(CallOutcome::Disconnected),
@@ -581,7 +586,10 @@ fn a_flood_over_the_rate_is_refused_and_then_closed() {
         }
     }
     let closed = closed.expect("a charger that keeps flooding is closed");
-    assert!(closed.contains(&Seen::CloseCharger(1008)), "{closed:?}");
+    assert!(
+        closed.contains(&Seen::CloseCharger(1008, true)),
+        "a live charger's close is awaited: {closed:?}"
+    );
 }
 
 #[test]

@@ -204,3 +204,102 @@ fn bench_runs_and_prints_its_figures() {
     assert_ne!(code, 0);
     assert!(err.contains("--rate"), "{err}");
 }
+
+/// The README's test command provisions a fresh machine: run with stand-ins
+/// for apt-get, dpkg, sudo, pip and cargo on PATH (a non-root user on a
+/// Debian machine missing chromium, mosquitto and the `ocpp` package), it
+/// installs exactly what is missing, through sudo, then runs `cargo test`
+/// with the arguments given; with everything present it only runs `cargo test`.
+#[test]
+fn the_readme_test_command_installs_what_is_missing() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    assert!(
+        readme.contains("\n    scripts/test\n"),
+        "README's test command"
+    );
+    let ci = std::fs::read_to_string(format!("{root}/.ci/run")).unwrap();
+    assert!(ci.contains("\nbash scripts/test\n"), ".ci/run runs it");
+
+    let run = |installed: bool| -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let log = dir.path().join("log");
+        let l = log.display();
+        let have = if installed {
+            "exit 0"
+        } else {
+            "case \"$2\" in chromium|mosquitto) exit 1;; *) exit 0;; esac"
+        };
+        let ocpp = if installed { 0 } else { 1 };
+        let stubs = [
+            ("id", "echo 1000".to_string()),
+            ("dpkg", have.to_string()),
+            ("apt-get", format!("echo \"apt-get $*\" >> {l}")),
+            ("sudo", format!("echo sudo >> {l}; exec \"$@\"")),
+            ("systemd-analyze", "exit 0".to_string()),
+            (
+                "python3",
+                format!(
+                    "case \"$*\" in '-m pip --version') exit 0;; '-') cat >/dev/null; exit {ocpp};; \
+                     *) echo \"python3 $*\" >> {l};; esac"
+                ),
+            ),
+            ("cargo", format!("echo \"cargo $*\" >> {l}")),
+        ];
+        for (name, body) in stubs {
+            let p = bin.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            let mut perm = std::fs::metadata(&p).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+            std::fs::set_permissions(&p, perm).unwrap();
+        }
+        let out = std::process::Command::new("bash")
+            .arg(format!("{root}/scripts/test"))
+            .args(["--test", "it"])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+
+    let fresh = run(false);
+    let installs: Vec<&String> = fresh.iter().filter(|l| l.contains("install")).collect();
+    assert!(
+        fresh.contains(&"sudo".to_string()),
+        "apt-get through sudo: {fresh:?}"
+    );
+    assert!(
+        installs
+            .iter()
+            .any(|l| l.starts_with("apt-get install") && l.ends_with("chromium mosquitto")),
+        "installs exactly the missing packages: {fresh:?}"
+    );
+    assert!(
+        installs.iter().any(
+            |l| l.starts_with("python3 -m pip install") && l.contains("tests/requirements.txt")
+        ),
+        "installs the ocpp package: {fresh:?}"
+    );
+    assert_eq!(
+        fresh.last().map(String::as_str),
+        Some("cargo test --test it")
+    );
+
+    let ready = run(true);
+    assert_eq!(
+        ready,
+        vec!["cargo test --test it".to_string()],
+        "nothing to install"
+    );
+}

@@ -115,7 +115,15 @@ struct Handle {
 pub struct Registry {
     inner: Arc<Mutex<HashMap<String, Handle>>>,
     next_conn: Arc<AtomicU64>,
+    /// The protocol the cloud last chose for each charger, so that a
+    /// charger connecting while the cloud is away is given what the cloud
+    /// will take when it returns.
+    cloud_choice: Arc<Mutex<HashMap<String, Protocol>>>,
 }
+
+/// How many chargers' cloud choices are remembered (unknown chargers may
+/// connect under any id).
+const MAX_CLOUD_CHOICES: usize = 10_000;
 
 impl Registry {
     /// Register a new connection for `id`; returns its connection number, its
@@ -134,6 +142,21 @@ impl Registry {
             },
         );
         (conn, rx, done_tx, old.map(|h| (h.cmd, h.done)))
+    }
+
+    /// Remember the protocol the cloud chose for `id`.
+    pub(crate) fn cloud_chose(&self, id: &str, proto: Protocol) {
+        let mut map = self.cloud_choice.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CLOUD_CHOICES && !map.contains_key(id) {
+            map.clear();
+        }
+        map.insert(id.to_string(), proto);
+    }
+
+    /// The protocol the cloud last chose for `id`, if it did.
+    pub(crate) fn cloud_choice(&self, id: &str) -> Option<Protocol> {
+        let map = self.cloud_choice.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).copied()
     }
 
     /// Forget a session, unless a newer connection already took its place.
@@ -198,7 +221,11 @@ impl Registry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub id: String,
+    /// The protocol this connection speaks (the cloud's choice among
+    /// `offered`, or the gateway's when it decides alone).
     pub proto: Protocol,
+    /// What the charger offered that the gateway speaks, in its order.
+    pub offered: Vec<Protocol>,
     /// The charger's own `Authorization` header, to pass through upstream.
     pub authorization: Option<String>,
 }

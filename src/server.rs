@@ -7,10 +7,16 @@ use std::net::SocketAddr;
 
 use base64::Engine;
 use percent_encoding::percent_decode_str;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::machine::TryParse;
+use tokio_tungstenite::tungstenite::handshake::server::{create_response, write_response, Request};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{check_charger_id, Config};
 use crate::event::Event;
@@ -19,6 +25,7 @@ use crate::ocpp::Protocol;
 use crate::password::constant_time_eq;
 use crate::session;
 use crate::tls::{ChargerStream, Transport};
+use crate::upstream::ConnectError;
 
 /// Bytes read from a socket at a time. Most OCPP frames are well under
 /// this; a bigger one takes a few reads. Each connection keeps a buffer of
@@ -102,7 +109,8 @@ pub fn check_request(
         .get("Sec-WebSocket-Protocol")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let proto = Protocol::negotiate(offered).ok_or_else(|| {
+    let offered_list = Protocol::offered(offered);
+    let proto = Protocol::choose_alone(&offered_list).ok_or_else(|| {
         refuse(
             StatusCode::BAD_REQUEST,
             format!("no supported subprotocol offered ({offered:?}); offer ocpp1.6 or ocpp2.0.1"),
@@ -152,6 +160,7 @@ pub fn check_request(
     Ok(Accepted {
         id,
         proto,
+        offered: offered_list,
         authorization,
     })
 }
@@ -218,7 +227,6 @@ pub async fn serve(listener: TcpListener, ctx: Ctx, tls: Option<tokio_rustls::Tl
     }
 }
 
-#[allow(clippy::result_large_err)] // tungstenite's callback signature
 async fn handle_connection(
     stream: TcpStream,
     addr: SocketAddr,
@@ -270,56 +278,167 @@ async fn handle_connection(
             }
         },
     };
-    let mut outcome: Option<Result<Accepted, Refusal>> = None;
-    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        match check_request(req, &ctx.cfg, &transport) {
-            Ok(acc) => {
-                resp.headers_mut().insert(
-                    "Sec-WebSocket-Protocol",
-                    HeaderValue::from_static(acc.proto.as_str()),
-                );
-                outcome = Some(Ok(acc));
-                Ok(resp)
-            }
-            Err(refusal) => {
-                let mut r = ErrorResponse::new(Some(format!("{}\n", refusal.reason)));
-                *r.status_mut() = refusal.status;
-                if refusal.status == StatusCode::UNAUTHORIZED {
-                    r.headers_mut().insert(
-                        "WWW-Authenticate",
-                        HeaderValue::from_static("Basic realm=\"chargegate\""),
-                    );
-                }
-                outcome = Some(Err(refusal));
-                Err(r)
-            }
+    let mut stream = stream;
+    let (req, rest) = match tokio::time::timeout_at(deadline, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            log::debug!("{addr}: WebSocket handshake failed: {e}");
+            let _ = write_refusal(&mut stream, StatusCode::BAD_REQUEST, &e).await;
+            return;
+        }
+        Err(_) => {
+            log::debug!("{addr}: WebSocket handshake not finished in time, closed");
+            return;
         }
     };
-    let cfg = ws_config(ctx.cfg.max_message_size);
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(cfg));
-    let result = tokio::time::timeout_at(deadline, handshake).await;
-    match (result, outcome) {
-        (Ok(Ok(ws)), Some(Ok(acc))) => {
-            let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id, local);
-            log::info!(target: "chargegate::session", charger_id = acc.id.as_str(); "charger {} connected from {addr} ({})", acc.id, acc.proto.as_str());
-            session::run(ctx, acc, addr, ws, conn, cmd_rx, done, old).await;
+    // A request that is no WebSocket upgrade gets tungstenite's own answer
+    // before any of ours, as tungstenite's handshake does.
+    let mut resp = match create_response(&req) {
+        Ok(r) => r,
+        Err(e) => {
+            log::debug!("{addr}: not a WebSocket handshake: {e}");
+            let _ = write_refusal(&mut stream, StatusCode::BAD_REQUEST, &e.to_string()).await;
+            return;
         }
-        (_, Some(Err(refusal))) => {
+    };
+    let mut acc = match check_request(&req, &ctx.cfg, &transport) {
+        Ok(acc) => acc,
+        Err(refusal) => {
             log::warn!(
                 "refused {addr}: {} (HTTP {})",
                 refusal.reason,
                 refusal.status.as_u16()
             );
+            let _ = write_refusal(&mut stream, refusal.status, &refusal.reason).await;
             let ev = Event::Refused {
                 reason: refusal.reason,
                 remote: addr.to_string(),
             };
             ctx.journal.record(refusal.known_id.as_deref(), ev).await;
+            return;
         }
-        (Err(_), _) => log::debug!("{addr}: WebSocket handshake not finished in time, closed"),
-        (Ok(Err(e)), _) => log::debug!("{addr}: WebSocket handshake failed: {e}"),
-        (Ok(Ok(_)), None) => log::error!("{addr}: handshake finished without a decision"),
+    };
+    let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id, local);
+    // The old connection goes first, so the cloud never sees two.
+    session::replace(old).await;
+    let connecting = negotiate(&ctx, &mut acc).await;
+    resp.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(acc.proto.as_str()),
+    );
+    let mut head = Vec::new();
+    let written = match write_response(&mut head, &resp) {
+        Ok(()) => tokio::time::timeout(CLOUD_WAIT, stream.write_all(&head))
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = written {
+        log::debug!("{addr}: WebSocket handshake failed: {e}");
+        if let Some(c) = connecting {
+            c.abort();
+        }
+        ctx.registry.unregister(&acc.id, conn);
+        let _ = done.send(true);
+        return;
     }
+    let cfg = ws_config(ctx.cfg.max_message_size);
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg)).await;
+    log::info!(target: "chargegate::session", charger_id = acc.id.as_str(); "charger {} connected from {addr} ({})", acc.id, acc.proto.as_str());
+    session::run(ctx, acc, addr, ws, conn, cmd_rx, done, connecting).await;
+}
+
+/// How long a charger's handshake waits for the cloud to choose the
+/// protocol. A cloud slower than this still gets its connection (the
+/// attempt goes on in the session), and a charger that was given another
+/// protocol meanwhile is asked to reconnect.
+const CLOUD_WAIT: Duration = Duration::from_secs(5);
+
+/// The largest handshake request read: real ones are a few hundred bytes.
+const MAX_REQUEST: usize = 8192;
+
+/// Ask the cloud first, as a transparent proxy does: offer it the charger's
+/// protocols in the charger's order and give the charger what it chose.
+/// Without a cloud, or while it does not answer, the gateway chooses: what
+/// the cloud last chose for this charger, else what it can answer itself.
+/// Returns the attempt, finished or still on its way, for the session.
+async fn negotiate(ctx: &Ctx, acc: &mut Accepted) -> Option<session::Connecting> {
+    let connector = ctx.connector.clone()?;
+    let auth = session::cloud_authorization(ctx, acc);
+    let (id, offered) = (acc.id.clone(), acc.offered.clone());
+    let mut attempt =
+        tokio::spawn(async move { connector.connect(&id, &offered, auth.as_deref()).await });
+    let wait = CLOUD_WAIT.min(ctx.cfg.handshake_timeout);
+    match tokio::time::timeout(wait, &mut attempt).await {
+        Ok(res) => {
+            let res = res.unwrap_or_else(|e| Err(ConnectError::Task(e.to_string())));
+            if let Ok((_, chosen)) = &res {
+                acc.proto = *chosen;
+                ctx.registry.cloud_chose(&acc.id, *chosen);
+            } else if let Some(last) = ctx.registry.cloud_choice(&acc.id) {
+                if acc.offered.contains(&last) {
+                    acc.proto = last;
+                }
+            }
+            Some(tokio::spawn(async move { res }))
+        }
+        Err(_) => {
+            if let Some(last) = ctx.registry.cloud_choice(&acc.id) {
+                if acc.offered.contains(&last) {
+                    acc.proto = last;
+                }
+            }
+            Some(attempt)
+        }
+    }
+}
+
+/// Read a handshake request (bounded in size); returns it and whatever the
+/// client sent after it.
+async fn read_request(stream: &mut ChargerStream) -> Result<(Request, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the handshake".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match Request::try_parse(&buf) {
+            Ok(Some((len, req))) => return Ok((req, buf.split_off(len))),
+            Ok(None) if buf.len() < MAX_REQUEST => {}
+            Ok(None) => return Err(format!("handshake request longer than {MAX_REQUEST} bytes")),
+            Err(e) => return Err(format!("bad handshake request: {e}")),
+        }
+    }
+}
+
+/// Answer a refused handshake with its HTTP status and reason (and the
+/// Basic auth challenge where credentials are missing or wrong).
+async fn write_refusal(
+    stream: &mut ChargerStream,
+    status: StatusCode,
+    reason: &str,
+) -> std::io::Result<()> {
+    let body = format!("{reason}\n");
+    let challenge = if status == StatusCode::UNAUTHORIZED {
+        "WWW-Authenticate: Basic realm=\"chargegate\"\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{challenge}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(CLOUD_WAIT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 #[cfg(test)]

@@ -139,14 +139,16 @@ impl Connector {
         )
     }
 
-    /// Open the upstream connection for one charger. `authorization` is the
-    /// full `Authorization` header value to present, if any.
+    /// Open the upstream connection for one charger, offering the cloud the
+    /// protocols the charger offered, in its order; returns the socket and
+    /// the protocol the cloud chose. `authorization` is the full
+    /// `Authorization` header value to present, if any.
     pub async fn connect(
         &self,
         charger_id: &str,
-        proto: Protocol,
+        offered: &[Protocol],
         authorization: Option<&str>,
-    ) -> Result<UpStream, ConnectError> {
+    ) -> Result<(UpStream, Protocol), ConnectError> {
         let url = self.url_for(charger_id);
         let mut req = url
             .as_str()
@@ -156,9 +158,13 @@ impl Connector {
                 detail: e.to_string(),
             })?;
         let h = req.headers_mut();
+        let offer = Protocol::header(offered);
         h.insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(proto.as_str()),
+            HeaderValue::from_str(&offer).map_err(|e| ConnectError::Other {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?,
         );
         if let Some(a) = authorization {
             h.insert(
@@ -189,13 +195,13 @@ impl Connector {
             .headers()
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok());
-        if agreed != Some(proto.as_str()) {
-            return Err(ConnectError::Subprotocol {
-                wanted: proto.as_str(),
+        match agreed.and_then(Protocol::parse) {
+            Some(p) if offered.contains(&p) => Ok((ws, p)),
+            _ => Err(ConnectError::Subprotocol {
+                offered: offer,
                 answered: agreed.map(str::to_string),
-            });
+            }),
         }
-        Ok(ws)
     }
 
     /// Backoff for reconnects, from the config.
@@ -225,9 +231,9 @@ pub enum ConnectError {
     Tls { url: String, detail: String },
     #[error("cannot reach {url}: {detail}")]
     Unreachable { url: String, detail: String },
-    #[error("cloud did not agree to subprotocol {wanted} (answered {answered:?})")]
+    #[error("cloud did not agree to a subprotocol offered ({offered}; answered {answered:?})")]
     Subprotocol {
-        wanted: &'static str,
+        offered: String,
         answered: Option<String>,
     },
     #[error("{url}: {detail}")]

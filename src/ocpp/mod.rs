@@ -28,13 +28,49 @@ impl Protocol {
         }
     }
 
-    /// Pick the protocol from a client's offered list (`a, b, c`), preferring
-    /// 1.6, which the gateway understands fully.
-    pub fn negotiate(offered: &str) -> Option<Protocol> {
-        let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+    /// The token's protocol, if the gateway speaks it.
+    pub fn parse(token: &str) -> Option<Protocol> {
         [Protocol::Ocpp16, Protocol::Ocpp201]
             .into_iter()
-            .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p.as_str())))
+            .find(|p| token.trim().eq_ignore_ascii_case(p.as_str()))
+    }
+
+    /// The protocols a client offers (`a, b, c`) that the gateway speaks,
+    /// in the client's order of preference, each once.
+    pub fn offered(header: &str) -> Vec<Protocol> {
+        let mut out = Vec::new();
+        for p in header.split(',').filter_map(Protocol::parse) {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Whether the gateway can answer a charger speaking this protocol by
+    /// itself (standalone, or while the cloud is away); 2.0.1 is relayed.
+    pub fn answered_locally(self) -> bool {
+        self == Protocol::Ocpp16
+    }
+
+    /// The protocol the gateway picks when the cloud does not choose (no
+    /// cloud configured, or it did not answer in time): the charger's first
+    /// choice among those the gateway can answer itself, else its first
+    /// choice.
+    pub fn choose_alone(offered: &[Protocol]) -> Option<Protocol> {
+        offered
+            .iter()
+            .copied()
+            .find(|p| p.answered_locally())
+            .or_else(|| offered.first().copied())
+    }
+
+    /// The `Sec-WebSocket-Protocol` header value offering `list` in order.
+    pub fn header(list: &[Protocol]) -> String {
+        list.iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -43,13 +79,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn negotiation_prefers_16_and_refuses_others() {
+    fn offers_keep_the_chargers_order_and_the_gateway_chooses_what_it_can_answer() {
+        use Protocol::*;
         assert_eq!(
-            Protocol::negotiate("ocpp2.0.1, ocpp1.6"),
-            Some(Protocol::Ocpp16)
+            Protocol::offered("ocpp2.0.1, ocpp1.6"),
+            vec![Ocpp201, Ocpp16]
         );
-        assert_eq!(Protocol::negotiate("ocpp2.0.1"), Some(Protocol::Ocpp201));
-        assert_eq!(Protocol::negotiate("ocpp1.5, ocpp2.0"), None);
-        assert_eq!(Protocol::negotiate(""), None);
+        assert_eq!(
+            Protocol::offered("ocpp1.6,OCPP2.0.1,ocpp1.6"),
+            vec![Ocpp16, Ocpp201]
+        );
+        assert_eq!(Protocol::offered("ocpp2.1, ocpp2.0.1"), vec![Ocpp201]);
+        assert_eq!(Protocol::offered("ocpp1.5, ocpp2.0"), vec![]);
+        assert_eq!(Protocol::offered(""), vec![]);
+        assert_eq!(Protocol::choose_alone(&[Ocpp201, Ocpp16]), Some(Ocpp16));
+        assert_eq!(Protocol::choose_alone(&[Ocpp201]), Some(Ocpp201));
+        assert_eq!(Protocol::choose_alone(&[]), None);
+        assert_eq!(Protocol::header(&[Ocpp201, Ocpp16]), "ocpp2.0.1, ocpp1.6");
     }
 }

@@ -89,9 +89,10 @@ pub enum Input<S> {
     },
     Charger(ChargerMsg),
     Cloud(CloudMsg),
-    /// A connection attempt to the cloud ended.
+    /// A connection attempt to the cloud ended: the socket and the
+    /// protocol the cloud chose among those the charger offered.
     /// (Boxed: a socket is large, and every input would be as large.)
-    Connected(Result<Box<S>, ConnectError>),
+    Connected(Result<(Box<S>, Protocol), ConnectError>),
     /// A write to the cloud failed: the link is gone.
     CloudWriteFailed,
     /// A write to the charger failed: the session is over.

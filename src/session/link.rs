@@ -26,10 +26,29 @@ impl<S> SessionState<S> {
         self.link = CloudLink::Connecting { first };
     }
 
-    pub(super) fn on_connected(&mut self, res: Result<Box<S>, ConnectError>) -> Result<(), End> {
+    pub(super) fn on_connected(
+        &mut self,
+        res: Result<(Box<S>, Protocol), ConnectError>,
+    ) -> Result<(), End> {
         let first = matches!(self.link, CloudLink::Connecting { first: true });
         match res {
-            Ok(ws) => {
+            Ok((ws, chosen)) if chosen != self.proto => {
+                // The charger was given another protocol while the cloud had
+                // not answered; it offered this one too, so it is asked to
+                // reconnect and is then given what the cloud chose.
+                self.out.push(Action::CloseCloud(ws));
+                let why = format!(
+                    "the cloud chose {} (this connection speaks {}): reconnect to renegotiate",
+                    chosen.as_str(),
+                    self.proto.as_str()
+                );
+                log::info!(charger_id = self.id.as_str(); "{}: {why}", self.id);
+                Err(End::new(
+                    why,
+                    Some((CloseCode::Restart, "cloud chose another protocol")),
+                ))
+            }
+            Ok((ws, _)) => {
                 self.link = CloudLink::Up(*ws);
                 self.last_connect_error = None;
                 if let Some(b) = self.backoff.as_mut() {

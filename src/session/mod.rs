@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::hub::{Accepted, Command, Ctx};
 use crate::journal::Journal;
+use crate::ocpp::Protocol;
 use crate::upstream::{basic_auth, ConnectError, UpStream};
 
 mod cloud;
@@ -48,7 +49,9 @@ enum Done {
     Stop,
 }
 
-type Connecting = tokio::task::JoinHandle<Result<UpStream, ConnectError>>;
+/// A connection attempt to the cloud: the socket and the protocol the
+/// cloud chose.
+pub type Connecting = tokio::task::JoinHandle<Result<(UpStream, Protocol), ConnectError>>;
 type ChargerWs = WebSocketStream<crate::tls::ChargerStream>;
 
 impl Env for Journal {
@@ -77,14 +80,39 @@ impl Env for Journal {
 struct Io {
     ctx: Ctx,
     id: String,
-    proto: crate::ocpp::Protocol,
+    /// What the charger offered, in its order: offered to the cloud.
+    offered: Vec<Protocol>,
     /// What the gateway presents to the cloud for this charger.
     authorization: Option<String>,
     charger: ChargerWs,
     connecting: Option<Connecting>,
 }
 
-/// Run a charger's session until either side ends it.
+/// Close the session a new connection replaces and wait (a few seconds at
+/// most) until it is gone, so the cloud never sees the charger twice.
+pub async fn replace(old: Option<(mpsc::Sender<Box<Command>>, watch::Receiver<bool>)>) {
+    if let Some((old_cmd, mut old_done)) = old {
+        let _ = old_cmd.send(Box::new(Command::Replace)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), old_done.wait_for(|d| *d)).await;
+    }
+}
+
+/// The `Authorization` the gateway presents to the cloud for a charger:
+/// its configured upstream password, else the charger's own header.
+pub fn cloud_authorization(ctx: &Ctx, acc: &Accepted) -> Option<String> {
+    match ctx
+        .cfg
+        .chargers
+        .get(&acc.id)
+        .and_then(|c| c.upstream_password.as_deref())
+    {
+        Some(pw) => Some(basic_auth(&acc.id, pw)),
+        None => acc.authorization.clone(),
+    }
+}
+
+/// Run a charger's session until either side ends it. `connecting` is the
+/// connection attempt to the cloud the handshake started, if any.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: Ctx,
@@ -94,22 +122,10 @@ pub async fn run(
     conn: u64,
     mut cmd_rx: mpsc::Receiver<Box<Command>>,
     done: watch::Sender<bool>,
-    old: Option<(mpsc::Sender<Box<Command>>, watch::Receiver<bool>)>,
+    connecting: Option<Connecting>,
 ) {
-    if let Some((old_cmd, mut old_done)) = old {
-        // Close the old connection first, so the cloud never sees two.
-        let _ = old_cmd.send(Box::new(Command::Replace)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), old_done.wait_for(|d| *d)).await;
-    }
     let cfg = ctx.cfg.clone();
-    let authorization = match cfg
-        .chargers
-        .get(&acc.id)
-        .and_then(|c| c.upstream_password.as_deref())
-    {
-        Some(pw) => Some(basic_auth(&acc.id, pw)),
-        None => acc.authorization.clone(),
-    };
+    let authorization = cloud_authorization(&ctx, &acc);
     let mut setup = Setup {
         id: acc.id.clone(),
         proto: acc.proto,
@@ -135,10 +151,10 @@ pub async fn run(
     let mut state = SessionState::new(setup, env, Now::system());
     let mut io = Io {
         id: acc.id.clone(),
-        proto: acc.proto,
+        offered: acc.offered.clone(),
         authorization,
         charger: ws,
-        connecting: None,
+        connecting,
         ctx,
     };
     let start = state.handle(
@@ -164,7 +180,7 @@ async fn next_cloud(up: Option<&mut UpStream>) -> Option<Result<Message, WsError
     }
 }
 
-async fn connected(c: &mut Option<Connecting>) -> Result<UpStream, ConnectError> {
+async fn connected(c: &mut Option<Connecting>) -> Result<(UpStream, Protocol), ConnectError> {
     match c {
         Some(f) => f
             .await
@@ -230,7 +246,10 @@ impl Io {
                 msg = next_cloud(state.cloud_mut()) => Input::Cloud(cloud_msg(msg)),
                 res = connected(&mut self.connecting) => {
                     self.connecting = None;
-                    Input::Connected(res.map(Box::new))
+                    if let Ok((_, chosen)) = &res {
+                        self.ctx.registry.cloud_chose(&self.id, *chosen);
+                    }
+                    Input::Connected(res.map(|(ws, p)| (Box::new(ws), p)))
                 }
                 cmd = cmd_rx.recv() => Input::Command(cmd.map_or(Command::Replace, |c| *c)),
                 _ = &mut timer => Input::Timer,
@@ -347,9 +366,14 @@ impl Io {
         let Some(connector) = self.ctx.connector.clone() else {
             return;
         };
-        let (id, proto, auth) = (self.id.clone(), self.proto, self.authorization.clone());
+        if self.connecting.is_some() {
+            // The attempt the handshake started is still on its way.
+            return;
+        }
+        let (id, auth) = (self.id.clone(), self.authorization.clone());
+        let offered = self.offered.clone();
         self.connecting = Some(tokio::spawn(async move {
-            connector.connect(&id, proto, auth.as_deref()).await
+            connector.connect(&id, &offered, auth.as_deref()).await
         }));
     }
 }

@@ -213,7 +213,10 @@ impl Driver {
     }
 
     fn link_up(&mut self) -> Vec<Seen> {
-        self.feed(Input::Connected(Ok(Box::new("cloud socket"))))
+        self.feed(Input::Connected(Ok((
+            Box::new("cloud socket"),
+            Protocol::Ocpp16,
+        ))))
     }
 
     /// Let time pass to `secs` since the start, and fire the timer if it
@@ -564,6 +567,32 @@ fn the_first_frames_wait_for_the_first_cloud_connection() {
     assert!(d.s.holds_charger());
     d.link_up();
     assert!(!d.s.holds_charger());
+}
+
+#[test]
+fn a_cloud_that_chooses_another_offered_protocol_has_the_charger_reconnect() {
+    // The charger was given 1.6 while the cloud had not answered; the cloud
+    // then takes the charger's other offer, 2.0.1.
+    let mut d = Driver::with_cloud(vec![], vec![]);
+    let seen = d.feed(Input::Connected(Ok((
+        Box::new("cloud socket"),
+        Protocol::Ocpp201,
+    ))));
+    assert!(seen.contains(&Seen::CloseCloud), "{seen:?}");
+    let close = seen
+        .iter()
+        .find_map(|s| match s {
+            Seen::CloseCharger(code, _) => Some(*code),
+            _ => None,
+        })
+        .expect("the charger is closed");
+    assert_eq!(close, 1012, "service restart: reconnect");
+    assert_eq!(seen.last(), Some(&Seen::Stop));
+    // The same choice is a link like any other.
+    let mut d = Driver::with_cloud(vec![], vec![]);
+    let seen = d.link_up();
+    assert!(!seen.contains(&Seen::CloseCloud), "{seen:?}");
+    assert!(seen.contains(&Seen::Journal("Connect".into())), "{seen:?}");
 }
 
 #[test]

@@ -5,6 +5,15 @@ interop test as a charger and as a CSMS on either side of the gateway.
     python3 ocpp_peer.py csms             # prints "PORT n", then one JSON line per event
     python3 ocpp_peer.py charger URL ID   # runs a session, prints one JSON line per result
     python3 ocpp_peer.py validate         # "ACTION<TAB>JSON" lines in, schema verdicts out
+    python3 ocpp_peer.py csms201 PROTOS [PORT]
+                                          # an OCPP 2.0.1 CSMS accepting the comma-separated
+                                          # subprotocols PROTOS (its order of preference)
+    python3 ocpp_peer.py charger201 URL ID OFFER
+                                          # a 2.0.1 charger offering OFFER (comma-separated,
+                                          # in order), runs a transaction if given 2.0.1
+
+The 2.0.1 peers use the package's `v201` classes, which check every message
+against the official OCPP 2.0.1 schemas.
 """
 
 import asyncio
@@ -16,6 +25,10 @@ import websockets
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus, ResetStatus
+from ocpp.v201 import ChargePoint as ChargePoint201
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from ocpp.v201.enums import Action as Action201
 
 
 def out(**kv):
@@ -132,10 +145,73 @@ def validate():
             out(action=action, ok=False, error=f"{type(e).__name__}: {e}")
 
 
+class Csms201(ChargePoint201):
+    @on(Action201.boot_notification)
+    def on_boot(self, charging_station, reason, **kw):
+        out(csms_got="BootNotification", vendor=charging_station["vendor_name"], id=self.id)
+        return result201.BootNotification(current_time=now(), interval=300, status="Accepted")
+
+    @on(Action201.heartbeat)
+    def on_heartbeat(self):
+        out(csms_got="Heartbeat")
+        return result201.Heartbeat(current_time=now())
+
+    @on(Action201.status_notification)
+    def on_status(self, timestamp, connector_status, evse_id, connector_id, **kw):
+        out(csms_got="StatusNotification", status=connector_status, evse_id=evse_id)
+        return result201.StatusNotification()
+
+    @on(Action201.transaction_event)
+    def on_tx(self, event_type, timestamp, trigger_reason, seq_no, transaction_info, **kw):
+        out(csms_got="TransactionEvent", event_type=event_type, seq_no=seq_no,
+            transaction_id=transaction_info["transaction_id"], offline=kw.get("offline"))
+        return result201.TransactionEvent()
+
+
+async def csms201(protos, port=0):
+    async def handler(ws):
+        cp_id = ws.request.path.rstrip("/").split("/")[-1]
+        out(csms_connected=cp_id, subprotocol=ws.subprotocol)
+        try:
+            await Csms201(cp_id, ws).start()
+        except websockets.exceptions.ConnectionClosed:
+            out(csms_disconnected=cp_id)
+
+    server = await websockets.serve(handler, "127.0.0.1", port, subprotocols=protos)
+    port = list(server.sockets)[0].getsockname()[1]
+    print(f"PORT {port}", flush=True)
+    await server.serve_forever()
+
+
+async def charger201(url, cp_id, offer):
+    async with websockets.connect(f"{url}/{cp_id}", subprotocols=offer) as ws:
+        out(subprotocol=ws.subprotocol)
+        if ws.subprotocol != "ocpp2.0.1":
+            return
+        cp = ChargePoint201(cp_id, ws)
+        runner = asyncio.create_task(cp.start())
+        station = {"model": "PyModel201", "vendor_name": "PyVendor"}
+        r = await cp.call(call201.BootNotification(charging_station=station, reason="PowerUp"))
+        out(result="BootNotification", status=r.status)
+        await cp.call(call201.StatusNotification(timestamp=now(), connector_status="Occupied", evse_id=1, connector_id=1))
+        tx = {"transaction_id": "py-tx-1"}
+        for seq, (kind, trigger) in enumerate([("Started", "Authorized"), ("Updated", "MeterValuePeriodic"), ("Ended", "StopAuthorized")]):
+            mv = [{"timestamp": now(), "sampled_value": [{"value": 100.0 + seq * 50, "measurand": "Energy.Active.Import.Register"}]}]
+            await cp.call(call201.TransactionEvent(event_type=kind, timestamp=now(), trigger_reason=trigger,
+                                                   seq_no=seq, transaction_info=tx, meter_value=mv))
+            out(result="TransactionEvent", event_type=kind)
+        runner.cancel()
+        out(done=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "csms":
         asyncio.run(csms())
     elif sys.argv[1] == "validate":
         validate()
+    elif sys.argv[1] == "csms201":
+        asyncio.run(csms201(sys.argv[2].split(","), int(sys.argv[3]) if len(sys.argv) > 3 else 0))
+    elif sys.argv[1] == "charger201":
+        asyncio.run(charger201(sys.argv[2], sys.argv[3], sys.argv[4].split(",")))
     else:
         asyncio.run(charger(sys.argv[2], sys.argv[3]))

@@ -162,6 +162,8 @@ type Ws =
 pub struct Charger {
     pub ws: Ws,
     pub next: u64,
+    /// The subprotocol the gateway gave this connection.
+    pub protocol: Option<String>,
 }
 
 /// Why a handshake failed: the HTTP status.
@@ -180,7 +182,15 @@ pub async fn connect_status(
             .insert("Authorization", HeaderValue::from_str(a).unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(Charger { ws, next: 0 }),
+        Ok((ws, resp)) => Ok(Charger {
+            ws,
+            next: 0,
+            protocol: resp
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("unexpected connect error: {e}"),
     }

@@ -8,6 +8,7 @@ mod harness;
 mod hostile;
 mod interop;
 mod mqtt;
+mod ocpp201;
 mod offline;
 mod powerloss;
 mod proxy;

@@ -114,7 +114,11 @@ async fn wss(
                 }
                 e => e.to_string(),
             })?;
-    let mut c = Charger { ws, next: 0 };
+    let mut c = Charger {
+        ws,
+        next: 0,
+        protocol: None,
+    };
     let a = c.call("BootNotification", boot()).await;
     (a[0] == 3)
         .then_some(())

@@ -1,0 +1,168 @@
+//! OCPP 2.0.1 through the gateway with peers we did not write (the Python
+//! `ocpp` package's `v201` classes, which check every message against the
+//! official 2.0.1 schemas): subprotocol negotiation with the cloud.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+use crate::harness::*;
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/ocpp_peer.py");
+
+/// The Python 2.0.1 CSMS, accepting `protos` (its order of preference).
+struct PyCsms {
+    port: u16,
+    out: Lines<BufReader<ChildStdout>>,
+    _child: Child,
+}
+
+impl PyCsms {
+    async fn start(protos: &str, port: u16) -> PyCsms {
+        let mut child = tokio::process::Command::new("python3")
+            .args([PEER, "csms201", protos, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs (scripts/test installs it)");
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(WAIT, out.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the Python CSMS started; is the `ocpp` package installed?");
+        let port = first
+            .strip_prefix("PORT ")
+            .expect("PORT line")
+            .parse()
+            .unwrap();
+        PyCsms {
+            port,
+            out,
+            _child: child,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ocpp", self.port)
+    }
+
+    /// The next event line with `key` = `value`.
+    async fn expect(&mut self, key: &str, value: &str) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let line = self.out.next_line().await.unwrap().expect("CSMS running");
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if v[key] == value {
+                    return v;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {key}={value} from the CSMS"))
+    }
+}
+
+/// Run the Python 2.0.1 charger offering `offer`; its output lines.
+async fn py_charger(gw: &Gateway, id: &str, offer: &str) -> Vec<Value> {
+    let run = tokio::process::Command::new("python3")
+        .args([
+            PEER,
+            "charger201",
+            &format!("ws://{}/ocpp", gw.ocpp),
+            id,
+            offer,
+        ])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the charger finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "python charger failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_charger_offering_both_versions_gets_what_the_cloud_chooses() {
+    // A cloud that speaks 2.0.1 only: the charger's first choice reaches it.
+    let mut cloud = PyCsms::start("ocpp2.0.1", 0).await;
+    let gw = Gateway::start(Some(&cloud.url()), "").await;
+    let got = py_charger(&gw, "PY-201", "ocpp2.0.1,ocpp1.6").await;
+    assert_eq!(got[0]["subprotocol"], "ocpp2.0.1", "{got:?}");
+    assert!(
+        got.iter().any(|l| l["done"] == true),
+        "a whole session: {got:?}"
+    );
+    let c = cloud.expect("csms_connected", "PY-201").await;
+    assert_eq!(c["subprotocol"], "ocpp2.0.1");
+    cloud.expect("csms_got", "BootNotification").await;
+    for kind in ["Started", "Updated", "Ended"] {
+        let ev = cloud.expect("csms_got", "TransactionEvent").await;
+        assert_eq!(ev["event_type"], kind);
+    }
+
+    // A cloud that takes both: it is offered the charger's list in the
+    // charger's order, and the charger is given what it chose.
+    let mut both = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&both.url()), "").await;
+    let cp = connect_status(&gw.url("CP-21"), Some("ocpp2.0.1, ocpp1.6"), None)
+        .await
+        .unwrap();
+    let (_, offered_first, _) = both.next_connect().await;
+    assert_eq!(offered_first.as_deref(), Some("ocpp2.0.1"));
+    assert_eq!(cp.protocol.as_deref(), Some("ocpp2.0.1"));
+    let cp = connect_status(&gw.url("CP-16"), Some("ocpp1.6, ocpp2.0.1"), None)
+        .await
+        .unwrap();
+    assert_eq!(cp.protocol.as_deref(), Some("ocpp1.6"));
+
+    // Standalone: the charger's first choice that the gateway can answer
+    // itself (1.6), so it is served rather than cut off.
+    let alone = Gateway::start(None, "").await;
+    let got = py_charger(&alone, "PY-ALONE", "ocpp2.0.1,ocpp1.6").await;
+    assert_eq!(got[0]["subprotocol"], "ocpp1.6", "{got:?}");
+}
+
+#[tokio::test]
+async fn a_charger_connected_while_the_cloud_was_away_is_moved_to_the_clouds_choice() {
+    // A port with nothing behind it yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start(Some(&format!("ws://127.0.0.1:{port}/ocpp")), "").await;
+    let mut cp = connect_status(&gw.url("CP-LATE"), Some("ocpp2.0.1, ocpp1.6"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        cp.protocol.as_deref(),
+        Some("ocpp1.6"),
+        "the cloud is away: what the gateway can answer itself"
+    );
+    let boot = cp.call("BootNotification", boot()).await;
+    assert_eq!(boot[2]["status"], "Accepted", "answered locally: {boot}");
+
+    // The cloud comes up speaking 2.0.1 only: the charger is asked to
+    // reconnect (1012, service restart) and is then given 2.0.1.
+    let mut cloud = PyCsms::start("ocpp2.0.1", port).await;
+    assert_eq!(cp.closed().await, Some(1012));
+    let again = connect_status(&gw.url("CP-LATE"), Some("ocpp2.0.1, ocpp1.6"), None)
+        .await
+        .unwrap();
+    assert_eq!(again.protocol.as_deref(), Some("ocpp2.0.1"));
+    let c = cloud.expect("csms_connected", "CP-LATE").await;
+    assert_eq!(c["subprotocol"], "ocpp2.0.1");
+}

@@ -26,6 +26,7 @@ impl<S> SessionState<S> {
                 self.link_down(
                     why.unwrap_or_else(|| "cloud closed the connection".into()),
                     code,
+                    true,
                 )
             }
             CloudMsg::Binary => {
@@ -38,7 +39,7 @@ impl<S> SessionState<S> {
                 Ok(())
             }
             CloudMsg::Other => Ok(()),
-            CloudMsg::Lost(e) => self.link_down(e, None),
+            CloudMsg::Lost(e) => self.link_down(e, None, false),
         }
     }
 

@@ -9,7 +9,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::inout::{Action, CloudLink, End, PendingUp, Queue, Queued};
 
-use super::state::{SessionState, IDLE_TICK, PING_GRACE, TICK};
+use super::state::{SessionState, IDLE_TICK, MAX_LATE, PING_GRACE, TICK};
+
+/// A relayed-only call (OCPP 2.0.1) the cloud has not answered after this
+/// many call timeouts is forgotten: its charger stopped waiting long ago.
+const LATE_FACTOR: u32 = 10;
 use crate::event::{self, Event, Link};
 use crate::hub::CallOutcome;
 use crate::ocpp::Protocol;
@@ -99,19 +103,28 @@ impl<S> SessionState<S> {
             || self.cfg.offline_mode == crate::config::OfflineMode::Disconnect
     }
 
-    fn schedule_retry(&mut self) {
+    /// The link is down until the next attempt; returns what it was.
+    fn schedule_retry(&mut self) -> CloudLink<S> {
         let delay = self
             .backoff
             .as_mut()
             .map_or(Duration::from_secs(5), |b| b.next_delay());
-        self.link = CloudLink::Down {
+        let down = CloudLink::Down {
             retry_at: self.now.mono + delay,
         };
+        std::mem::replace(&mut self.link, down)
     }
 
     /// The cloud link went down: answer whatever the charger still waits
     /// for, and retry later. A link that is not up has nothing to lose.
-    pub(super) fn link_down(&mut self, reason: String, code: Option<u16>) -> Result<(), End> {
+    /// `closed`: the cloud closed the link with a close frame, which is
+    /// answered.
+    pub(super) fn link_down(
+        &mut self,
+        reason: String,
+        code: Option<u16>,
+        closed: bool,
+    ) -> Result<(), End> {
         if !self.cloud_up() {
             return Ok(());
         }
@@ -122,7 +135,12 @@ impl<S> SessionState<S> {
             code,
         });
         self.last_connect_error = None;
-        self.schedule_retry();
+        if let (CloudLink::Up(up), true) = (self.schedule_retry(), closed) {
+            // The cloud closed with a close frame: the socket goes to the
+            // task, which sends the close frame back (RFC 6455 §5.5.1)
+            // before dropping it.
+            self.out.push(Action::CloseCloud(Box::new(up)));
+        }
         if self.disconnect_mode() {
             return Err(End::new(
                 format!("cloud link down: {reason}"),
@@ -130,6 +148,7 @@ impl<S> SessionState<S> {
             ));
         }
         self.abandon_in_flight();
+        self.late_down.clear(); // the next link's cloud never asked
         self.resync.in_flight = None; // sent again when the link returns
         self.answer_pending_locally(|_| true);
         Ok(())
@@ -217,7 +236,15 @@ impl<S> SessionState<S> {
     fn on_tick(&mut self) -> Result<(), End> {
         let now = self.now.mono;
         let timeout = self.cfg.call_timeout;
-        self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout);
+        if self.proto.answered_locally() {
+            self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout);
+        } else {
+            // Relayed only: the charger's call waits for the cloud's answer
+            // however late, under the charger's own timeout. One it gave up
+            // on long ago is forgotten.
+            self.pending_up
+                .retain(|_, p| now.duration_since(p.sent) < timeout * LATE_FACTOR);
+        }
         if self
             .in_flight
             .as_ref()
@@ -245,8 +272,14 @@ impl<S> SessionState<S> {
         for id in expired {
             if let Some(p) = self.pending_down.remove(&id) {
                 self.journal_remote_action(&p, &CallOutcome::Timeout);
-                if let Some(reply) = p.reply {
-                    self.out.push(Action::Reply(reply, CallOutcome::Timeout));
+                match p.reply {
+                    Some(reply) => self.out.push(Action::Reply(reply, CallOutcome::Timeout)),
+                    None => {
+                        if self.late_down.len() >= MAX_LATE {
+                            self.late_down.pop_front();
+                        }
+                        self.late_down.push_back((id, p));
+                    }
                 }
             }
         }

@@ -166,6 +166,10 @@ pub async fn run(
     if io.exec(&mut state, start).await {
         io.run_loop(&mut state, &mut cmd_rx).await;
     }
+    // A charger that closed first is owed our close frame (RFC 6455
+    // §5.5.1): tungstenite queued it, this sends it. (After a close of our
+    // own, or a lost connection, it returns at once.)
+    let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut io.charger)).await;
     if let Some(c) = io.connecting.take() {
         c.abort();
     }
@@ -355,7 +359,15 @@ impl Io {
                     code: CloseCode::Normal,
                     reason: "charger disconnected".into(),
                 };
-                let _ = tokio::time::timeout(CLOSE_WAIT, (*up).close(Some(frame))).await;
+                // Our close frame; or, when the cloud closed first, the
+                // answer tungstenite queued (it refuses a second frame, and
+                // `SinkExt::close` flushes what is queued).
+                let close = async {
+                    if (*up).close(Some(frame)).await.is_err() {
+                        let _ = SinkExt::close(&mut *up).await;
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
             }
             Action::Stop => return Done::Stop,
         }

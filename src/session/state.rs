@@ -37,6 +37,10 @@ use crate::ocpp::{local, Protocol};
 use crate::outbox::{self, Entry};
 use crate::upstream::Backoff;
 
+/// How many of the cloud's calls that timed out are remembered, so that
+/// their late answers are still relayed.
+pub(super) const MAX_LATE: usize = 16;
+
 /// One charger's session: both links' protocol state.
 pub struct SessionState<S> {
     pub(super) id: String,
@@ -50,6 +54,10 @@ pub struct SessionState<S> {
     pub(super) last_connect_error: Option<crate::upstream::ConnectError>,
     pub(super) pending_up: HashMap<String, PendingUp>,
     pub(super) pending_down: HashMap<String, PendingDown>,
+    /// The cloud's calls the charger did not answer within the call
+    /// timeout: the next call may go out, and a late answer is still
+    /// relayed (each side keeps its own timeout). Bounded by [`MAX_LATE`].
+    pub(super) late_down: VecDeque<(String, PendingDown)>,
     pub(super) queue_down: VecDeque<Queued>,
     /// Counter for the gateway's own message ids toward the charger.
     pub(super) local_ids: u64,
@@ -117,6 +125,7 @@ impl<S> SessionState<S> {
             last_connect_error: None,
             pending_up: HashMap::new(),
             pending_down: HashMap::new(),
+            late_down: VecDeque::new(),
             queue_down: VecDeque::new(),
             local_ids: 0,
             outbox: setup.outbox.into(),
@@ -164,7 +173,7 @@ impl<S> SessionState<S> {
             Input::Charger(msg) => self.on_charger_msg(msg),
             Input::Cloud(msg) => self.on_cloud_msg(msg),
             Input::Connected(res) => self.on_connected(res),
-            Input::CloudWriteFailed => self.link_down("write to cloud failed".into(), None),
+            Input::CloudWriteFailed => self.link_down("write to cloud failed".into(), None, false),
             Input::ChargerWriteFailed(e) => {
                 Err(End::new(format!("write to charger failed: {e}"), None))
             }
@@ -519,6 +528,16 @@ impl<S> SessionState<S> {
     }
 
     fn on_charger_answer(&mut self, id: &str, outcome: CallOutcome, text: &str) {
+        if let Some(at) = self.late_down.iter().position(|(k, _)| k == id) {
+            // The cloud's call answered after the gateway's timeout: relayed
+            // all the same, the cloud decides whether it still cares.
+            let (_, p) = self.late_down.remove(at).expect("found above");
+            self.journal_remote_action(&p, &outcome);
+            if self.cloud_up() {
+                self.send_cloud(text.to_string());
+            }
+            return;
+        }
         let Some(p) = self.pending_down.remove(id) else {
             self.protocol_error(
                 Link::Charger,

@@ -121,9 +121,19 @@ impl Driver {
         tx_map: Vec<(i64, i64)>,
         offline: &str,
     ) -> Driver {
+        Driver::speaking(Protocol::Ocpp16, cloud, outbox, tx_map, offline)
+    }
+
+    fn speaking(
+        proto: Protocol,
+        cloud: Option<&str>,
+        outbox: Vec<(u64, Entry)>,
+        tx_map: Vec<(i64, i64)>,
+        offline: &str,
+    ) -> Driver {
         let setup = Setup {
             id: "CP1".into(),
-            proto: Protocol::Ocpp16,
+            proto,
             cfg: config(offline),
             cloud_url: cloud.map(str::to_string),
             backoff: Some(Backoff::new(Duration::from_secs(1), Duration::from_secs(1))),
@@ -213,10 +223,8 @@ impl Driver {
     }
 
     fn link_up(&mut self) -> Vec<Seen> {
-        self.feed(Input::Connected(Ok((
-            Box::new("cloud socket"),
-            Protocol::Ocpp16,
-        ))))
+        let proto = self.s.proto;
+        self.feed(Input::Connected(Ok((Box::new("cloud socket"), proto))))
     }
 
     /// Let time pass to `secs` since the start, and fire the timer if it
@@ -369,6 +377,62 @@ fn a_silent_cloud_is_answered_locally_after_the_call_timeout_and_its_late_answer
     let seen = d.cloud(json!([3, "b1", {"status": "Accepted", "currentTime": "2030-01-07T10:00:31Z", "interval": 300}]));
     assert!(frames_to_charger(&seen).is_empty(), "{seen:?}");
     assert!(seen.contains(&Seen::Journal("ProtocolError".into())));
+}
+
+#[test]
+fn where_the_gateway_cannot_answer_late_answers_are_relayed_both_ways() {
+    // A 2.0.1 charger's call: the gateway cannot answer it, so it waits for
+    // the cloud past the call timeout, and the late answer reaches it.
+    let mut d = Driver::speaking(
+        Protocol::Ocpp201,
+        Some("ws://cloud/CP1"),
+        vec![],
+        vec![],
+        "",
+    );
+    d.link_up();
+    let seen = d.charger(json!([2, "g1", "Heartbeat", {}]));
+    assert_eq!(frames_to_cloud(&seen).len(), 1, "{seen:?}");
+    for s in 1..=40 {
+        let seen = d.advance(s as f64);
+        assert!(frames_to_charger(&seen).is_empty(), "at {s} s: {seen:?}");
+    }
+    let late = json!([3, "g1", {"currentTime": "2030-01-07T10:00:41Z"}]);
+    let seen = d.cloud(late.clone());
+    assert_eq!(frames_to_charger(&seen), vec![&late], "relayed late");
+    assert!(
+        !seen.contains(&Seen::Journal("ProtocolError".into())),
+        "{seen:?}"
+    );
+
+    // The cloud's call a charger answers late (1.6 or 2.0.1 alike: the
+    // gateway never answers for the charger): the timeout is journaled and
+    // frees the charger for the gateway's own calls, and the late answer
+    // still reaches the cloud.
+    let mut d = Driver::with_cloud(vec![], vec![]);
+    d.link_up();
+    let seen = d.cloud(json!([2, "k1", "GetConfiguration", {}]));
+    assert_eq!(frames_to_charger(&seen).len(), 1);
+    let (seen, _rx) = d.call("TriggerMessage", json!({"requestedMessage": "Heartbeat"}));
+    assert!(
+        frames_to_charger(&seen).is_empty(),
+        "one call at a time: {seen:?}"
+    );
+    let seen = d.advance(30.0);
+    assert!(
+        seen.contains(&Seen::Journal("RemoteAction".into())),
+        "the timeout is journaled: {seen:?}"
+    );
+    let (_, action, _) = only_call(frames_to_charger(&seen));
+    assert_eq!(action, "TriggerMessage", "the gateway's call goes out");
+    let late = json!([3, "k1", {"configurationKey": []}]);
+    let seen = d.charger(late.clone());
+    assert_eq!(frames_to_cloud(&seen), vec![&late], "relayed late");
+    assert!(seen.contains(&Seen::Journal("RemoteAction".into())));
+    assert!(
+        !seen.contains(&Seen::Journal("ProtocolError".into())),
+        "{seen:?}"
+    );
 }
 
 #[test]

@@ -284,6 +284,11 @@ pub enum CsmsEvent {
     Closed {
         id: String,
     },
+    /// A close frame from the gateway (its own close, or its answer to ours).
+    CloseFrame {
+        id: String,
+        code: Option<u16>,
+    },
 }
 
 /// How the fake CSMS answers a CALL: `None` = no answer;
@@ -396,6 +401,32 @@ impl Csms {
         tx.send(Message::text(text.to_string())).unwrap();
     }
 
+    /// Close the (latest) connection of charger `id` with 1000.
+    pub fn close(&self, id: &str) {
+        let conns = self.conns.lock().unwrap();
+        let (_, tx) = conns
+            .iter()
+            .rev()
+            .find(|(i, _)| i == id)
+            .expect("charger connected to CSMS");
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        tx.send(Message::Close(Some(frame))).unwrap();
+    }
+
+    /// The close frame the gateway sent on charger `id`'s connection.
+    pub async fn next_close_frame(&mut self, id: &str) -> Option<u16> {
+        loop {
+            if let CsmsEvent::CloseFrame { id: got, code } = self.next().await {
+                if got == id {
+                    return code;
+                }
+            }
+        }
+    }
+
     /// Drop every connection abruptly and stop listening.
     pub fn kill(self) {
         self.task.abort();
@@ -465,6 +496,12 @@ async fn serve_csms_conn(
         }
     });
     while let Some(Ok(msg)) = stream.next().await {
+        if let Message::Close(f) = &msg {
+            let _ = tx.send(CsmsEvent::CloseFrame {
+                id: id.clone(),
+                code: f.as_ref().map(|f| u16::from(f.code)),
+            });
+        }
         if let Message::Text(t) = msg {
             let text = t.to_string();
             let _ = tx.send(CsmsEvent::Frame {

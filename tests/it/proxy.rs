@@ -1,6 +1,10 @@
 //! The relay between real chargers' sockets and a real CSMS socket.
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
 
@@ -213,6 +217,38 @@ async fn credentials_pass_through_or_come_from_the_config() {
         Some(chargegate::upstream::basic_auth("CP-B", "cloud-pass-789")),
         "from the config"
     );
+}
+
+#[tokio::test]
+async fn a_close_from_either_side_is_answered_with_a_close_frame() {
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-BYE")).await;
+    csms.next_connect().await;
+    // The cloud closes (1000): it gets the gateway's close frame back, not
+    // a dropped connection (RFC 6455 §5.5.1).
+    csms.close("CP-BYE");
+    assert_eq!(csms.next_close_frame("CP-BYE").await, Some(1000));
+    // The charger closes: the same.
+    cp.ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            match cp.ws.next().await {
+                Some(Ok(Message::Close(f))) => return Some(f.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("in time");
+    assert_eq!(answer, Some(Some(1000)), "a close frame, not 1006");
 }
 
 #[tokio::test]

@@ -287,6 +287,7 @@ mod tests {
             Transaction {
                 connector: 2,
                 transaction_id: Some(-7),
+                transaction_ref: None,
                 id_tag: "T".into(),
                 meter_start: 0,
                 started: "t".into(),

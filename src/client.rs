@@ -145,15 +145,7 @@ pub fn format_status(s: &Status) -> String {
             let tx = st
                 .transactions
                 .values()
-                .map(|t| {
-                    format!(
-                        "{}@{}",
-                        t.transaction_id
-                            .map(|i| i.to_string())
-                            .unwrap_or("?".into()),
-                        t.connector
-                    )
-                })
+                .map(|t| format!("{}@{}", t.name(), t.connector))
                 .collect::<Vec<_>>()
                 .join(" ");
             [

@@ -134,13 +134,21 @@ pub enum Event {
         meter_start: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         transaction_id: Option<i64>,
+        /// OCPP 2.0.1's transaction id (a string).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction_ref: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         status: Option<String>,
         timestamp: String,
         answered_by: Source,
     },
     StopTransaction {
-        transaction_id: i64,
+        /// OCPP 1.6's transaction id (always present for a 1.6 charger).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction_id: Option<i64>,
+        /// OCPP 2.0.1's transaction id (a string).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction_ref: Option<String>,
         meter_stop: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
@@ -155,6 +163,9 @@ pub enum Event {
         connector: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         transaction_id: Option<i64>,
+        /// OCPP 2.0.1's transaction id (a string).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transaction_ref: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         energy_wh: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -338,35 +349,37 @@ impl Event {
                 id_tag,
                 meter_start,
                 transaction_id,
+                transaction_ref,
                 status,
                 ..
             } => format!(
                 "connector {connector} tag {id_tag} meter {meter_start} Wh → transaction {} {}",
-                transaction_id
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                tx_name(transaction_id, transaction_ref),
                 opt(status)
             ),
             Event::StopTransaction {
                 transaction_id,
+                transaction_ref,
                 meter_stop,
                 reason,
                 forced,
                 ..
             } => {
                 format!(
-                    "{}transaction {transaction_id} meter {meter_stop} Wh reason {}",
+                    "{}transaction {} meter {meter_stop} Wh reason {}",
                     if *forced {
                         "FORCE-STOPPED (not billable) "
                     } else {
                         ""
                     },
+                    tx_name(transaction_id, transaction_ref),
                     opt(reason)
                 )
             }
             Event::MeterValues {
                 connector,
                 transaction_id,
+                transaction_ref,
                 energy_wh,
                 power_w,
                 current_a,
@@ -375,9 +388,11 @@ impl Event {
                     |v: &Option<f64>, u: &str| v.map(|v| format!(" {v}{u}")).unwrap_or_default();
                 format!(
                     "connector {connector}{}{}{}{}",
-                    transaction_id
-                        .map(|t| format!(" transaction {t}"))
-                        .unwrap_or_default(),
+                    if transaction_id.is_some() || transaction_ref.is_some() {
+                        format!(" transaction {}", tx_name(transaction_id, transaction_ref))
+                    } else {
+                        String::new()
+                    },
                     f(energy_wh, " Wh"),
                     f(power_w, " W"),
                     f(current_a, " A")
@@ -452,6 +467,15 @@ impl Event {
     }
 }
 
+/// A transaction's name in the log: 1.6's number or 2.0.1's string.
+fn tx_name(id: &Option<i64>, reference: &Option<String>) -> String {
+    match (id, reference) {
+        (Some(i), _) => i.to_string(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => "-".into(),
+    }
+}
+
 /// The event to journal for a charger's CALL, given its answer (`None`
 /// when the call was journaled before being answered). Returns `None` for
 /// calls that are not journaled (Heartbeat) or whose payload is unreadable
@@ -504,6 +528,7 @@ pub fn for_charger_call(
                 id_tag: s.id_tag,
                 meter_start: s.meter_start,
                 transaction_id: fields.transaction_id,
+                transaction_ref: None,
                 status: fields.status(),
                 timestamp: s.timestamp,
                 answered_by,
@@ -512,7 +537,8 @@ pub fn for_charger_call(
         "StopTransaction" => {
             let s: messages::StopTransaction = decode(payload).ok()?;
             Event::StopTransaction {
-                transaction_id: s.transaction_id,
+                transaction_id: Some(s.transaction_id),
+                transaction_ref: None,
                 meter_stop: s.meter_stop,
                 reason: s.reason,
                 timestamp: s.timestamp,
@@ -526,6 +552,7 @@ pub fn for_charger_call(
             Event::MeterValues {
                 connector: m.connector_id,
                 transaction_id: m.transaction_id,
+                transaction_ref: None,
                 energy_wh: s.energy_wh,
                 power_w: s.power_w,
                 current_a: s.current_a,
@@ -537,6 +564,201 @@ pub fn for_charger_call(
             answered_by,
         },
     })
+}
+
+/// What the journal remembers of each running OCPP 2.0.1 transaction:
+/// its EVSE (only its first TransactionEvent has to say) and its latest
+/// energy reading (its Ended event need not carry one). Bounded: a charger
+/// has a few EVSEs.
+#[derive(Debug, Default)]
+pub struct TxEvses(Vec<TxSeen>);
+
+#[derive(Debug)]
+struct TxSeen {
+    tx: String,
+    evse: u32,
+    energy_wh: Option<f64>,
+}
+
+impl TxEvses {
+    const MAX: usize = 32;
+
+    fn entry(&mut self, tx: &str) -> &mut TxSeen {
+        match self.0.iter().position(|s| s.tx == tx) {
+            Some(i) => &mut self.0[i],
+            None => {
+                if self.0.len() >= Self::MAX {
+                    self.0.remove(0);
+                }
+                self.0.push(TxSeen {
+                    tx: tx.to_string(),
+                    evse: 0,
+                    energy_wh: None,
+                });
+                self.0.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    fn forget(&mut self, tx: &str) {
+        self.0.retain(|s| s.tx != tx);
+    }
+}
+
+/// The events to journal for an OCPP 2.0.1 charger's CALL, given its
+/// answer, in the operator's vocabulary: a TransactionEvent is a
+/// StartTransaction (Started), MeterValues (readings), a
+/// StatusNotification when its charging state changes (Charging,
+/// SuspendedEV, SuspendedEVSE, EVConnected, Idle) and a StopTransaction
+/// (Ended); StatusNotification is the EVSE's connector status. EVSE ids
+/// stand where 1.6 has connector ids.
+pub fn for_charger_call_201(
+    action: &str,
+    payload: &RawValue,
+    answer: Option<&RawValue>,
+    answered_by: Source,
+    evses: &mut TxEvses,
+) -> Vec<Event> {
+    use crate::ocpp::v201;
+    if action == "Heartbeat" {
+        return Vec::new();
+    }
+    let status = || answer.and_then(|a| AnswerFields::read(a).status());
+    let other = || Event::ChargerCall {
+        action: excerpt(action, FIELD_MAX),
+        status: status(),
+        answered_by,
+    };
+    let cut = |s: &str| excerpt(s, FIELD_MAX);
+    match action {
+        "BootNotification" => match decode::<v201::BootNotification>(payload) {
+            Ok(b) => vec![Event::BootNotification {
+                vendor: cut(&b.charging_station.vendor_name),
+                model: cut(&b.charging_station.model),
+                firmware: b.charging_station.firmware_version.as_deref().map(cut),
+                serial: b.charging_station.serial_number.as_deref().map(cut),
+                status: status(),
+                answered_by,
+            }],
+            Err(_) => vec![other()],
+        },
+        "StatusNotification" => match decode::<v201::StatusNotification>(payload) {
+            Ok(s) => vec![Event::StatusNotification {
+                connector: s.evse_id,
+                status: cut(&s.connector_status),
+                error_code: "NoError".into(),
+                info: (s.connector_id != 1).then(|| format!("connector {}", s.connector_id)),
+            }],
+            Err(_) => vec![other()],
+        },
+        "Authorize" => match decode::<v201::Authorize>(payload) {
+            Ok(a) => vec![Event::Authorize {
+                id_tag: cut(&a.id_token.id_token),
+                status: status(),
+                answered_by,
+            }],
+            Err(_) => vec![other()],
+        },
+        "MeterValues" => match decode::<v201::MeterValues>(payload) {
+            Ok(m) => {
+                let s = v201::summary(&m.meter_value);
+                vec![Event::MeterValues {
+                    connector: m.evse_id,
+                    transaction_id: None,
+                    transaction_ref: None,
+                    energy_wh: s.energy_wh,
+                    power_w: s.power_w,
+                    current_a: s.current_a,
+                }]
+            }
+            Err(_) => vec![other()],
+        },
+        "TransactionEvent" => match decode::<v201::TransactionEvent>(payload) {
+            Ok(t) => transaction_event(t, status(), answered_by, evses),
+            Err(_) => vec![other()],
+        },
+        _ => vec![other()],
+    }
+}
+
+fn transaction_event(
+    t: crate::ocpp::v201::TransactionEvent,
+    status: Option<String>,
+    answered_by: Source,
+    evses: &mut TxEvses,
+) -> Vec<Event> {
+    let tx = excerpt(&t.transaction_info.transaction_id, 36);
+    let meter = crate::ocpp::v201::summary(&t.meter_value);
+    let seen = evses.entry(&tx);
+    if let Some(e) = &t.evse {
+        seen.evse = e.id;
+    }
+    seen.energy_wh = meter.energy_wh.or(seen.energy_wh);
+    let (connector, last_wh) = (seen.evse, seen.energy_wh);
+    let mut out = Vec::new();
+    if t.event_type == "Started" {
+        out.push(Event::StartTransaction {
+            connector,
+            id_tag: t
+                .id_token
+                .as_ref()
+                .map_or_else(|| "-".into(), |i| excerpt(&i.id_token, FIELD_MAX)),
+            meter_start: meter.energy_wh.map_or(0, |wh| wh.round() as i64),
+            transaction_id: None,
+            transaction_ref: Some(tx.clone()),
+            status: status.clone(),
+            timestamp: excerpt(&t.timestamp, FIELD_MAX),
+            answered_by,
+        });
+    }
+    if let Some(state) = &t.transaction_info.charging_state {
+        out.push(Event::StatusNotification {
+            connector,
+            status: excerpt(state, FIELD_MAX),
+            error_code: "NoError".into(),
+            info: Some(excerpt(&t.trigger_reason, FIELD_MAX)),
+        });
+    }
+    match t.event_type.as_str() {
+        "Ended" => {
+            evses.forget(&tx);
+            out.push(Event::StopTransaction {
+                transaction_id: None,
+                transaction_ref: Some(tx),
+                meter_stop: last_wh.map_or(0, |wh| wh.round() as i64),
+                reason: t
+                    .transaction_info
+                    .stopped_reason
+                    .as_deref()
+                    .map(|r| excerpt(r, FIELD_MAX)),
+                timestamp: excerpt(&t.timestamp, FIELD_MAX),
+                answered_by,
+                forced: false,
+            });
+        }
+        "Updated" if meter != Default::default() => out.push(Event::MeterValues {
+            connector,
+            transaction_id: None,
+            transaction_ref: Some(tx),
+            energy_wh: meter.energy_wh,
+            power_w: meter.power_w,
+            current_a: meter.current_a,
+        }),
+        _ => {}
+    }
+    if out.is_empty() {
+        out.push(Event::ChargerCall {
+            action: "TransactionEvent".into(),
+            status: Some(format!(
+                "{} {} seqNo {}",
+                excerpt(&t.event_type, FIELD_MAX),
+                excerpt(&t.trigger_reason, FIELD_MAX),
+                t.seq_no
+            )),
+            answered_by,
+        });
+    }
+    out
 }
 
 /// Whether a charger CALL is journaled as soon as it arrives (its answer
@@ -577,6 +799,57 @@ mod tests {
     }
 
     #[test]
+    fn a_201_transaction_reads_like_a_16_one() {
+        let mut mem = TxEvses::default();
+        let mut ev = |action: &str, req: &str| {
+            for_charger_call_201(action, &raw(req), None, Source::Gateway, &mut mem)
+        };
+        let start = ev(
+            "TransactionEvent",
+            r#"{"eventType":"Started","timestamp":"t0","triggerReason":"CablePluggedIn","seqNo":0,
+                "transactionInfo":{"transactionId":"T-9"},"evse":{"id":2},
+                "meterValue":[{"timestamp":"t0","sampledValue":[{"value":1000}]}]}"#,
+        );
+        assert_eq!(start.len(), 1);
+        assert!(
+            matches!(&start[0], Event::StartTransaction { connector: 2, meter_start: 1000, id_tag, .. } if id_tag == "-")
+        );
+        // Later events need not name the EVSE, and the end need not carry
+        // a reading: both are remembered.
+        let reading = ev(
+            "TransactionEvent",
+            r#"{"eventType":"Updated","timestamp":"t1","triggerReason":"MeterValuePeriodic","seqNo":1,
+                "transactionInfo":{"transactionId":"T-9"},
+                "meterValue":[{"timestamp":"t1","sampledValue":[{"value":2.5,"unitOfMeasure":{"unit":"kWh"}}]}]}"#,
+        );
+        assert!(
+            matches!(&reading[..], [Event::MeterValues { connector: 2, energy_wh: Some(wh), .. }] if *wh == 2500.0)
+        );
+        let quiet = ev(
+            "TransactionEvent",
+            r#"{"eventType":"Updated","timestamp":"t2","triggerReason":"Trigger","seqNo":2,
+                "transactionInfo":{"transactionId":"T-9"}}"#,
+        );
+        assert_eq!(
+            quiet[0].summary(),
+            "TransactionEvent → Updated Trigger seqNo 2 by Gateway"
+        );
+        let end = ev(
+            "TransactionEvent",
+            r#"{"eventType":"Ended","timestamp":"t3","triggerReason":"EVDeparted","seqNo":3,
+                "transactionInfo":{"transactionId":"T-9","stoppedReason":"EVDisconnected"}}"#,
+        );
+        assert_eq!(
+            end[0].summary(),
+            "transaction T-9 meter 2500 Wh reason EVDisconnected"
+        );
+        // Unreadable or unknown: still journaled, by name.
+        let odd = ev("TransactionEvent", r#"{"eventType":"Started"}"#);
+        assert_eq!(odd[0].kind(), "ChargerCall");
+        assert!(ev("Heartbeat", "{}").is_empty());
+    }
+
+    #[test]
     fn start_transaction_event_takes_the_id_from_the_answer() {
         let req = raw(
             r#"{"connectorId":2,"idTag":"T1","meterStart":100,"timestamp":"2026-01-01T00:00:00Z"}"#,
@@ -590,6 +863,7 @@ mod tests {
                 id_tag: "T1".into(),
                 meter_start: 100,
                 transaction_id: Some(77),
+                transaction_ref: None,
                 status: Some("Accepted".into()),
                 timestamp: "2026-01-01T00:00:00Z".into(),
                 answered_by: Source::Cloud

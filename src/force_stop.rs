@@ -108,7 +108,8 @@ pub async fn run(
     let timestamp = crate::clock::now_rfc3339();
     let payload = json!({"transactionId": tx_id, "meterStop": meter_stop, "timestamp": timestamp, "reason": "Other"});
     let ev = Event::StopTransaction {
-        transaction_id: tx_id,
+        transaction_id: Some(tx_id),
+        transaction_ref: None,
         meter_stop,
         reason: Some("Other".into()),
         timestamp,
@@ -171,7 +172,7 @@ async fn stopped(
             match stream.recv().await {
                 Ok(r) if r.charger.as_deref() == Some(charger) => {
                     if let Event::StopTransaction { transaction_id, .. } = r.event {
-                        if transaction_id == tx {
+                        if transaction_id == Some(tx) {
                             return true;
                         }
                     }

@@ -119,6 +119,9 @@ pub struct Registry {
     /// charger connecting while the cloud is away is given what the cloud
     /// will take when it returns.
     cloud_choice: Arc<Mutex<HashMap<String, Protocol>>>,
+    /// Chargers closed at the handshake because the cloud is away (offline
+    /// mode `disconnect`), so an outage is journaled once per charger.
+    cloud_away: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// How many chargers' cloud choices are remembered (unknown chargers may
@@ -151,6 +154,19 @@ impl Registry {
             map.clear();
         }
         map.insert(id.to_string(), proto);
+        drop(map);
+        let mut away = self.cloud_away.lock().unwrap_or_else(|e| e.into_inner());
+        away.remove(id);
+    }
+
+    /// Note that the cloud is away for `id`'s handshake; true the first
+    /// time in an outage (the cloud choosing again ends it).
+    pub(crate) fn cloud_away(&self, id: &str) -> bool {
+        let mut away = self.cloud_away.lock().unwrap_or_else(|e| e.into_inner());
+        if away.len() >= MAX_CLOUD_CHOICES && !away.contains(id) {
+            away.clear();
+        }
+        away.insert(id.to_string())
     }
 
     /// The protocol the cloud last chose for `id`, if it did.

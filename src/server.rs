@@ -10,12 +10,14 @@ use percent_encoding::percent_decode_str;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::machine::TryParse;
 use tokio_tungstenite::tungstenite::handshake::server::{create_response, write_response, Request};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{check_charger_id, Config};
@@ -321,7 +323,7 @@ async fn handle_connection(
     let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id, local);
     // The old connection goes first, so the cloud never sees two.
     session::replace(old).await;
-    let connecting = negotiate(&ctx, &mut acc).await;
+    let (connecting, failed) = negotiate(&ctx, &mut acc).await;
     resp.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(acc.proto.as_str()),
@@ -344,7 +346,40 @@ async fn handle_connection(
         return;
     }
     let cfg = ws_config(ctx.cfg.max_message_size);
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg)).await;
+    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg)).await;
+    let offline_disconnect = !acc.proto.answered_locally()
+        || ctx.cfg.offline_mode == crate::config::OfflineMode::Disconnect;
+    if let (Some(e), true) = (failed, offline_disconnect) {
+        // Offline mode `disconnect` and the cloud still away: closed at
+        // once (1013, Try Again Later) without a session. Journaled once
+        // per outage, not three events at every attempt.
+        if ctx.registry.cloud_away(&acc.id) {
+            let ev = Event::Refused {
+                reason: format!(
+                    "cloud unreachable ({e}): closed with 1013 (Try Again Later) until it returns; further attempts are not journaled"
+                ),
+                remote: addr.to_string(),
+            };
+            ctx.journal.record(Some(&acc.id), ev).await;
+        }
+        log::debug!(
+            "{addr}: {}: cloud unreachable, closed (offline mode disconnect)",
+            acc.id
+        );
+        let frame = CloseFrame {
+            code: CloseCode::Again,
+            reason: "cloud unreachable".into(),
+        };
+        let close = async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        ctx.registry.unregister(&acc.id, conn);
+        let _ = done.send(true);
+        return;
+    }
     log::info!(target: "chargegate::session", charger_id = acc.id.as_str(); "charger {} connected from {addr} ({})", acc.id, acc.proto.as_str());
     session::run(ctx, acc, addr, ws, conn, cmd_rx, done, connecting).await;
 }
@@ -362,9 +397,15 @@ const MAX_REQUEST: usize = 8192;
 /// protocols in the charger's order and give the charger what it chose.
 /// Without a cloud, or while it does not answer, the gateway chooses: what
 /// the cloud last chose for this charger, else what it can answer itself.
-/// Returns the attempt, finished or still on its way, for the session.
-async fn negotiate(ctx: &Ctx, acc: &mut Accepted) -> Option<session::Connecting> {
-    let connector = ctx.connector.clone()?;
+/// Returns the attempt, finished or still on its way, for the session, and
+/// why it failed if it failed in time.
+async fn negotiate(
+    ctx: &Ctx,
+    acc: &mut Accepted,
+) -> (Option<session::Connecting>, Option<ConnectError>) {
+    let Some(connector) = ctx.connector.clone() else {
+        return (None, None);
+    };
     let auth = session::cloud_authorization(ctx, acc);
     let (id, offered) = (acc.id.clone(), acc.offered.clone());
     let mut attempt =
@@ -373,15 +414,22 @@ async fn negotiate(ctx: &Ctx, acc: &mut Accepted) -> Option<session::Connecting>
     match tokio::time::timeout(wait, &mut attempt).await {
         Ok(res) => {
             let res = res.unwrap_or_else(|e| Err(ConnectError::Task(e.to_string())));
-            if let Ok((_, chosen)) = &res {
-                acc.proto = *chosen;
-                ctx.registry.cloud_chose(&acc.id, *chosen);
-            } else if let Some(last) = ctx.registry.cloud_choice(&acc.id) {
-                if acc.offered.contains(&last) {
-                    acc.proto = last;
+            let failed = match &res {
+                Ok((_, chosen)) => {
+                    acc.proto = *chosen;
+                    ctx.registry.cloud_chose(&acc.id, *chosen);
+                    None
                 }
-            }
-            Some(tokio::spawn(async move { res }))
+                Err(e) => {
+                    if let Some(last) = ctx.registry.cloud_choice(&acc.id) {
+                        if acc.offered.contains(&last) {
+                            acc.proto = last;
+                        }
+                    }
+                    Some(e.clone())
+                }
+            };
+            (Some(tokio::spawn(async move { res })), failed)
         }
         Err(_) => {
             if let Some(last) = ctx.registry.cloud_choice(&acc.id) {
@@ -389,7 +437,7 @@ async fn negotiate(ctx: &Ctx, acc: &mut Accepted) -> Option<session::Connecting>
                     acc.proto = last;
                 }
             }
-            Some(attempt)
+            (Some(attempt), None)
         }
     }
 }

@@ -43,9 +43,24 @@ pub struct ConnectorState {
 pub struct Transaction {
     pub connector: u32,
     pub transaction_id: Option<i64>,
+    /// OCPP 2.0.1's transaction id (a string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_ref: Option<String>,
     pub id_tag: String,
     pub meter_start: i64,
     pub started: String,
+}
+
+impl Transaction {
+    /// The transaction's id as a person reads it: 1.6's number or 2.0.1's
+    /// string ("?" before the cloud gave one).
+    pub fn name(&self) -> String {
+        match (&self.transaction_id, &self.transaction_ref) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => "?".into(),
+        }
+    }
 }
 
 /// Last meter reading.
@@ -210,6 +225,7 @@ impl LiveState {
                 id_tag,
                 meter_start,
                 transaction_id,
+                transaction_ref,
                 timestamp,
                 ..
             } => {
@@ -218,15 +234,22 @@ impl LiveState {
                     Transaction {
                         connector: *connector,
                         transaction_id: *transaction_id,
+                        transaction_ref: transaction_ref.clone(),
                         id_tag: id_tag.clone(),
                         meter_start: *meter_start,
                         started: timestamp.clone(),
                     },
                 );
             }
-            Event::StopTransaction { transaction_id, .. } => {
-                c.transactions
-                    .retain(|_, tx| tx.transaction_id != Some(*transaction_id));
+            Event::StopTransaction {
+                transaction_id,
+                transaction_ref,
+                ..
+            } => {
+                c.transactions.retain(|_, tx| match transaction_id {
+                    Some(id) => tx.transaction_id != Some(*id),
+                    None => transaction_ref.is_none() || tx.transaction_ref != *transaction_ref,
+                });
             }
             Event::MeterValues {
                 energy_wh,
@@ -335,6 +358,7 @@ mod tests {
                 id_tag: "T".into(),
                 meter_start: 5,
                 transaction_id: Some(9),
+                transaction_ref: None,
                 status: Some("Accepted".into()),
                 timestamp: "x".into(),
                 answered_by: Source::Cloud,
@@ -342,6 +366,7 @@ mod tests {
             Event::MeterValues {
                 connector: 1,
                 transaction_id: Some(9),
+                transaction_ref: None,
                 energy_wh: Some(100.0),
                 power_w: None,
                 current_a: None,
@@ -361,7 +386,8 @@ mod tests {
             6,
             Some("CP1"),
             Event::StopTransaction {
-                transaction_id: 9,
+                transaction_id: Some(9),
+                transaction_ref: None,
                 meter_stop: 200,
                 reason: None,
                 timestamp: "y".into(),

@@ -685,6 +685,7 @@ mod tests {
             id_tag: "t".into(),
             meter_start: 0,
             transaction_id: Some(id),
+            transaction_ref: None,
             status: None,
             timestamp: "x".into(),
             answered_by: Source::Gateway,

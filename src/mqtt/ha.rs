@@ -214,7 +214,7 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
             .ok();
         json!({
             "connector": t.connector,
-            "transaction_id": t.transaction_id,
+            "transaction_id": t.transaction_id.map_or_else(|| json!(t.transaction_ref), |i| json!(i)),
             "id_tag": t.id_tag,
             "started": t.started,
             "energy_kwh": s.meter.energy_wh.map(|wh| (wh - t.meter_start as f64).max(0.0) / 1000.0),
@@ -644,6 +644,7 @@ mod tests {
             crate::state::Transaction {
                 connector: 1,
                 transaction_id: Some(7),
+                transaction_ref: None,
                 id_tag: "TAG".into(),
                 meter_start: 1000,
                 started: "2030-01-01T10:00:00Z".into(),

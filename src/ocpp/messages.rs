@@ -170,6 +170,9 @@ pub struct AnswerFields {
     pub transaction_id: Option<i64>,
     #[serde(default)]
     pub id_tag_info: Option<IdTagInfo>,
+    /// OCPP 2.0.1's `idTokenInfo` (Authorize, TransactionEvent).
+    #[serde(default)]
+    pub id_token_info: Option<IdTagInfo>,
     #[serde(default)]
     pub interval: Option<i64>,
 }
@@ -186,6 +189,7 @@ impl AnswerFields {
         self.status
             .clone()
             .or_else(|| self.id_tag_info.as_ref().map(|i| i.status.clone()))
+            .or_else(|| self.id_token_info.as_ref().map(|i| i.status.clone()))
     }
 }
 

@@ -1,10 +1,12 @@
 //! OCPP protocol code, pure and unit-tested without sockets: OCPP-J framing
-//! (`frame`), the OCPP 1.6 payloads the gateway reads (`messages`) and the
-//! answers it gives as a local controller (`local`).
+//! (`frame`), the OCPP 1.6 payloads the gateway reads (`messages`), the
+//! 2.0.1 ones it journals (`v201`) and the answers it gives as a local
+//! controller (`local`).
 
 pub mod frame;
 pub mod local;
 pub mod messages;
+pub mod v201;
 
 use serde::{Deserialize, Serialize};
 

@@ -116,7 +116,7 @@ impl<S> SessionState<S> {
         self.note_delivered(&p.action, p.payload.get());
         self.remember_tags(&p.action, p.payload.get(), payload.get());
         if !(self.proto == Protocol::Ocpp16 && event::journal_on_request(&p.action)) {
-            if let Some(ev) = self.event_for(&p.action, &p.payload, Some(payload), Source::Cloud) {
+            for ev in self.events_for(&p.action, &p.payload, Some(payload), Source::Cloud) {
                 self.journal(ev);
             }
         }
@@ -151,25 +151,23 @@ impl<S> SessionState<S> {
         self.pump_outbox()
     }
 
-    fn event_for(
-        &self,
+    /// What to journal for a charger's call and its answer, in the
+    /// operator's vocabulary whichever protocol the charger speaks.
+    fn events_for(
+        &mut self,
         action: &str,
         payload: &RawValue,
         answer: Option<&RawValue>,
         by: Source,
-    ) -> Option<Event> {
-        if self.proto == Protocol::Ocpp16 {
-            return event::for_charger_call(action, payload, answer, by);
+    ) -> Vec<Event> {
+        match self.proto {
+            Protocol::Ocpp16 => event::for_charger_call(action, payload, answer, by)
+                .into_iter()
+                .collect(),
+            Protocol::Ocpp201 => {
+                event::for_charger_call_201(action, payload, answer, by, &mut self.tx_evses)
+            }
         }
-        if action == "Heartbeat" {
-            return None;
-        }
-        let status = answer.and_then(|a| crate::ocpp::messages::AnswerFields::read(a).status());
-        Some(Event::ChargerCall {
-            action: action.to_string(),
-            status,
-            answered_by: by,
-        })
     }
 
     /// Send the next call toward the charger when none is outstanding.

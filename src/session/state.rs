@@ -58,6 +58,8 @@ pub struct SessionState<S> {
     /// timeout: the next call may go out, and a late answer is still
     /// relayed (each side keeps its own timeout). Bounded by [`MAX_LATE`].
     pub(super) late_down: VecDeque<(String, PendingDown)>,
+    /// What the journal remembers of running 2.0.1 transactions.
+    pub(super) tx_evses: event::TxEvses,
     pub(super) queue_down: VecDeque<Queued>,
     /// Counter for the gateway's own message ids toward the charger.
     pub(super) local_ids: u64,
@@ -126,6 +128,7 @@ impl<S> SessionState<S> {
             pending_up: HashMap::new(),
             pending_down: HashMap::new(),
             late_down: VecDeque::new(),
+            tx_evses: event::TxEvses::default(),
             queue_down: VecDeque::new(),
             local_ids: 0,
             outbox: setup.outbox.into(),

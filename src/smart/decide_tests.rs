@@ -34,6 +34,7 @@ fn charging(id: &str, amps: f64, now: Timestamp) -> ChargerState {
         Transaction {
             connector: 1,
             transaction_id: Some(7),
+            transaction_ref: None,
             id_tag: "TAG".into(),
             meter_start: 0,
             started: "2030-01-07T10:00:00Z".into(),
@@ -364,7 +365,8 @@ fn connects_and_boots_delay_profiles_and_transactions_wake_the_engine() {
     );
     assert!(sends(&ds).iter().any(|(id, _)| *id == "A"));
     let stop = rec(Event::StopTransaction {
-        transaction_id: 1,
+        transaction_id: Some(1),
+        transaction_ref: None,
         meter_stop: 0,
         reason: None,
         timestamp: "2030-01-07T12:00:02Z".into(),

@@ -161,10 +161,17 @@ class Csms201(ChargePoint201):
         out(csms_got="StatusNotification", status=connector_status, evse_id=evse_id)
         return result201.StatusNotification()
 
+    @on(Action201.authorize)
+    def on_authorize(self, id_token, **kw):
+        out(csms_got="Authorize", id_token=id_token["id_token"])
+        return result201.Authorize(id_token_info={"status": "Accepted"})
+
     @on(Action201.transaction_event)
     def on_tx(self, event_type, timestamp, trigger_reason, seq_no, transaction_info, **kw):
         out(csms_got="TransactionEvent", event_type=event_type, seq_no=seq_no,
             transaction_id=transaction_info["transaction_id"], offline=kw.get("offline"))
+        if event_type == "Started":
+            return result201.TransactionEvent(id_token_info={"status": "Accepted"})
         return result201.TransactionEvent()
 
 
@@ -194,11 +201,20 @@ async def charger201(url, cp_id, offer):
         r = await cp.call(call201.BootNotification(charging_station=station, reason="PowerUp"))
         out(result="BootNotification", status=r.status)
         await cp.call(call201.StatusNotification(timestamp=now(), connector_status="Occupied", evse_id=1, connector_id=1))
-        tx = {"transaction_id": "py-tx-1"}
-        for seq, (kind, trigger) in enumerate([("Started", "Authorized"), ("Updated", "MeterValuePeriodic"), ("Ended", "StopAuthorized")]):
+        r = await cp.call(call201.Authorize(id_token={"id_token": "PYTAG", "type": "ISO14443"}))
+        out(result="Authorize", status=r.id_token_info["status"])
+        steps = [
+            ("Started", "Authorized", {"charging_state": "Charging"}),
+            ("Updated", "ChargingStateChanged", {"charging_state": "SuspendedEVSE"}),
+            ("Ended", "StopAuthorized", {"charging_state": "EVConnected", "stopped_reason": "Local"}),
+        ]
+        for seq, (kind, trigger, info) in enumerate(steps):
             mv = [{"timestamp": now(), "sampled_value": [{"value": 100.0 + seq * 50, "measurand": "Energy.Active.Import.Register"}]}]
-            await cp.call(call201.TransactionEvent(event_type=kind, timestamp=now(), trigger_reason=trigger,
-                                                   seq_no=seq, transaction_info=tx, meter_value=mv))
+            extra = {}
+            if kind == "Started":
+                extra = {"evse": {"id": 1, "connector_id": 1}, "id_token": {"id_token": "PYTAG", "type": "ISO14443"}}
+            await cp.call(call201.TransactionEvent(event_type=kind, timestamp=now(), trigger_reason=trigger, seq_no=seq,
+                                                   transaction_info={"transaction_id": "py-tx-1", **info}, meter_value=mv, **extra))
             out(result="TransactionEvent", event_type=kind)
         runner.cancel()
         out(done=True)

@@ -112,6 +112,31 @@ async fn a_charger_offering_both_versions_gets_what_the_cloud_chooses() {
         let ev = cloud.expect("csms_got", "TransactionEvent").await;
         assert_eq!(ev["event_type"], kind);
     }
+    // The journal reads as it does for a 1.6 charger.
+    assert_eq!(gw.wait_count("PY-201", "StopTransaction", 1).await, 1);
+    let mut evs = gw.events("PY-201");
+    evs.sort_by_key(|r| r.seq);
+    let log: Vec<String> = evs
+        .iter()
+        .filter(|r| !matches!(r.event.kind(), "Connect" | "Disconnect"))
+        .map(|r| format!("{} {}", r.event.kind(), r.event.summary()))
+        .collect();
+    let want = [
+        "BootNotification PyVendor PyModel201 firmware - → Accepted by Cloud",
+        "StatusNotification connector 1 Occupied",
+        "Authorize PYTAG → Accepted by Cloud",
+        "StartTransaction connector 1 tag PYTAG meter 100 Wh → transaction py-tx-1 Accepted",
+        "StatusNotification connector 1 Charging (Authorized)",
+        "StatusNotification connector 1 SuspendedEVSE (ChargingStateChanged)",
+        "MeterValues connector 1 transaction py-tx-1 150 Wh",
+        "StatusNotification connector 1 EVConnected (StopAuthorized)",
+        "StopTransaction transaction py-tx-1 meter 200 Wh reason Local",
+    ];
+    assert_eq!(log, want);
+    let state = gw.journal().state();
+    let c = &state.chargers["PY-201"];
+    assert!(c.transactions.is_empty(), "ended: {:?}", c.transactions);
+    assert_eq!(c.connectors[&1].status, "EVConnected");
 
     // A cloud that takes both: it is offered the charger's list in the
     // charger's order, and the charger is given what it chose.

@@ -143,6 +143,7 @@ fn ops(n: u64) -> Vec<Op> {
             event: Event::MeterValues {
                 connector: 1,
                 transaction_id: Some(-1),
+                transaction_ref: None,
                 energy_wh: Some(n as f64),
                 power_w: None,
                 current_a: None,

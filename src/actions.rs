@@ -1,7 +1,7 @@
 //! The remote actions staff run on a charger (the operator's "Remote
-//! actions" menu), defined once for the API, the CLI and later the web page
-//! and MQTT: each becomes one OCPP 1.6 call. Pure: request and live state
-//! in, the call (or a clear refusal) out.
+//! actions" menu), defined once for the API, the CLI, the web page and
+//! MQTT: each becomes one OCPP call, in 1.6 or 2.0.1 as the charger speaks.
+//! Pure: request and live state in, the call (or a clear refusal) out.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -133,13 +133,17 @@ pub enum Refusal {
     NoTransaction(u32),
 }
 
-/// Turn an action into the OCPP 1.6 call that does it.
+/// Turn an action into the OCPP call that does it, in the version the
+/// charger speaks.
 pub fn to_call(
     name: &str,
     req: &ActionRequest,
     state: Option<&ChargerState>,
     default_id_tag: &str,
 ) -> Result<(&'static str, Value), Refusal> {
+    if state.is_some_and(ChargerState::speaks_201) {
+        return to_call_201(name, req, state, default_id_tag);
+    }
     let connector = |default: u32| req.connector.unwrap_or(default);
     Ok(match name {
         "reboot" => (
@@ -214,6 +218,134 @@ pub fn to_call(
     })
 }
 
+/// A 2.0.1 component and variable from `Component.Variable` (or just
+/// `Variable`, taken from the OCPP communication controller, where the
+/// 1.6 keys people know best live in 2.0.1).
+fn component_variable(key: &str) -> Result<Value, Refusal> {
+    let (component, variable) = key.split_once('.').unwrap_or(("OCPPCommCtrlr", key));
+    if component.is_empty() || variable.is_empty() || component.len() > 50 || variable.len() > 50 {
+        return Err(Refusal::BadRequest(format!(
+            "key: expected Component.Variable (each 1 to 50 characters), found {key:?}"
+        )));
+    }
+    Ok(json!({"component": {"name": component}, "variable": {"name": variable}}))
+}
+
+/// The action as an OCPP 2.0.1 call: connectors are EVSEs.
+fn to_call_201(
+    name: &str,
+    req: &ActionRequest,
+    state: Option<&ChargerState>,
+    default_id_tag: &str,
+) -> Result<(&'static str, Value), Refusal> {
+    let evse = |default: u32| req.connector.unwrap_or(default);
+    Ok(match name {
+        "reboot" => (
+            "Reset",
+            json!({"type": if req.hard { "Immediate" } else { "OnIdle" }}),
+        ),
+        "start" => {
+            let tag = req.id_tag.as_deref().unwrap_or(default_id_tag);
+            if tag.is_empty() || tag.len() > 36 {
+                return Err(Refusal::BadRequest(
+                    "id token must be 1 to 36 characters".into(),
+                ));
+            }
+            // remoteStartId lets the charger's TransactionEvent name this
+            // request; seconds of the day are unique enough for staff.
+            let remote_start_id = jiff::Timestamp::now().as_second().rem_euclid(86_400 * 365);
+            (
+                "RequestStartTransaction",
+                json!({"evseId": evse(1), "remoteStartId": remote_start_id,
+                       "idToken": {"idToken": tag, "type": "Central"}}),
+            )
+        }
+        "stop" => {
+            let c = evse(1);
+            let tx = state
+                .and_then(|s| s.transactions.get(&c))
+                .and_then(|t| t.transaction_ref.clone())
+                .ok_or(Refusal::NoTransaction(c))?;
+            ("RequestStopTransaction", json!({"transactionId": tx}))
+        }
+        "unlock" => (
+            "UnlockConnector",
+            json!({"evseId": evse(1), "connectorId": 1}),
+        ),
+        "enable" | "disable" => {
+            let status = if name == "enable" {
+                "Operative"
+            } else {
+                "Inoperative"
+            };
+            let mut p = json!({"operationalStatus": status});
+            if let Some(e) = req.connector.filter(|e| *e > 0) {
+                p["evse"] = json!({"id": e});
+            }
+            ("ChangeAvailability", p)
+        }
+        "trigger" => {
+            let msg = req.message.as_deref().unwrap_or("StatusNotification");
+            if ![
+                "StatusNotification",
+                "Heartbeat",
+                "MeterValues",
+                "BootNotification",
+                "TransactionEvent",
+                "LogStatusNotification",
+                "FirmwareStatusNotification",
+            ]
+            .contains(&msg)
+            {
+                return Err(Refusal::BadRequest(format!("cannot trigger {msg:?}")));
+            }
+            let mut p = json!({"requestedMessage": msg});
+            if let Some(c) = req.connector.filter(|c| *c > 0) {
+                p["evse"] = json!({"id": c});
+            }
+            ("TriggerMessage", p)
+        }
+        "get-config" => {
+            let keys: Vec<&str> = match &req.key {
+                Some(k) => vec![k.as_str()],
+                // The basics, as "Run a check" reads them.
+                None => BASICS_201.to_vec(),
+            };
+            let data = keys
+                .into_iter()
+                .map(component_variable)
+                .collect::<Result<Vec<_>, _>>()?;
+            ("GetVariables", json!({"getVariableData": data}))
+        }
+        "change-config" => {
+            let (Some(key), Some(value)) = (&req.key, &req.value) else {
+                return Err(Refusal::BadRequest(
+                    "change-config needs a key and a value".into(),
+                ));
+            };
+            let mut d = component_variable(key)?;
+            d["attributeValue"] = value.as_str().into();
+            ("SetVariables", json!({"setVariableData": [d]}))
+        }
+        "diagnostics" => {
+            return Err(Refusal::BadRequest(
+                "diagnostics: not available for OCPP 2.0.1 chargers yet (GetLog)".into(),
+            ))
+        }
+        other => return Err(Refusal::UnknownAction(other.to_string())),
+    })
+}
+
+/// The 2.0.1 variables `get-config` reads when no key is named.
+pub const BASICS_201: &[&str] = &[
+    "OCPPCommCtrlr.HeartbeatInterval",
+    "SampledDataCtrlr.TxUpdatedInterval",
+    "SampledDataCtrlr.TxUpdatedMeasurands",
+    "SmartChargingCtrlr.Enabled",
+    "AuthCtrlr.AuthorizeRemoteStart",
+    "ClockCtrlr.DateTime",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +403,91 @@ mod tests {
                     ..Default::default()
                 }
             ),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_201_charger_gets_201_calls() {
+        let mut s = ChargerState::default();
+        s.charger_link.protocol = Some("ocpp2.0.1".into());
+        let r = |name, req: ActionRequest, s: &ChargerState| to_call(name, &req, Some(s), "GW");
+        assert_eq!(
+            r("reboot", ActionRequest::default(), &s).unwrap(),
+            ("Reset", json!({"type": "OnIdle"}))
+        );
+        let (action, p) = r("start", ActionRequest::default(), &s).unwrap();
+        assert_eq!(action, "RequestStartTransaction");
+        assert_eq!(p["idToken"], json!({"idToken": "GW", "type": "Central"}));
+        assert_eq!(p["evseId"], 1);
+        assert!(p["remoteStartId"].is_i64());
+        assert_eq!(
+            r("stop", ActionRequest::default(), &s),
+            Err(Refusal::NoTransaction(1))
+        );
+        s.transactions.insert(
+            1,
+            Transaction {
+                connector: 1,
+                transaction_id: None,
+                transaction_ref: Some("tx-uuid".into()),
+                id_tag: "T".into(),
+                meter_start: 0,
+                started: "t".into(),
+            },
+        );
+        assert_eq!(
+            r("stop", ActionRequest::default(), &s).unwrap(),
+            (
+                "RequestStopTransaction",
+                json!({"transactionId": "tx-uuid"})
+            )
+        );
+        assert_eq!(
+            r(
+                "disable",
+                ActionRequest {
+                    connector: Some(2),
+                    ..Default::default()
+                },
+                &s
+            )
+            .unwrap(),
+            (
+                "ChangeAvailability",
+                json!({"operationalStatus": "Inoperative", "evse": {"id": 2}})
+            )
+        );
+        let key = |k: &str| ActionRequest {
+            key: Some(k.into()),
+            value: Some("60".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            r(
+                "change-config",
+                key("SampledDataCtrlr.TxUpdatedInterval"),
+                &s
+            )
+            .unwrap()
+            .1,
+            json!({"setVariableData": [{"component": {"name": "SampledDataCtrlr"},
+                   "variable": {"name": "TxUpdatedInterval"}, "attributeValue": "60"}]})
+        );
+        assert_eq!(
+            r("get-config", key("HeartbeatInterval"), &s).unwrap().1["getVariableData"][0]
+                ["component"]["name"],
+            "OCPPCommCtrlr"
+        );
+        assert_eq!(
+            r("get-config", ActionRequest::default(), &s).unwrap().1["getVariableData"]
+                .as_array()
+                .unwrap()
+                .len(),
+            BASICS_201.len()
+        );
+        assert!(matches!(
+            r("diagnostics", ActionRequest::default(), &s),
             Err(Refusal::BadRequest(_))
         ));
     }

@@ -177,11 +177,13 @@ mod tests {
             up: true,
             since_ms: Some(0),
             reason: None,
+            protocol: None,
         };
         s.cloud_link = LinkState {
             up: true,
             since_ms: Some(0),
             reason: None,
+            protocol: None,
         };
         s.boot = Some(BootInfo {
             vendor: "V".into(),
@@ -217,6 +219,7 @@ mod tests {
             up: false,
             since_ms: Some(0),
             reason: Some("connect failed: refused".into()),
+            protocol: None,
         };
         s.connectors.insert(
             2,

@@ -102,7 +102,13 @@ pub async fn run(
             Ok(report) => Ok(ActionResult {
                 charger: id,
                 action: name,
-                call: "RemoteStopTransaction (escalating)".into(),
+                call: format!(
+                    "{} (escalating)",
+                    report
+                        .steps
+                        .first()
+                        .map_or("RemoteStopTransaction", |s| s.call.as_str())
+                ),
                 request: serde_json::json!({ "connectorId": connector }),
                 outcome: "result".into(),
                 result: serde_json::to_value(&report).ok(),

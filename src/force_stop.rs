@@ -4,6 +4,12 @@
 //! Reset. If the charger still has not closed the transaction, the gateway
 //! closes it itself, in the journal and toward the cloud (reason `Other`,
 //! meter stop = last known reading, marked force-stopped: not billable).
+//!
+//! An OCPP 2.0.1 charger gets the same steps in 2.0.1 (RequestStopTransaction,
+//! ChangeAvailability Inoperative on the EVSE, UnlockConnector, Reset
+//! Immediate); if it still does not end the transaction, the gateway closes
+//! it in the journal only: a 2.0.1 TransactionEvent is numbered (seqNo) by
+//! the charger, so the gateway cannot end it toward the cloud for it.
 
 use std::time::Duration;
 
@@ -26,7 +32,8 @@ pub struct Step {
 /// How a force stop went.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    pub transaction_id: i64,
+    /// The transaction: 1.6's number, or 2.0.1's string.
+    pub transaction_id: Value,
     pub steps: Vec<Step>,
     /// The charger sent its StopTransaction.
     pub stopped_by_charger: bool,
@@ -55,23 +62,44 @@ pub async fn run(
         .and_then(|c| c.transactions.get(&connector))
         .cloned()
         .ok_or(Refusal::NoTransaction(connector))?;
-    let tx_id = tx.transaction_id.ok_or(Refusal::NoTransaction(connector))?;
+    let key = match (tx.transaction_id, &tx.transaction_ref) {
+        (Some(id), _) => TxKey::V16(id),
+        (None, Some(r)) => TxKey::V201(r.clone()),
+        (None, None) => return Err(Refusal::NoTransaction(connector)),
+    };
     let mut stream = ctx.journal.subscribe();
     let mut report = Report {
-        transaction_id: tx_id,
+        transaction_id: match &key {
+            TxKey::V16(id) => json!(id),
+            TxKey::V201(r) => json!(r),
+        },
         steps: Vec::new(),
         stopped_by_charger: false,
         closed_by_gateway: false,
     };
-    let steps: [(&str, Value); 4] = [
-        ("RemoteStopTransaction", json!({"transactionId": tx_id})),
-        (
-            "ChangeAvailability",
-            json!({"connectorId": connector, "type": "Inoperative"}),
-        ),
-        ("UnlockConnector", json!({"connectorId": connector})),
-        ("Reset", json!({"type": "Hard"})),
-    ];
+    let steps: [(&str, Value); 4] = match &key {
+        TxKey::V16(tx_id) => [
+            ("RemoteStopTransaction", json!({"transactionId": tx_id})),
+            (
+                "ChangeAvailability",
+                json!({"connectorId": connector, "type": "Inoperative"}),
+            ),
+            ("UnlockConnector", json!({"connectorId": connector})),
+            ("Reset", json!({"type": "Hard"})),
+        ],
+        TxKey::V201(r) => [
+            ("RequestStopTransaction", json!({"transactionId": r})),
+            (
+                "ChangeAvailability",
+                json!({"operationalStatus": "Inoperative", "evse": {"id": connector}}),
+            ),
+            (
+                "UnlockConnector",
+                json!({"evseId": connector, "connectorId": 1}),
+            ),
+            ("Reset", json!({"type": "Immediate"})),
+        ],
+    };
     for (call, request) in steps {
         let outcome = match ctx
             .registry
@@ -86,16 +114,17 @@ pub async fn run(
             request,
             outcome,
         });
-        if stopped(&mut stream, charger, tx_id, wait).await {
+        if stopped(&mut stream, charger, &key, wait).await {
             report.stopped_by_charger = true;
             return Ok(report);
         }
     }
-    let still_running = ctx.journal.state().chargers.get(charger).is_some_and(|c| {
-        c.transactions
-            .values()
-            .any(|t| t.transaction_id == Some(tx_id))
-    });
+    let still_running = ctx
+        .journal
+        .state()
+        .chargers
+        .get(charger)
+        .is_some_and(|c| c.transactions.values().any(|t| key.is(t)));
     if !still_running {
         report.stopped_by_charger = true;
         return Ok(report);
@@ -106,6 +135,25 @@ pub async fn run(
         .map(|wh| wh as i64)
         .unwrap_or(tx.meter_start);
     let timestamp = crate::clock::now_rfc3339();
+    let tx_id = match key {
+        TxKey::V16(id) => id,
+        TxKey::V201(r) => {
+            let ev = Event::StopTransaction {
+                transaction_id: None,
+                transaction_ref: Some(r.clone()),
+                meter_stop,
+                reason: Some("Other".into()),
+                timestamp,
+                answered_by: Source::Gateway,
+                forced: true,
+            };
+            if let Err(e) = ctx.journal.record_durable(Some(charger), ev).await {
+                log::error!(charger_id = charger; "cannot close force-stopped transaction {r}: {e}");
+            }
+            report.closed_by_gateway = true;
+            return Ok(report);
+        }
+    };
     let payload = json!({"transactionId": tx_id, "meterStop": meter_stop, "timestamp": timestamp, "reason": "Other"});
     let ev = Event::StopTransaction {
         transaction_id: Some(tx_id),
@@ -160,21 +208,49 @@ pub async fn run(
     Ok(report)
 }
 
+/// The transaction being force-stopped.
+enum TxKey {
+    V16(i64),
+    V201(String),
+}
+
+impl TxKey {
+    fn is(&self, t: &crate::state::Transaction) -> bool {
+        match self {
+            TxKey::V16(id) => t.transaction_id == Some(*id),
+            TxKey::V201(r) => t.transaction_ref.as_deref() == Some(r.as_str()),
+        }
+    }
+
+    fn ends(&self, ev: &Event) -> bool {
+        match (self, ev) {
+            (TxKey::V16(id), Event::StopTransaction { transaction_id, .. }) => {
+                *transaction_id == Some(*id)
+            }
+            (
+                TxKey::V201(r),
+                Event::StopTransaction {
+                    transaction_ref, ..
+                },
+            ) => transaction_ref.as_deref() == Some(r.as_str()),
+            _ => false,
+        }
+    }
+}
+
 /// Wait up to `wait` for the charger's StopTransaction of `tx`.
 async fn stopped(
     stream: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::event::Record>>,
     charger: &str,
-    tx: i64,
+    tx: &TxKey,
     wait: Duration,
 ) -> bool {
     let found = tokio::time::timeout(wait, async {
         loop {
             match stream.recv().await {
                 Ok(r) if r.charger.as_deref() == Some(charger) => {
-                    if let Event::StopTransaction { transaction_id, .. } = r.event {
-                        if transaction_id == Some(tx) {
-                            return true;
-                        }
+                    if tx.ends(&r.event) {
+                        return true;
                     }
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -18,6 +18,9 @@ pub struct LinkState {
     /// Why it went down, when it is down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The OCPP version spoken on it (`ocpp1.6`, `ocpp2.0.1`), once up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 /// What the charger told us at boot.
@@ -49,6 +52,13 @@ pub struct Transaction {
     pub id_tag: String,
     pub meter_start: i64,
     pub started: String,
+}
+
+impl ChargerState {
+    /// Whether the charger spoke OCPP 2.0.1 when last connected.
+    pub fn speaks_201(&self) -> bool {
+        self.charger_link.protocol.as_deref() == Some("ocpp2.0.1")
+    }
 }
 
 impl Transaction {
@@ -140,6 +150,7 @@ impl LiveState {
                             up: false,
                             since_ms: Some(rec.time_ms),
                             reason: Some("gateway restarted".into()),
+                            protocol: l.protocol.take(),
                         };
                     }
                 }
@@ -158,11 +169,12 @@ impl LiveState {
         c.last_event = Some(rec.event.kind().to_string());
         let t = rec.time_ms;
         match &rec.event {
-            Event::Connect { link, .. } => {
+            Event::Connect { link, protocol, .. } => {
                 *link_of(c, *link) = LinkState {
                     up: true,
                     since_ms: Some(t),
                     reason: None,
+                    protocol: protocol.clone(),
                 };
             }
             Event::Disconnect { link, reason, .. } => {
@@ -172,6 +184,7 @@ impl LiveState {
                         up: false,
                         since_ms: Some(t),
                         reason: Some(reason.clone()),
+                        protocol: l.protocol.take(),
                     };
                 } else {
                     // A failed reconnect attempt: keep "down since" as it was.

@@ -4,7 +4,8 @@ interop test as a charger and as a CSMS on either side of the gateway.
 
     python3 ocpp_peer.py csms             # prints "PORT n", then one JSON line per event
     python3 ocpp_peer.py charger URL ID   # runs a session, prints one JSON line per result
-    python3 ocpp_peer.py validate         # "ACTION<TAB>JSON" lines in, schema verdicts out
+    python3 ocpp_peer.py validate [VER]   # "ACTION<TAB>JSON" lines in, schema verdicts out
+                                          # (VER: 1.6, the default, or 2.0.1)
     python3 ocpp_peer.py csms201 PROTOS [PORT]
                                           # an OCPP 2.0.1 CSMS accepting the comma-separated
                                           # subprotocols PROTOS (its order of preference)
@@ -131,15 +132,15 @@ async def charger(url, cp_id):
         out(done=True)
 
 
-def validate():
+def validate(version="1.6"):
     """One "ACTION<TAB>JSON" call payload per stdin line; prints whether the
-    official OCPP 1.6 schema accepts it."""
+    official OCPP schema (1.6 or 2.0.1) accepts it."""
     from ocpp.messages import Call, validate_payload
 
     for line in sys.stdin:
         action, _, payload = line.rstrip("\n").partition("\t")
         try:
-            asyncio.run(validate_payload(Call(unique_id="1", action=action, payload=json.loads(payload)), "1.6"))
+            asyncio.run(validate_payload(Call(unique_id="1", action=action, payload=json.loads(payload)), version))
             out(action=action, ok=True)
         except Exception as e:  # the schema's verdict, whatever its class
             out(action=action, ok=False, error=f"{type(e).__name__}: {e}")
@@ -224,7 +225,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "csms":
         asyncio.run(csms())
     elif sys.argv[1] == "validate":
-        validate()
+        validate(*sys.argv[2:3])
     elif sys.argv[1] == "csms201":
         asyncio.run(csms201(sys.argv[2].split(","), int(sys.argv[3]) if len(sys.argv) > 3 else 0))
     elif sys.argv[1] == "charger201":

@@ -191,3 +191,155 @@ async fn a_charger_connected_while_the_cloud_was_away_is_moved_to_the_clouds_cho
     let c = cloud.expect("csms_connected", "CP-LATE").await;
     assert_eq!(c["subprotocol"], "ocpp2.0.1");
 }
+
+/// Check call payloads against the official 2.0.1 schemas (Python `ocpp`).
+async fn schema_201(calls: &[(String, Value)]) -> Vec<Value> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("python3")
+        .args([PEER, "validate", "2.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = String::new();
+    for (action, payload) in calls {
+        input.push_str(&format!("{action}\t{payload}\n"));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_seeds_remote_actions_reach_a_201_charger_in_201() {
+    use chargegate::api::ActionResult;
+    use chargegate::client::ApiClient;
+    use serde_json::json;
+
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "[api]\nforce_stop_wait_secs = 1\n").await;
+    let mut cp = connect_status(&gw.url("CP-A201"), Some("ocpp2.0.1"), None)
+        .await
+        .unwrap();
+    csms.next_connect().await;
+    cp.call(
+        "TransactionEvent",
+        json!({"eventType": "Started", "timestamp": "2030-01-01T00:00:00Z", "triggerReason": "Authorized",
+               "seqNo": 0, "transactionInfo": {"transactionId": "tx-201", "chargingState": "Charging"},
+               "evse": {"id": 1, "connectorId": 1}, "idToken": {"idToken": "TAG", "type": "ISO14443"}}),
+    )
+    .await;
+    gw.wait_event("CP-A201", "StartTransaction", |e| {
+        e["transaction_ref"] == "tx-201"
+    })
+    .await;
+    let api = ApiClient {
+        addr: gw.running.as_ref().unwrap().api_addr,
+        token: None,
+    };
+    let mut sent = Vec::new();
+    for (name, body, expect) in [
+        ("reboot", json!({}), "Reset"),
+        ("reboot", json!({"hard": true}), "Reset"),
+        (
+            "start",
+            json!({"id_tag": "STAFF"}),
+            "RequestStartTransaction",
+        ),
+        ("stop", json!({}), "RequestStopTransaction"),
+        ("unlock", json!({}), "UnlockConnector"),
+        ("disable", json!({"connector": 1}), "ChangeAvailability"),
+        (
+            "trigger",
+            json!({"message": "MeterValues"}),
+            "TriggerMessage",
+        ),
+        ("get-config", json!({}), "GetVariables"),
+        (
+            "change-config",
+            json!({"key": "SampledDataCtrlr.TxUpdatedInterval", "value": "60"}),
+            "SetVariables",
+        ),
+    ] {
+        let call = tokio::spawn({
+            let api = api.clone();
+            async move {
+                api.post::<ActionResult>(&format!("/api/v1/chargers/CP-A201/actions/{name}"), &body)
+                    .await
+                    .unwrap()
+            }
+        });
+        let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+        assert_eq!(
+            (v[0].as_i64(), v[2].as_str()),
+            (Some(2), Some(expect)),
+            "{name}: {v}"
+        );
+        let id = v[1].as_str().unwrap();
+        assert!(
+            id.len() <= 36,
+            "2.0.1 message ids are at most 36 characters: {id}"
+        );
+        cp.send(&json!([3, id, {"status": "Accepted"}]).to_string())
+            .await;
+        let r = call.await.unwrap();
+        assert_eq!(r.outcome, "result", "{name}");
+        sent.push((expect.to_string(), v[3].clone()));
+    }
+    assert_eq!(
+        sent[3].1["transactionId"], "tx-201",
+        "stop names the 2.0.1 transaction"
+    );
+    for (verdict, (action, payload)) in schema_201(&sent).await.iter().zip(&sent) {
+        assert_eq!(verdict["ok"], true, "{action} {payload}: {verdict}");
+    }
+    assert_eq!(schema_201(&sent).await.len(), sent.len());
+
+    // Force stop: the 2.0.1 steps, then closed in the journal as forced.
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.post::<Value>("/api/v1/chargers/CP-A201/actions/force-stop", &json!({}))
+                .await
+                .unwrap()
+        }
+    });
+    let mut steps = Vec::new();
+    for _ in 0..4 {
+        let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+        cp.send(&json!([3, v[1], {"status": "Accepted"}]).to_string())
+            .await;
+        steps.push((v[2].as_str().unwrap().to_string(), v[3].clone()));
+    }
+    let names: Vec<&str> = steps.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "RequestStopTransaction",
+            "ChangeAvailability",
+            "UnlockConnector",
+            "Reset"
+        ]
+    );
+    assert_eq!(steps[3].1["type"], "Immediate");
+    for verdict in schema_201(&steps).await {
+        assert_eq!(verdict["ok"], true, "{verdict}");
+    }
+    let answer = call.await.unwrap();
+    assert_eq!(answer["call"], "RequestStopTransaction (escalating)");
+    let report = &answer["result"];
+    assert_eq!(report["closed_by_gateway"], true, "{report}");
+    assert_eq!(report["transaction_id"], "tx-201");
+    gw.wait_event("CP-A201", "StopTransaction", |e| {
+        e["transaction_ref"] == "tx-201" && e["forced"] == true
+    })
+    .await;
+    assert!(gw.journal().state().chargers["CP-A201"]
+        .transactions
+        .is_empty());
+}

@@ -102,11 +102,20 @@ pub async fn run(
 /// Send a plan's profiles one after the other, and report how it went.
 async fn send(ctx: Ctx, id: String, plan: Plan, done: mpsc::Sender<Sent>) {
     let mut ok = true;
+    // The plan is in 1.6; a 2.0.1 charger gets it restated.
+    let v201 = ctx
+        .journal
+        .state()
+        .chargers
+        .get(&id)
+        .is_some_and(|c| c.speaks_201());
     for call in plan.calls {
-        let action = if call.get("csChargingProfiles").is_some() {
-            "SetChargingProfile"
+        let (action, call) = if v201 {
+            super::profile::to_201(&call)
+        } else if call.get("csChargingProfiles").is_some() {
+            ("SetChargingProfile", call)
         } else {
-            "ClearChargingProfile"
+            ("ClearChargingProfile", call)
         };
         let wait = ctx.cfg.call_timeout + Duration::from_secs(5);
         let out = ctx

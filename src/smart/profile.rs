@@ -1,7 +1,9 @@
 //! Local limits as OCPP 1.6 charging profiles (`SetChargingProfile`), and
 //! the reverse: what a set of profiles allows at an instant, as a charger
 //! computes it (§3.13). The gateway uses the reverse to show what a charger
-//! will do; the simulator uses it to behave like a charger.
+//! will do; the simulator uses it to behave like a charger. `to_201`
+//! restates a 1.6 SetChargingProfile or ClearChargingProfile in OCPP 2.0.1
+//! for chargers that speak it.
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
@@ -135,6 +137,73 @@ pub fn absolute(
     })
 }
 
+/// A 1.6 `SetChargingProfile` or `ClearChargingProfile` payload (as the
+/// engine builds them) restated in OCPP 2.0.1: the EVSE for the connector,
+/// `ChargingStationMaxProfile` for `ChargePointMaxProfile`, the schedule as
+/// a one-element list with its own id, and a clear by id. Returns the
+/// action too.
+pub fn to_201(payload: &Value) -> (&'static str, Value) {
+    let Some(p) = payload.get("csChargingProfiles") else {
+        // ClearChargingProfile: by id, or by purpose and stack level.
+        let mut out = json!({});
+        if let Some(id) = payload.get("id") {
+            out["chargingProfileId"] = id.clone();
+        }
+        let mut criteria = serde_json::Map::new();
+        if let Some(c) = payload.get("connectorId") {
+            criteria.insert("evseId".into(), c.clone());
+        }
+        if let Some(purpose) = payload
+            .get("chargingProfilePurpose")
+            .and_then(Value::as_str)
+        {
+            criteria.insert("chargingProfilePurpose".into(), purpose_201(purpose).into());
+        }
+        if let Some(level) = payload.get("stackLevel") {
+            criteria.insert("stackLevel".into(), level.clone());
+        }
+        if !criteria.is_empty() {
+            out["chargingProfileCriteria"] = Value::Object(criteria);
+        }
+        return ("ClearChargingProfile", out);
+    };
+    let mut profile = serde_json::Map::new();
+    let copy = |profile: &mut serde_json::Map<String, Value>, from: &str, to: &str| {
+        if let Some(v) = p.get(from) {
+            profile.insert(to.into(), v.clone());
+        }
+    };
+    copy(&mut profile, "chargingProfileId", "id");
+    copy(&mut profile, "stackLevel", "stackLevel");
+    copy(&mut profile, "chargingProfileKind", "chargingProfileKind");
+    copy(&mut profile, "recurrencyKind", "recurrencyKind");
+    copy(&mut profile, "validFrom", "validFrom");
+    copy(&mut profile, "validTo", "validTo");
+    copy(&mut profile, "transactionId", "transactionId");
+    if let Some(purpose) = p.get("chargingProfilePurpose").and_then(Value::as_str) {
+        profile.insert("chargingProfilePurpose".into(), purpose_201(purpose).into());
+    }
+    if let Some(s) = p.get("chargingSchedule") {
+        let mut schedule = s.clone();
+        // 2.0.1 numbers each schedule; the profile's id serves.
+        schedule["id"] = p.get("chargingProfileId").cloned().unwrap_or(json!(1));
+        profile.insert("chargingSchedule".into(), json!([schedule]));
+    }
+    let evse = payload.get("connectorId").cloned().unwrap_or(json!(0));
+    (
+        "SetChargingProfile",
+        json!({"evseId": evse, "chargingProfile": Value::Object(profile)}),
+    )
+}
+
+/// A 1.6 profile purpose's 2.0.1 name.
+fn purpose_201(purpose: &str) -> &str {
+    match purpose {
+        "ChargePointMaxProfile" => "ChargingStationMaxProfile",
+        other => other,
+    }
+}
+
 /// What one profile (`csChargingProfiles`) allows at `t`, in its unit:
 /// `None` when it does not apply then (not yet valid, expired, past its
 /// duration).
@@ -230,6 +299,28 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn profiles_restated_in_201() {
+        let w = t("2030-01-06T23:00:00Z");
+        let p = weekly(&slot(1), &EL, w, &[(w, 16.0)]);
+        let (action, v) = to_201(&p);
+        assert_eq!(action, "SetChargingProfile");
+        assert_eq!(v["evseId"], 0);
+        let cp = &v["chargingProfile"];
+        assert_eq!(cp["id"], 901);
+        assert_eq!(cp["chargingProfilePurpose"], "ChargingStationMaxProfile");
+        assert_eq!(cp["recurrencyKind"], "Weekly");
+        assert_eq!(cp["chargingSchedule"][0]["id"], 901);
+        assert_eq!(
+            cp["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"],
+            16.0
+        );
+        assert_eq!(
+            to_201(&json!({"id": 902})),
+            ("ClearChargingProfile", json!({"chargingProfileId": 902}))
+        );
     }
 
     #[test]

@@ -343,3 +343,67 @@ async fn the_seeds_remote_actions_reach_a_201_charger_in_201() {
         .transactions
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_pause_reaches_a_201_charger_as_a_201_profile_and_suspends_it() {
+    use chargegate::client::ApiClient;
+    use serde_json::json;
+
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = connect_status(&gw.url("CP-P201"), Some("ocpp2.0.1"), None)
+        .await
+        .unwrap();
+    csms.next_connect().await;
+    cp.call(
+        "TransactionEvent",
+        json!({"eventType": "Started", "timestamp": "2030-01-01T00:00:00Z", "triggerReason": "Authorized",
+               "seqNo": 0, "transactionInfo": {"transactionId": "tx-p", "chargingState": "Charging"},
+               "evse": {"id": 1, "connectorId": 1}}),
+    )
+    .await;
+    let api = ApiClient {
+        addr: gw.running.as_ref().unwrap().api_addr,
+        token: None,
+    };
+    let paused = api
+        .post::<Value>("/api/v1/chargers/CP-P201/actions/pause", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(paused["outcome"], "result", "{paused}");
+    // Profiles come in 2.0.1 until one holds the charger at 0 A.
+    let mut sent = Vec::new();
+    let zero = tokio::time::timeout(WAIT, async {
+        loop {
+            let v: Value = serde_json::from_str(&cp.recv().await).unwrap();
+            cp.send(&json!([3, v[1], {"status": "Accepted"}]).to_string())
+                .await;
+            sent.push((v[2].as_str().unwrap().to_string(), v[3].clone()));
+            let limits = &v[3]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"];
+            if v[2] == "SetChargingProfile" && limits[0]["limit"] == 0.0 {
+                return v[3].clone();
+            }
+        }
+    })
+    .await
+    .expect("a 0 A profile");
+    assert_eq!(zero["evseId"], 0);
+    assert_eq!(
+        zero["chargingProfile"]["chargingProfilePurpose"],
+        "ChargingStationMaxProfile"
+    );
+    for (verdict, (action, payload)) in schema_201(&sent).await.iter().zip(&sent) {
+        assert_eq!(verdict["ok"], true, "{action} {payload}: {verdict}");
+    }
+    // The charger suspends: the journal says SuspendedEVSE, as for 1.6.
+    cp.call(
+        "TransactionEvent",
+        json!({"eventType": "Updated", "timestamp": "2030-01-01T00:01:00Z", "triggerReason": "ChargingRateChanged",
+               "seqNo": 1, "transactionInfo": {"transactionId": "tx-p", "chargingState": "SuspendedEVSE"}}),
+    )
+    .await;
+    gw.wait_event("CP-P201", "StatusNotification", |e| {
+        e["status"] == "SuspendedEVSE" && e["connector"] == 1
+    })
+    .await;
+}

@@ -98,6 +98,7 @@ fn router(ctx: Ctx) -> Router {
             "/api/v1/chargers/{id}/diagnostics/{file}",
             get(diagnostics_file),
         )
+        .route("/api/v1/site-check", get(site_check))
         .route("/api/v1/events", get(events))
         .route("/api/v1/events/stream", get(stream))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
@@ -263,6 +264,33 @@ async fn charger(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
 }
 
 pub use crate::dispatch::ActionResult;
+
+/// `GET /api/v1/site-check[?timeout_secs=N]`: the commissioning report.
+async fn site_check(
+    State(ctx): State<Ctx>,
+    UrlQuery(q): UrlQuery<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let per_charger = match q.get("timeout_secs").map(|s| s.parse::<u64>()) {
+        None => crate::site_check::CHARGER_TIMEOUT,
+        Some(Ok(s)) if (1..=120).contains(&s) => std::time::Duration::from_secs(s),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "timeout_secs: expected whole seconds from 1 to 120",
+            )
+        }
+    };
+    let source = match headers
+        .get("x-chargegate-source")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("cli") => crate::event::Source::Cli,
+        Some("web") => crate::event::Source::Web,
+        _ => crate::event::Source::Api,
+    };
+    Json(crate::site_check::run(&ctx, source, per_charger).await).into_response()
+}
 
 async fn action(
     State(ctx): State<Ctx>,

@@ -61,11 +61,10 @@ impl ApiClient {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        req = req.header("x-chargegate-source", "cli");
         let body = match body {
             Some(b) => {
-                req = req
-                    .header("content-type", "application/json")
-                    .header("x-chargegate-source", "cli");
+                req = req.header("content-type", "application/json");
                 Full::new(Bytes::from(b))
             }
             None => Full::new(Bytes::new()),

@@ -172,6 +172,11 @@ pub enum Event {
         power_w: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         current_a: Option<f64>,
+        /// How far the charger's clock is ahead of the gateway's (seconds),
+        /// from the newest sample's timestamp at receipt; none where it was
+        /// not measured (a message answered later, from a queue).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clock_skew_s: Option<i64>,
     },
     /// Any other call from the charger (DataTransfer, firmware status, …).
     ChargerCall {
@@ -383,6 +388,7 @@ impl Event {
                 energy_wh,
                 power_w,
                 current_a,
+                ..
             } => {
                 let f =
                     |v: &Option<f64>, u: &str| v.map(|v| format!(" {v}{u}")).unwrap_or_default();
@@ -556,6 +562,7 @@ pub fn for_charger_call(
                 energy_wh: s.energy_wh,
                 power_w: s.power_w,
                 current_a: s.current_a,
+                clock_skew_s: None,
             }
         }
         other => Event::ChargerCall {
@@ -669,6 +676,7 @@ pub fn for_charger_call_201(
                     energy_wh: s.energy_wh,
                     power_w: s.power_w,
                     current_a: s.current_a,
+                    clock_skew_s: None,
                 }]
             }
             Err(_) => vec![other()],
@@ -743,6 +751,7 @@ fn transaction_event(
             energy_wh: meter.energy_wh,
             power_w: meter.power_w,
             current_a: meter.current_a,
+            clock_skew_s: None,
         }),
         _ => {}
     }
@@ -759,6 +768,37 @@ fn transaction_event(
         });
     }
     out
+}
+
+/// Note on a MeterValues event how far the charger's clock is from the
+/// gateway's (`now`, when the message arrived): the newest sample's
+/// timestamp minus `now`. Reads the `meterValue` list of 1.6 MeterValues
+/// and of 2.0.1 MeterValues and TransactionEvent alike.
+pub fn note_clock_skew(ev: &mut Event, payload: &RawValue, now: jiff::Timestamp) {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Stamped {
+        #[serde(default)]
+        meter_value: Vec<Stamp>,
+    }
+    #[derive(Deserialize)]
+    struct Stamp {
+        timestamp: String,
+    }
+    let Event::MeterValues { clock_skew_s, .. } = ev else {
+        return;
+    };
+    let Ok(m) = decode::<Stamped>(payload) else {
+        return;
+    };
+    let newest = m
+        .meter_value
+        .iter()
+        .filter_map(|v| v.timestamp.parse::<jiff::Timestamp>().ok())
+        .max();
+    if let Some(t) = newest {
+        *clock_skew_s = Some(t.as_second() - now.as_second());
+    }
 }
 
 /// Whether a charger CALL is journaled as soon as it arrives (its answer

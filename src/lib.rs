@@ -64,6 +64,7 @@ pub mod password;
 pub mod server;
 pub mod session;
 pub mod sim;
+pub mod site_check;
 pub mod smart;
 pub mod state;
 pub mod tls;

@@ -45,6 +45,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Is this site ready? Checks every charger (configuration, clock,
+    /// meter values, smart charging, errors), the meter, the cloud, the
+    /// schedules, the journal and the disk, and says what to fix. Changes
+    /// nothing. Exit code 0: no problem; 1: at least one problem.
+    SiteCheck {
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for each charger's answers.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Show the journal.
     Log {
         #[arg(long)]
@@ -127,6 +139,18 @@ enum Cmd {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         duration: Option<f64>,
+        /// A configuration key the chargers report differently, as
+        /// KEY=VALUE (repeatable), e.g. MeterValueSampleInterval=900 or
+        /// MeterValuesSampledData=Energy.Active.Import.Register (the meter
+        /// values then carry only those measurands).
+        #[arg(long = "config-key", value_name = "KEY=VALUE", value_parser = key_value)]
+        config_key: Vec<(String, String)>,
+        /// Seconds the chargers' clocks are ahead (negative: behind).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        clock_offset: i64,
+        /// The chargers answer no call from the gateway.
+        #[arg(long)]
+        silent: bool,
     },
     /// Measure the relay: latency through the gateway vs direct, memory, journal rate.
     Bench(chargegate::bench::BenchArgs),
@@ -249,6 +273,22 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Cmd::SiteCheck { json, timeout } => {
+                let r: chargegate::site_check::SiteReport = api
+                    .get(&format!("/api/v1/site-check?timeout_secs={timeout}"))
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{}", chargegate::site_check::format_text(&r));
+                }
+                if r.problems > 0 {
+                    // Scripts read the exit code: 1 = something to fix.
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             Cmd::Log {
                 charger,
                 kind,
@@ -337,6 +377,9 @@ fn main() -> ExitCode {
                 meter_values,
                 idle,
                 duration,
+                config_key,
+                clock_offset,
+                silent,
             } => {
                 chargegate::logging::init(log::LevelFilter::Info);
                 let opts = chargegate::sim::SimOptions {
@@ -351,6 +394,9 @@ fn main() -> ExitCode {
                     meter_values_per_session: meter_values.max(1),
                     idle: secs(idle),
                     duration: duration.map(secs),
+                    config: config_key,
+                    clock_offset_s: clock_offset,
+                    silent,
                 };
                 let stats = chargegate::sim::run(opts).await;
                 let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -422,5 +468,13 @@ async fn log_command(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         url = format!("/api/v1/events?limit=10000&after={last}{base}");
+    }
+}
+
+/// `KEY=VALUE`, for `sim --config-key`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected KEY=VALUE, found {s:?}")),
     }
 }

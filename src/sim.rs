@@ -41,6 +41,75 @@ pub struct SimOptions {
     pub duration: Option<Duration>,
     /// The clock charging profiles are evaluated on (tests move it).
     pub clock: crate::clock::Clock,
+    /// Configuration keys changed from the simulator's defaults
+    /// (`GetConfiguration` answers with them; `MeterValuesSampledData`
+    /// decides which measurands its meter values carry).
+    pub config: Vec<(String, String)>,
+    /// How far the simulated chargers' clocks are ahead (negative: behind).
+    pub clock_offset_s: i64,
+    /// Answer no call from the gateway (a charger that hangs).
+    pub silent: bool,
+}
+
+impl SimOptions {
+    /// Default settings for `n` chargers at `url` (tests and the CLI start
+    /// from these).
+    pub fn new(url: impl Into<String>, n: usize) -> SimOptions {
+        SimOptions {
+            url: url.into(),
+            chargers: n,
+            prefix: "SIM-".into(),
+            password: None,
+            id_tag: "SIMTAG".into(),
+            heartbeat: Duration::from_secs(60),
+            meter_interval: Duration::from_secs(10),
+            meter_values_per_session: 6,
+            idle: Duration::from_secs(5),
+            duration: None,
+            clock: Default::default(),
+            config: Vec::new(),
+            clock_offset_s: 0,
+            silent: false,
+        }
+    }
+
+    /// The simulated charger's configuration: its defaults, a real
+    /// smart-charging AC charger's, with `config` applied.
+    pub fn configuration(&self) -> Vec<(String, String)> {
+        let mut keys: Vec<(String, String)> = [
+            ("HeartbeatInterval", self.heartbeat.as_secs().to_string()),
+            (
+                "MeterValueSampleInterval",
+                self.meter_interval.as_secs().to_string(),
+            ),
+            (
+                "MeterValuesSampledData",
+                "Energy.Active.Import.Register,Power.Active.Import,Current.Import".into(),
+            ),
+            (
+                "SupportedFeatureProfiles",
+                "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger,SmartCharging"
+                    .into(),
+            ),
+            ("ChargeProfileMaxStackLevel", "10".into()),
+            (
+                "ChargingScheduleAllowedChargingRateUnit",
+                "Current,Power".into(),
+            ),
+            ("LocalAuthListEnabled", "true".into()),
+            ("AuthorizeRemoteTxRequests", "false".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in &self.config {
+            match keys.iter_mut().find(|(key, _)| key == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => keys.push((k.clone(), v.clone())),
+            }
+        }
+        keys
+    }
 }
 
 /// Counters across all simulated chargers.
@@ -147,6 +216,10 @@ struct SimCharger {
     suspended: bool,
     /// Amperes per phase drawn now.
     drawing: f64,
+    /// Its configuration keys.
+    config: Vec<(String, String)>,
+    clock_offset_s: i64,
+    silent: bool,
 }
 
 /// Below this a session cannot run (IEC 61851).
@@ -190,7 +263,23 @@ impl SimCharger {
             profiles: Vec::new(),
             suspended: false,
             drawing: 0.0,
+            config: opts.configuration(),
+            clock_offset_s: opts.clock_offset_s,
+            silent: opts.silent,
         })
+    }
+
+    /// What the charger's clock says now.
+    fn now(&self) -> String {
+        let t = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(self.clock_offset_s);
+        crate::clock::format_ms(t)
+    }
+
+    fn config_value(&self, key: &str) -> &str {
+        self.config
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
     }
 
     fn queue(&mut self, action: &str, payload: Value) {
@@ -198,13 +287,13 @@ impl SimCharger {
     }
 
     fn status(&mut self, status: &str) {
-        let p = json!({"connectorId": 1, "errorCode": "NoError", "status": status, "timestamp": now_rfc3339()});
+        let p = json!({"connectorId": 1, "errorCode": "NoError", "status": status, "timestamp": self.now()});
         self.queue("StatusNotification", p);
     }
 
     fn start(&mut self, id_tag: &str) {
         self.status("Preparing");
-        let p = json!({"connectorId": 1, "idTag": id_tag, "meterStart": self.meter_wh, "timestamp": now_rfc3339()});
+        let p = json!({"connectorId": 1, "idTag": id_tag, "meterStart": self.meter_wh, "timestamp": self.now()});
         self.queue("StartTransaction", p);
     }
 
@@ -275,7 +364,7 @@ impl SimCharger {
         if let Some(tx) = self.transaction.take() {
             self.charging = false;
             self.suspended = false;
-            let p = json!({"transactionId": tx, "meterStop": self.meter_wh, "timestamp": now_rfc3339(), "reason": reason});
+            let p = json!({"transactionId": tx, "meterStop": self.meter_wh, "timestamp": self.now(), "reason": reason});
             self.queue("StopTransaction", p);
             self.status("Finishing");
             self.status("Available");
@@ -283,11 +372,26 @@ impl SimCharger {
     }
 
     fn meter_values(&self) -> Value {
-        let mut p = json!({"connectorId": 1, "meterValue": [{"timestamp": now_rfc3339(), "sampledValue": [
-            {"value": self.meter_wh.to_string(), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-            {"value": format!("{:.0}", self.drawing * 230.0 * 3.0), "measurand": "Power.Active.Import", "unit": "W"},
-            {"value": format!("{:.1}", self.drawing), "measurand": "Current.Import", "unit": "A"}
-        ]}]});
+        // The measurands its MeterValuesSampledData names, as a charger does.
+        let sampled = self.config_value("MeterValuesSampledData");
+        let samples: Vec<Value> = [
+            (
+                "Energy.Active.Import.Register",
+                self.meter_wh.to_string(),
+                "Wh",
+            ),
+            (
+                "Power.Active.Import",
+                format!("{:.0}", self.drawing * 230.0 * 3.0),
+                "W",
+            ),
+            ("Current.Import", format!("{:.1}", self.drawing), "A"),
+        ]
+        .into_iter()
+        .filter(|(m, _, _)| sampled.split(',').any(|s| s.trim() == *m))
+        .map(|(m, v, u)| json!({"value": v, "measurand": m, "unit": u}))
+        .collect();
+        let mut p = json!({"connectorId": 1, "meterValue": [{"timestamp": self.now(), "sampledValue": samples}]});
         if let Some(tx) = self.transaction {
             p["transactionId"] = json!(tx);
         }
@@ -414,6 +518,9 @@ impl SimCharger {
                 action,
                 payload,
             } => {
+                if self.silent {
+                    return Ok(());
+                }
                 stats.calls_answered.fetch_add(1, Ordering::Relaxed);
                 let req: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
                 let answer = self.answer(&action, &req, opts);
@@ -482,10 +589,24 @@ impl SimCharger {
                 json!({"status": "Accepted"})
             }
             "UnlockConnector" => json!({"status": "Unlocked"}),
-            "GetConfiguration" => json!({"configurationKey": [
-                {"key": "HeartbeatInterval", "readonly": false, "value": opts.heartbeat.as_secs().to_string()},
-                {"key": "MeterValueSampleInterval", "readonly": false, "value": opts.meter_interval.as_secs().to_string()}
-            ], "unknownKey": []}),
+            "GetConfiguration" => {
+                let wanted: Vec<&str> = req["key"]
+                    .as_array()
+                    .map(|k| k.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let known: Vec<Value> = self
+                    .config
+                    .iter()
+                    .filter(|(k, _)| wanted.is_empty() || wanted.contains(&k.as_str()))
+                    .map(|(k, v)| json!({"key": k, "readonly": false, "value": v}))
+                    .collect();
+                let unknown: Vec<&str> = wanted
+                    .iter()
+                    .copied()
+                    .filter(|w| !self.config.iter().any(|(k, _)| k == w))
+                    .collect();
+                json!({"configurationKey": known, "unknownKey": unknown})
+            }
             "GetDiagnostics" => {
                 if let Some(loc) = req["location"].as_str() {
                     tokio::spawn(upload(loc.to_string(), self.id.clone()));

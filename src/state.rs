@@ -80,6 +80,10 @@ pub struct Meter {
     pub power_w: Option<f64>,
     pub current_a: Option<f64>,
     pub time_ms: Option<i64>,
+    /// How far the charger's clock was ahead of the gateway's at its
+    /// last measured reading (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_s: Option<i64>,
 }
 
 /// Everything the gateway shows about one charger.
@@ -268,6 +272,7 @@ impl LiveState {
                 energy_wh,
                 power_w,
                 current_a,
+                clock_skew_s,
                 ..
             } => {
                 let m = &mut c.meter;
@@ -275,6 +280,9 @@ impl LiveState {
                 m.power_w = power_w.or(m.power_w);
                 m.current_a = current_a.or(m.current_a);
                 m.time_ms = Some(t);
+                if clock_skew_s.is_some() {
+                    m.clock_skew_s = *clock_skew_s;
+                }
             }
             Event::ProtocolError { .. } => c.protocol_errors += 1,
             Event::LimitChanged { limit_a, reason } => {
@@ -383,6 +391,7 @@ mod tests {
                 energy_wh: Some(100.0),
                 power_w: None,
                 current_a: None,
+                clock_skew_s: Some(-1),
             },
         ];
         for (i, e) in evs.into_iter().enumerate() {

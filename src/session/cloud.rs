@@ -165,7 +165,12 @@ impl<S> SessionState<S> {
                 .into_iter()
                 .collect(),
             Protocol::Ocpp201 => {
-                event::for_charger_call_201(action, payload, answer, by, &mut self.tx_evses)
+                let mut evs =
+                    event::for_charger_call_201(action, payload, answer, by, &mut self.tx_evses);
+                for ev in &mut evs {
+                    event::note_clock_skew(ev, payload, self.now.wall);
+                }
+                evs
             }
         }
     }

@@ -116,7 +116,7 @@ impl<S> SessionState<S> {
             return self.answer_locally(&id, &action, &payload, Queue::Push);
         }
         if event::journal_on_request(&action) {
-            if let Some(ev) = event::for_charger_call(&action, &payload, None, Source::Charger) {
+            if let Some(ev) = self.received_event(&action, &payload, None, Source::Charger) {
                 self.journal(ev);
             }
         }

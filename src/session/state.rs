@@ -231,6 +231,20 @@ impl<S> SessionState<S> {
         }
     }
 
+    /// The event for a 1.6 charger call received now, with how far the
+    /// charger's clock is off when the message says what time it is.
+    pub(super) fn received_event(
+        &self,
+        action: &str,
+        payload: &RawValue,
+        answer: Option<&RawValue>,
+        by: Source,
+    ) -> Option<Event> {
+        let mut ev = event::for_charger_call(action, payload, answer, by)?;
+        event::note_clock_skew(&mut ev, payload, self.now.wall);
+        Some(ev)
+    }
+
     pub(super) fn cloud_up(&self) -> bool {
         matches!(self.link, CloudLink::Up(_))
     }
@@ -379,7 +393,7 @@ impl<S> SessionState<S> {
                 if self.cloud_up() && self.in_flight.is_none() && self.resync.in_flight.is_none() {
                     if self.proto == Protocol::Ocpp16 && event::journal_on_request(&action) {
                         if let Some(ev) =
-                            event::for_charger_call(&action, &payload, None, Source::Charger)
+                            self.received_event(&action, &payload, None, Source::Charger)
                         {
                             self.journal(ev);
                         }
@@ -449,8 +463,7 @@ impl<S> SessionState<S> {
                 let raw = RawValue::from_string(ans.to_string())
                     .expect("serde_json output is valid JSON");
                 let mut ops = Vec::new();
-                if let Some(ev) =
-                    event::for_charger_call(action, payload, Some(&raw), Source::Gateway)
+                if let Some(ev) = self.received_event(action, payload, Some(&raw), Source::Gateway)
                 {
                     ops.push(Op::Event {
                         charger: Some(self.id.clone()),

@@ -617,6 +617,9 @@ pub fn sim_charging(
         meter_values_per_session: 1_000_000,
         idle: Duration::from_millis(100),
         duration: Some(Duration::from_secs(120)),
+        config: Vec::new(),
+        clock_offset_s: 0,
+        silent: false,
     };
     tokio::spawn(async move {
         chargegate::sim::run_with(opts, stats).await;

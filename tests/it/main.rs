@@ -13,6 +13,7 @@ mod offline;
 mod powerloss;
 mod proxy;
 mod service;
+mod site_check;
 mod smart;
 mod standalone;
 mod tls;

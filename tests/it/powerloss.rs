@@ -147,6 +147,7 @@ fn ops(n: u64) -> Vec<Op> {
                 energy_wh: Some(n as f64),
                 power_w: None,
                 current_a: None,
+                clock_skew_s: None,
             },
         },
         Op::Outbox(outbox::Op::Push {

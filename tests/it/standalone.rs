@@ -99,17 +99,11 @@ async fn standalone_gateway_answers_a_whole_session_and_journals_the_seed_events
 async fn the_simulator_runs_sessions_against_the_gateway() {
     let gw = Gateway::start(None, "").await;
     let opts = chargegate::sim::SimOptions {
-        clock: Default::default(),
-        url: format!("ws://{}/ocpp", gw.ocpp),
-        chargers: 3,
-        prefix: "SIM-".into(),
-        password: None,
-        id_tag: "SIMTAG".into(),
-        heartbeat: std::time::Duration::from_secs(60),
         meter_interval: std::time::Duration::from_millis(50),
         meter_values_per_session: 3,
         idle: std::time::Duration::from_millis(50),
         duration: Some(std::time::Duration::from_secs(2)),
+        ..chargegate::sim::SimOptions::new(format!("ws://{}/ocpp", gw.ocpp), 3)
     };
     let stats = chargegate::sim::run(opts).await;
     assert!(stats.sessions.load(std::sync::atomic::Ordering::Relaxed) >= 3);

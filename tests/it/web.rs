@@ -229,5 +229,52 @@ async fn the_web_page_runs_a_remote_action_and_shows_the_new_log_line() {
     let mut anon = Page::open(&devtools, &format!("http://{api}/#/")).await;
     anon.wait_text("document.body.textContent", "needs its API token")
         .await;
+
+    // The site check, as a printable commissioning record.
+    let mut report = Page::open(
+        &devtools,
+        &format!("http://{api}/?token=web-token-123#/site-check"),
+    )
+    .await;
+    let get_config: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(
+        get_config[2], "GetConfiguration",
+        "the check reads, changes nothing"
+    );
+    cp.send(
+        &json!([3, get_config[1], {"configurationKey": [
+            {"key": "MeterValueSampleInterval", "readonly": false, "value": "0"}]}])
+        .to_string(),
+    )
+    .await;
+    let trigger: Value = serde_json::from_str(&cp.recv().await).unwrap();
+    assert_eq!(trigger[2], "TriggerMessage");
+    cp.send(&json!([3, trigger[1], {"status": "Accepted"}]).to_string())
+        .await;
+    let text = report
+        .wait_text(
+            "document.getElementById('site-report') ? document.getElementById('app').textContent : ''",
+            "NOT READY",
+        )
+        .await;
+    assert!(text.contains("Gateway"), "{text}");
+    assert!(text.contains("CP-WEB"), "{text}");
+    assert!(
+        text.contains("MeterValueSampleInterval is 0"),
+        "the charger's problem, in words: {text}"
+    );
+    assert!(text.contains(
+        "chargegate action change-config CP-WEB --key MeterValueSampleInterval --value 60"
+    ));
+    let pdf = report
+        .call("Page.printToPDF", json!({"printBackground": false}))
+        .await;
+    let pdf = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        pdf["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(pdf.starts_with(b"%PDF"), "printable");
+    std::fs::write(out.join("site-check.pdf"), &pdf).unwrap();
     let _ = browser.kill().await;
 }

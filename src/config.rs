@@ -850,6 +850,30 @@ impl Config {
     }
 }
 
+/// What is wrong with a cloud URL, said precisely (the charger id is
+/// appended to it as a path segment).
+pub fn check_ws_url(s: &str) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::http::Uri;
+    match s.split_once("://") {
+        None => return Err("expected ws:// or wss:// at the start".into()),
+        Some((_, "")) => return Err("no host after the scheme".into()),
+        Some(_) => {}
+    }
+    let uri: Uri = s.parse().map_err(|e| format!("not a valid URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("ws") | Some("wss") => {}
+        Some(other) => return Err(format!("expected ws:// or wss://, not {other}://")),
+        None => return Err("expected ws:// or wss:// at the start".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("no host after ws:// or wss://".into());
+    }
+    if uri.query().is_some() || s.contains('#') {
+        return Err("a query or fragment cannot be followed by the charger id".into());
+    }
+    Ok(())
+}
+
 fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
     r.unknown_keys(
         u,
@@ -868,14 +892,13 @@ fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
             r.problem("upstream.url", "expected the cloud's OCPP URL, e.g. \"wss://csms.example.com/ocpp\" (or remove [upstream] to run standalone)");
             return None;
         }
-        Some(s) if !(s.starts_with("ws://") || s.starts_with("wss://")) || s.len() < 8 => {
-            r.problem(
-                "upstream.url",
-                format!("expected a ws:// or wss:// URL, found {s:?}"),
-            );
-            return None;
-        }
-        Some(s) => s.trim_end_matches('/').to_string(),
+        Some(s) => match check_ws_url(&s) {
+            Ok(()) => s.trim_end_matches('/').to_string(),
+            Err(why) => {
+                r.problem("upstream.url", format!("{why}, found {s:?}"));
+                return None;
+            }
+        },
     };
     let ca_file = r.pem_file(u, "upstream", "ca_file");
     let connect_timeout =
@@ -1111,5 +1134,53 @@ mod tests {
             Some("0123456789abcdef")
         );
         assert!(!c.allow_unknown);
+    }
+}
+
+#[cfg(test)]
+mod example_defaults {
+    use super::*;
+
+    /// Every key the example config (the embedded default) sets to
+    /// something other than the code's default says so in the comment
+    /// just above it ("Default: …"), so the example and the code cannot
+    /// silently disagree.
+    #[test]
+    fn the_example_names_every_value_that_differs_from_the_default() {
+        let text = include_str!("../config/chargegate.toml");
+        let full = format!("{:?}", Config::parse(text, "example").expect("valid"));
+        let lines: Vec<&str> = text.lines().collect();
+        let mut undocumented = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let l = line.trim();
+            if l.starts_with('#') || l.starts_with('[') || !l.contains('=') {
+                continue;
+            }
+            let without: String = lines
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, l)| format!("{l}\n"))
+                .collect();
+            let Ok(c) = Config::parse(&without, "example") else {
+                continue; // a required key: no default to differ from
+            };
+            if format!("{c:?}") == full {
+                continue;
+            }
+            let comment: String = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with('#'))
+                .map(|l| l.to_string())
+                .collect();
+            if !comment.contains("Default:") {
+                undocumented.push(l.to_string());
+            }
+        }
+        assert!(
+            undocumented.is_empty(),
+            "differs from the code's default without saying so: {undocumented:#?}"
+        );
     }
 }

@@ -31,11 +31,13 @@ pub enum StartError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("TLS for the wss:// listener ([ocpp] tls_cert, tls_key, client_ca): {0}")]
     Tls(String),
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    /// (The I/O error is part of the message, not a `source`: printing
+    /// the error chain would say it twice.)
+    #[error("cannot listen on {addr}, the address of {what} in the config: {error} (another program, or another chargegate, holds it; set {what} to a free address)")]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -103,7 +105,7 @@ async fn bind(
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
-    let err = |source| StartError::Bind { addr, what, source };
+    let err = |error| StartError::Bind { addr, what, error };
     let listener = TcpListener::bind(addr).await.map_err(err)?;
     let bound = listener.local_addr().map_err(err)?;
     Ok((listener, bound))

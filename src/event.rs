@@ -33,6 +33,33 @@ pub enum Source {
     Smart,
 }
 
+impl std::fmt::Display for Link {
+    /// The same lowercase name as in JSON.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Link::Charger => "charger",
+            Link::Cloud => "cloud",
+        })
+    }
+}
+
+impl std::fmt::Display for Source {
+    /// The same lowercase name as in JSON (`cli`, `cloud`, …), so the text
+    /// log and the JSON log say the same.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Charger => "charger",
+            Source::Cloud => "cloud",
+            Source::Gateway => "gateway",
+            Source::Api => "api",
+            Source::Cli => "cli",
+            Source::Web => "web",
+            Source::Mqtt => "mqtt",
+            Source::Smart => "smart",
+        })
+    }
+}
+
 /// A call's payload as the journal keeps it: secrets set through
 /// ChangeConfiguration (AuthorizationKey, passwords) replaced, so that the
 /// journal, the API and MQTT never show them.
@@ -325,7 +352,7 @@ impl Event {
                 ..
             } => {
                 format!(
-                    "{vendor} {model} firmware {} → {} by {answered_by:?}",
+                    "{vendor} {model} firmware {} → {} by {answered_by}",
                     opt(firmware),
                     opt(status)
                 )
@@ -348,7 +375,7 @@ impl Event {
                 id_tag,
                 status,
                 answered_by,
-            } => format!("{id_tag} → {} by {answered_by:?}", opt(status)),
+            } => format!("{id_tag} → {} by {answered_by}", opt(status)),
             Event::StartTransaction {
                 connector,
                 id_tag,
@@ -408,7 +435,7 @@ impl Event {
                 action,
                 status,
                 answered_by,
-            } => format!("{action} → {} by {answered_by:?}", opt(status)),
+            } => format!("{action} → {} by {answered_by}", opt(status)),
             Event::RemoteAction {
                 action,
                 source,
@@ -416,9 +443,9 @@ impl Event {
                 error,
                 ..
             } => match (result, error) {
-                (_, Some(e)) => format!("{action} from {source:?}: {e}"),
-                (Some(r), None) => format!("{action} from {source:?}: {r}"),
-                (None, None) => format!("{action} from {source:?}"),
+                (_, Some(e)) => format!("{action} from {source}: {e}"),
+                (Some(r), None) => format!("{action} from {source}: {r}"),
+                (None, None) => format!("{action} from {source}"),
             },
             Event::Replayed {
                 action,
@@ -450,7 +477,7 @@ impl Event {
             } => format!("{failed_commits} journal commit(s) failed: {error}; writing again"),
             Event::ProtocolError {
                 from, code, detail, ..
-            } => format!("from {from:?}: {code}: {detail}"),
+            } => format!("from {from}: {code}: {detail}"),
             Event::LimitChanged { limit_a, reason } => format!("limit {limit_a} A: {reason}"),
             Event::Override {
                 mode,
@@ -458,7 +485,7 @@ impl Event {
                 until,
                 source,
             } => format!(
-                "{mode}{} by {source:?}{}",
+                "{mode}{} by {source}{}",
                 limit_a.map(|a| format!(" {a} A")).unwrap_or_default(),
                 until
                     .as_ref()
@@ -872,7 +899,7 @@ mod tests {
         );
         assert_eq!(
             quiet[0].summary(),
-            "TransactionEvent → Updated Trigger seqNo 2 by Gateway"
+            "TransactionEvent → Updated Trigger seqNo 2 by gateway"
         );
         let end = ev(
             "TransactionEvent",

@@ -1,6 +1,7 @@
 //! The `chargegate` binary: the daemon and the installer's CLI. Thin: it
 //! parses arguments and calls into the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,8 +36,9 @@ struct Cli {
 enum Cmd {
     /// Run the daemon (the default when no command is given).
     Run,
-    /// Check a config file; prints every problem and exits 64 if there are any.
-    CheckConfig { file: PathBuf },
+    /// Check a config file (FILE, or --config FILE, or the one the daemon
+    /// would use); prints every problem and exits 64 if there are any.
+    CheckConfig { file: Option<PathBuf> },
     /// Hash a charger password for the config (reads it from stdin, one
     /// line); the config then holds `password = "pbkdf2-sha256$…"`.
     HashPassword,
@@ -67,6 +69,7 @@ enum Cmd {
         /// 2h, 30m, 1d, or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// Show the newest N events (0: all of them).
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Keep printing new events.
@@ -85,10 +88,18 @@ enum Cmd {
     /// check, diagnostics, unlock, enable, disable, trigger, get-config,
     /// change-config; and the gateway's own pause, resume, limit.
     Action {
+        /// The action: reboot, start, stop, force-stop, check, diagnostics,
+        /// unlock, enable, disable, trigger, get-config, change-config,
+        /// pause, resume, limit.
         name: String,
+        /// The charge point id.
         charger: String,
+        /// The connector (the EVSE for OCPP 2.0.1): start, stop,
+        /// force-stop, unlock, trigger (default 1); enable/disable (default
+        /// 0: the whole charger).
         #[arg(long)]
         connector: Option<u32>,
+        /// start: the id tag to start with (default: [api] default_id_tag).
         #[arg(long)]
         id_tag: Option<String>,
         /// reboot: hard reset.
@@ -109,6 +120,7 @@ enum Cmd {
         /// pause / limit: until when (RFC 3339 or a span like 90m, 2h).
         #[arg(long)]
         until: Option<String>,
+        /// Print the whole result as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -222,7 +234,13 @@ fn main() -> ExitCode {
         };
     }
     if let Cmd::CheckConfig { file } = &command {
-        return match Config::load(file) {
+        let Some(file) = file.clone().or_else(|| config_path(cli.config.as_ref())) else {
+            println!(
+                "no config file: the daemon would run on the embedded default, which is valid"
+            );
+            return ExitCode::SUCCESS;
+        };
+        return match Config::load(&file) {
             Ok(c) => {
                 println!(
                     "{}: OK ({} chargers, {}, {} schedule(s), load management {})",
@@ -449,17 +467,31 @@ async fn log_command(
         url.push_str(&format!("&since={}", enc(s)));
     }
     let mut last = 0;
+    let mut out = std::io::stdout().lock();
     loop {
         let records: Vec<Record> = api.get(&url).await?;
         for r in &records {
-            if json {
-                println!("{}", serde_json::to_string(r)?);
+            let line = if json {
+                serde_json::to_string(r)?
             } else {
-                println!("{}", client::format_record(r));
+                client::format_record(r)
+            };
+            // A reader that went away (`chargegate log | head`) ends the
+            // command quietly, as for any Unix filter.
+            if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e.into());
             }
             last = last.max(r.seq);
         }
         if !follow {
+            if limit > 0 && records.len() == limit && last > 0 {
+                eprintln!(
+                    "(the newest {limit} events; --limit N shows more, --limit 0 all of them)"
+                );
+            }
             return Ok(());
         }
         if last == 0 {

@@ -101,6 +101,42 @@ async fn status_and_log_show_what_happened() {
         (v["kind"].as_str(), v["vendor"].as_str()),
         (Some("BootNotification"), Some("TestVendor"))
     );
+    // A log cut by --limit says so; --limit 0 shows everything.
+    let c = cli_cfg.to_str().unwrap().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || cli(&["--config", &c, "log", "--limit", "1"]))
+            .await
+            .unwrap();
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+    assert!(err.contains("--limit 0"), "the hint: {err:?}");
+    let c = cli_cfg.to_str().unwrap().to_string();
+    let (_, out, err) =
+        tokio::task::spawn_blocking(move || cli(&["--config", &c, "log", "--limit", "0"]))
+            .await
+            .unwrap();
+    assert!(out.lines().count() >= 3 && err.is_empty(), "{out}\n{err}");
+    // A reader that goes away is no error (`chargegate log | head -0`).
+    let c = cli_cfg.to_str().unwrap().to_string();
+    let piped = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "\"$0\" --config \"$1\" log --limit 0 | head -c0; echo ${{PIPESTATUS[0]}}"
+            ))
+            .arg(env!("CARGO_BIN_EXE_chargegate"))
+            .arg(&c)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout).trim(),
+        "0",
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     // Without the token the API refuses.
     let no_token = base.replace(api0, &format!("[api]\nlisten = \"{}\"\n", p.api));
@@ -302,4 +338,74 @@ fn the_readme_test_command_installs_what_is_missing() {
         vec!["cargo test --test it".to_string()],
         "nothing to install"
     );
+}
+
+/// The CLI without surprises: check-config takes --config like every other
+/// command, `action --help` describes every argument, a URL problem is said
+/// precisely, and a busy port is named once with the setting that opens it.
+#[test]
+fn the_cli_says_what_it_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[upstream]\nurl = \"ws://x\"\n");
+    let f = cfg.to_str().unwrap();
+    for args in [
+        vec!["check-config", f],
+        vec!["--config", f, "check-config"],
+        vec!["check-config", "--config", f],
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("OK") && out.contains("ws://x"), "{out}");
+    }
+    let bad = write_config(
+        dir.path(),
+        "[upstream]\nurl = \"http://cloud.example.com/ocpp\"\n",
+    );
+    let (code, _, err) = cli(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("upstream.url: expected ws:// or wss://, not http://"),
+        "{err}"
+    );
+
+    let (_, help, _) = cli(&["action", "--help"]);
+    for (arg, words) in [
+        ("<NAME>", "The action: reboot"),
+        ("<CHARGER>", "The charge point id"),
+        ("--connector", "the EVSE for OCPP 2.0.1"),
+        ("--id-tag", "the id tag to start with"),
+        ("--json", "as JSON"),
+    ] {
+        // Its entry: the line that starts with it and the lines below
+        // until the next argument.
+        let lines: Vec<&str> = help.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(arg))
+            .unwrap_or_else(|| panic!("no {arg}: {help}"));
+        let entry: Vec<&str> = std::iter::once(lines[at])
+            .chain(lines[at + 1..].iter().copied().take_while(|l| {
+                let t = l.trim_start();
+                !(t.is_empty() || t.starts_with('<') || t.starts_with('-'))
+            }))
+            .collect();
+        assert!(
+            entry.join(" ").contains(words),
+            "{arg} undescribed:\n{help}"
+        );
+    }
+
+    // A busy diagnostics port: said once, with the setting.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let text = config_text(
+        &dir.path().join("data"),
+        None,
+        &format!("[diagnostics]\nlisten = \"{addr}\"\n"),
+    );
+    let cfg = write_config(dir.path(), &text);
+    let (code, _, err) = cli(&["--config", cfg.to_str().unwrap(), "run"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("diagnostics.listen"), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "said once: {err}");
 }

@@ -122,9 +122,9 @@ async fn a_charger_offering_both_versions_gets_what_the_cloud_chooses() {
         .map(|r| format!("{} {}", r.event.kind(), r.event.summary()))
         .collect();
     let want = [
-        "BootNotification PyVendor PyModel201 firmware - → Accepted by Cloud",
+        "BootNotification PyVendor PyModel201 firmware - → Accepted by cloud",
         "StatusNotification connector 1 Occupied",
-        "Authorize PYTAG → Accepted by Cloud",
+        "Authorize PYTAG → Accepted by cloud",
         "StartTransaction connector 1 tag PYTAG meter 100 Wh → transaction py-tx-1 Accepted",
         "StatusNotification connector 1 Charging (Authorized)",
         "StatusNotification connector 1 SuspendedEVSE (ChargingStateChanged)",

@@ -195,7 +195,7 @@ async fn the_web_page_runs_a_remote_action_and_shows_the_new_log_line() {
         )
         .await;
     assert!(
-        log.contains("BootNotification") && log.contains("Reset from Web"),
+        log.contains("BootNotification") && log.contains("Reset from web"),
         "{log}"
     );
     cp.call(

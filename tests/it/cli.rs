@@ -120,9 +120,7 @@ async fn status_and_log_show_what_happened() {
     let piped = tokio::task::spawn_blocking(move || {
         std::process::Command::new("bash")
             .arg("-c")
-            .arg(format!(
-                "\"$0\" --config \"$1\" log --limit 0 | head -c0; echo ${{PIPESTATUS[0]}}"
-            ))
+            .arg("\"$0\" --config \"$1\" log --limit 0 | head -c0; echo ${PIPESTATUS[0]}")
             .arg(env!("CARGO_BIN_EXE_chargegate"))
             .arg(&c)
             .output()

@@ -205,6 +205,15 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
         .get(&1)
         .or_else(|| s.connectors.values().next())
         .map_or("Unknown", |c| c.status.as_str());
+    // Home Assistant's enum sensor accepts only its listed options.
+    let status = if STATUSES.contains(&status) {
+        status
+    } else {
+        "Unknown"
+    };
+    // The charger's last reading holds after a session; what it draws
+    // without one is nothing.
+    let drawing = !s.transactions.is_empty();
     let energy_kwh = s.meter.energy_wh.map(|wh| wh / 1000.0);
     let session = s.transactions.values().next().map(|t| {
         let started_ms = t
@@ -227,8 +236,8 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
         "cloud_link": if x.standalone { "standalone" } else if s.cloud_link.up { "up" } else { "down" },
         "status": status,
         "connectors": s.connectors.iter().map(|(n, c)| (n.to_string(), json!(c.status))).collect::<serde_json::Map<_, _>>(),
-        "power_w": s.meter.power_w,
-        "current_a": s.meter.current_a,
+        "power_w": if drawing { s.meter.power_w } else { Some(0.0) },
+        "current_a": if drawing { s.meter.current_a } else { Some(0.0) },
         "energy_kwh": energy_kwh,
         "session": session,
         "session_energy_kwh": session.as_ref().and_then(|v| v["energy_kwh"].as_f64()).unwrap_or(0.0),
@@ -243,22 +252,69 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
     })
 }
 
-/// The buttons: (object id, name, action).
-const BUTTONS: &[(&str, &str, &str)] = &[
-    ("reboot", "Reboot", "reboot"),
-    ("start", "Start charge", "start"),
-    ("stop", "Stop charge", "stop"),
-    ("force_stop", "Force stop", "force-stop"),
-    ("check", "Run a check", "check"),
+/// The connector statuses of OCPP 1.6 and 2.0.1 (connector status and
+/// charging state), the options of the Status enum sensor.
+pub const STATUSES: &[&str] = &[
+    "Available",
+    "Preparing",
+    "Charging",
+    "SuspendedEVSE",
+    "SuspendedEV",
+    "Finishing",
+    "Reserved",
+    "Unavailable",
+    "Faulted",
+    "Occupied",
+    "EVConnected",
+    "Idle",
+    "Unknown",
 ];
 
+/// The buttons: (object id, name, action, extra discovery keys).
+fn buttons() -> [(&'static str, &'static str, &'static str, Value); 5] {
+    [
+        (
+            "reboot",
+            "Reboot",
+            "reboot",
+            json!({"device_class": "restart", "entity_category": "config"}),
+        ),
+        (
+            "start",
+            "Start charge",
+            "start",
+            json!({"icon": "mdi:play-circle"}),
+        ),
+        (
+            "stop",
+            "Stop charge",
+            "stop",
+            json!({"icon": "mdi:stop-circle"}),
+        ),
+        (
+            "force_stop",
+            "Force stop",
+            "force-stop",
+            json!({"icon": "mdi:alert-octagon"}),
+        ),
+        (
+            "check",
+            "Run a check",
+            "check",
+            json!({"icon": "mdi:stethoscope", "entity_category": "diagnostic"}),
+        ),
+    ]
+}
+
 /// Every discovery config (topic, retained JSON) of one charger's device.
+/// `standalone`: no cloud, so no cloud link entity.
 pub fn charger_discovery(
     l: &Layout,
     id: &str,
     s: Option<&ChargerState>,
     commands: bool,
     max_current: f64,
+    standalone: bool,
 ) -> Vec<(String, Value)> {
     let node = l.charger_node(id);
     let boot = s.and_then(|s| s.boot.as_ref());
@@ -286,7 +342,9 @@ pub fn charger_discovery(
         let mut v = json!({
             "name": name,
             "unique_id": format!("{node}_{object}"),
-            "object_id": format!("{node}_{object}"), // see `default_entity_ids`
+            // The charger's id and the entity, as Home Assistant names an
+            // entity of a device (see `default_entity_ids`).
+            "object_id": format!("{id}_{object}"),
             "device": device,
             "availability": avail,
             "availability_mode": "all",
@@ -311,7 +369,7 @@ pub fn charger_discovery(
             "status",
             "Status",
             "{{ value_json.status }}",
-            json!({"icon": "mdi:ev-station"}),
+            json!({"icon": "mdi:ev-station", "device_class": "enum", "options": STATUSES}),
         ),
         sensor(
             "power",
@@ -331,48 +389,66 @@ pub fn charger_discovery(
             "{{ value_json.energy_kwh }}",
             json!({"device_class": "energy", "unit_of_measurement": "kWh", "state_class": "total_increasing"}),
         ),
+        // No state class: it restarts at every session, and the Energy
+        // dashboard would count it on top of the charger's Energy.
         sensor(
             "session_energy",
             "Session energy",
             "{{ value_json.session_energy_kwh }}",
-            json!({"device_class": "energy", "unit_of_measurement": "kWh", "state_class": "total_increasing"}),
+            json!({"device_class": "energy", "unit_of_measurement": "kWh"}),
         ),
         sensor(
             "current_limit",
             "Current limit",
             "{{ value_json.limit_a }}",
-            json!({"device_class": "current", "unit_of_measurement": "A", "json_attributes_topic": state, "json_attributes_template": "{{ {'reason': value_json.limit_reason} | tojson }}"}),
+            json!({"device_class": "current", "unit_of_measurement": "A", "state_class": "measurement", "json_attributes_topic": state, "json_attributes_template": "{{ {'reason': value_json.limit_reason} | tojson }}"}),
         ),
     ];
-    for (object, name, tpl, avail) in [
-        (
-            "charger_link",
-            "Connected to gateway",
-            "{{ 'ON' if value_json.charger_link == 'up' else 'OFF' }}",
+    // What became of the last button press, switch or number change (the
+    // command results are not retained: HA shows the latest since it
+    // started).
+    out.push((
+        l.discovery_topic("sensor", &node, "last_action"),
+        entity(
+            "last_action",
+            "Last action",
             &gateway_only,
+            json!({
+                "state_topic": l.result(id),
+                "value_template": "{{ (value_json.action ~ ': ' ~ (value_json.error if value_json.error else (value_json.result.status if value_json.result is mapping and value_json.result.status is defined else value_json.outcome)))[:250] }}",
+                "icon": "mdi:gesture-tap-button",
+            }),
         ),
-        (
+    ));
+    let mut links = vec![(
+        "charger_link",
+        "Connected to gateway",
+        "{{ 'ON' if value_json.charger_link == 'up' else 'OFF' }}",
+        &gateway_only,
+    )];
+    if !standalone {
+        links.push((
             "cloud_link",
             "Connected to cloud",
-            "{{ 'ON' if value_json.cloud_link in ['up', 'standalone'] else 'OFF' }}",
+            "{{ 'ON' if value_json.cloud_link == 'up' else 'OFF' }}",
             &gateway_only,
-        ),
-    ] {
+        ));
+    }
+    for (object, name, tpl, avail) in links {
         out.push((
             l.discovery_topic("binary_sensor", &node, object),
-            entity(object, name, avail, json!({"state_topic": state, "value_template": tpl, "device_class": "connectivity"})),
+            entity(object, name, avail, json!({"state_topic": state, "value_template": tpl, "device_class": "connectivity", "entity_category": "diagnostic"})),
         ));
     }
     if commands {
-        for (object, name, action) in BUTTONS {
+        for (object, name, action, extra) in buttons() {
+            let mut e = json!({"command_topic": l.command(id, action), "payload_press": "PRESS"});
+            if let (Some(o), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+                o.extend(x.clone());
+            }
             out.push((
                 l.discovery_topic("button", &node, object),
-                entity(
-                    object,
-                    name,
-                    &both,
-                    json!({"command_topic": l.command(id, action), "payload_press": "PRESS"}),
-                ),
+                entity(object, name, &both, e),
             ));
         }
         out.push((
@@ -411,18 +487,28 @@ pub fn charger_discovery(
 
 /// The topics a charger's discovery would use, to clear them.
 pub fn charger_discovery_topics(l: &Layout, id: &str) -> Vec<String> {
-    charger_discovery(l, id, None, true, 32.0)
+    charger_discovery(l, id, None, true, 32.0, false)
         .into_iter()
         .map(|(t, _)| t)
         .collect()
 }
 
-/// The gateway's own device: chargers connected, and the site meter.
-pub fn gateway_discovery(l: &Layout, meter: bool) -> Vec<(String, Value)> {
+/// The gateway's own device: chargers connected, load management (the
+/// current available only with `load`), and the site meter.
+pub fn gateway_discovery(l: &Layout, meter: bool, load: bool) -> Vec<(String, Value)> {
     let node = l.gateway_node();
+    // The default id is not said twice ("ChargeGate chargegate").
+    let (name, prefix) = if l.gateway == "chargegate" {
+        ("ChargeGate".to_string(), "chargegate".to_string())
+    } else {
+        (
+            format!("ChargeGate {}", l.gateway),
+            format!("chargegate_{}", l.gateway),
+        )
+    };
     let device = json!({
         "identifiers": [node],
-        "name": format!("ChargeGate {}", l.gateway),
+        "name": name,
         "manufacturer": "ChargeGate",
         "model": "OCPP gateway",
         "sw_version": env!("CARGO_PKG_VERSION"),
@@ -444,14 +530,16 @@ pub fn gateway_discovery(l: &Layout, meter: bool) -> Vec<(String, Value)> {
             "{{ value_json.load }}",
             json!({"icon": "mdi:transmission-tower"}),
         ),
-        (
+    ];
+    if load {
+        list.push((
             "available_current",
             "Current available to chargers",
             g,
             "{{ value_json.available_a }}",
-            json!({"device_class": "current", "unit_of_measurement": "A"}),
-        ),
-    ];
+            json!({"device_class": "current", "unit_of_measurement": "A", "state_class": "measurement"}),
+        ));
+    }
     if meter {
         let amps = json!({"device_class": "current", "unit_of_measurement": "A", "state_class": "measurement"});
         for (object, name, tpl, extra) in [
@@ -495,7 +583,7 @@ pub fn gateway_discovery(l: &Layout, meter: bool) -> Vec<(String, Value)> {
                 let mut v = json!({
                     "name": name,
                     "unique_id": format!("{node}_{object}"),
-                    "object_id": format!("{node}_{object}"), // see `default_entity_ids`
+                    "object_id": format!("{prefix}_{object}"), // see `default_entity_ids`
                     "device": device,
                     "availability": avail,
                     "state_topic": topic,
@@ -535,7 +623,7 @@ mod tests {
     #[test]
     fn discovery_has_what_home_assistant_requires() {
         let l = layout();
-        let configs = charger_discovery(&l, "CP-1", None, true, 32.0);
+        let configs = charger_discovery(&l, "CP-1", None, true, 32.0, false);
         let mut unique = std::collections::BTreeSet::new();
         for (topic, c) in &configs {
             assert!(
@@ -589,8 +677,8 @@ mod tests {
                 .find(|(t, _)| t.contains("/energy/"))
                 .unwrap()
                 .1["default_entity_id"],
-            "sensor.chargegate_site_1_cp_1_energy",
-            "the entity id Home Assistant made of the old object_id"
+            "sensor.cp_1_energy",
+            "the device's name and the entity's, as Home Assistant names them"
         );
         let by = |obj: &str| {
             &configs
@@ -613,7 +701,7 @@ mod tests {
         );
         assert_eq!(by("power")["availability"].as_array().unwrap().len(), 2);
         // Read-only: no buttons, switch or number.
-        let ro = charger_discovery(&l, "CP-1", None, false, 32.0);
+        let ro = charger_discovery(&l, "CP-1", None, false, 32.0, false);
         assert!(ro.iter().all(|(_, c)| c.get("command_topic").is_none()));
         assert!(ro.len() < configs.len());
         // Not ours: another gateway, or another integration.
@@ -625,7 +713,266 @@ mod tests {
             l.node_of_discovery_topic("homeassistant/sensor/shelly/power/config"),
             None
         );
-        assert!(gateway_discovery(&l, true).len() > gateway_discovery(&l, false).len());
+        assert!(gateway_discovery(&l, true, true).len() > gateway_discovery(&l, false, true).len());
+        assert!(
+            gateway_discovery(&l, false, true).len() > gateway_discovery(&l, false, false).len()
+        );
+        // Standalone: no cloud link entity.
+        let alone = charger_discovery(&l, "CP-1", None, true, 32.0, true);
+        assert!(alone.iter().all(|(t, _)| !t.contains("/cloud_link/")));
+        assert!(configs.iter().any(|(t, _)| t.contains("/cloud_link/")));
+    }
+
+    /// The rules Home Assistant's MQTT discovery schemas apply (from its
+    /// documentation of each platform): required keys, known keys only,
+    /// no nulls, device classes, units and state classes that fit.
+    fn ha_rules(topic: &str, c: &Value) -> Vec<String> {
+        let mut bad = Vec::new();
+        let domain = topic.split('/').nth(1).unwrap_or("");
+        let common = [
+            "name",
+            "unique_id",
+            "default_entity_id",
+            "device",
+            "availability",
+            "availability_mode",
+            "icon",
+            "entity_category",
+            "json_attributes_topic",
+            "json_attributes_template",
+            "enabled_by_default",
+        ];
+        let own: &[&str] = match domain {
+            "sensor" => &[
+                "state_topic",
+                "value_template",
+                "device_class",
+                "unit_of_measurement",
+                "state_class",
+                "options",
+                "suggested_display_precision",
+            ],
+            "binary_sensor" => &[
+                "state_topic",
+                "value_template",
+                "device_class",
+                "payload_on",
+                "payload_off",
+            ],
+            "button" => &["command_topic", "payload_press", "device_class"],
+            "switch" => &[
+                "command_topic",
+                "state_topic",
+                "value_template",
+                "payload_on",
+                "payload_off",
+                "state_on",
+                "state_off",
+                "device_class",
+            ],
+            "number" => &[
+                "command_topic",
+                "state_topic",
+                "value_template",
+                "min",
+                "max",
+                "step",
+                "mode",
+                "device_class",
+                "unit_of_measurement",
+            ],
+            other => {
+                bad.push(format!("unknown platform {other}"));
+                &[]
+            }
+        };
+        let required: &[&str] = match domain {
+            "sensor" | "binary_sensor" => &["state_topic"],
+            _ => &["command_topic"],
+        };
+        fn no_null(v: &Value, path: &str, bad: &mut Vec<String>) {
+            match v {
+                Value::Null => bad.push(format!("null at {path}")),
+                Value::Object(o) => o
+                    .iter()
+                    .for_each(|(k, v)| no_null(v, &format!("{path}.{k}"), bad)),
+                Value::Array(a) => a.iter().for_each(|v| no_null(v, path, bad)),
+                _ => {}
+            }
+        }
+        no_null(c, "", &mut bad);
+        let o = c.as_object().unwrap();
+        for k in o.keys() {
+            if !common.contains(&k.as_str()) && !own.contains(&k.as_str()) {
+                bad.push(format!("{domain}: unknown key {k}"));
+            }
+        }
+        for k in required.iter().chain(&["name", "unique_id", "device"]) {
+            if !o.contains_key(*k) {
+                bad.push(format!("{domain}: {k} missing"));
+            }
+        }
+        for k in c["device"]
+            .as_object()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if ![
+                "identifiers",
+                "name",
+                "manufacturer",
+                "model",
+                "sw_version",
+                "hw_version",
+                "serial_number",
+                "via_device",
+                "configuration_url",
+            ]
+            .contains(&k.as_str())
+            {
+                bad.push(format!("device: unknown key {k}"));
+            }
+        }
+        let class = c["device_class"].as_str();
+        let classes: &[&str] = match domain {
+            "sensor" => &["power", "current", "energy", "enum", "voltage"],
+            "binary_sensor" => &["connectivity", "problem", "running"],
+            "button" => &["restart", "identify", "update"],
+            "switch" => &["outlet", "switch"],
+            "number" => &["current", "power"],
+            _ => &[],
+        };
+        if let Some(dc) = class {
+            if !classes.contains(&dc) {
+                bad.push(format!("{domain}: device_class {dc}"));
+            }
+        }
+        let unit = c["unit_of_measurement"].as_str();
+        let units: Option<&[&str]> = match class {
+            Some("power") => Some(&["W", "kW"]),
+            Some("current") => Some(&["A", "mA"]),
+            Some("energy") => Some(&["Wh", "kWh"]),
+            Some("voltage") => Some(&["V"]),
+            _ => None,
+        };
+        if let (Some(units), true) = (units, domain == "sensor" || domain == "number") {
+            if !unit.is_some_and(|u| units.contains(&u)) {
+                bad.push(format!("{domain}: unit {unit:?} for {class:?}"));
+            }
+        }
+        if class == Some("enum") {
+            if unit.is_some() || o.contains_key("state_class") {
+                bad.push("enum: no unit or state_class".into());
+            }
+            if !c["options"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string))
+            {
+                bad.push("enum: options, a list of strings".into());
+            }
+        }
+        if let Some(sc) = c["state_class"].as_str() {
+            if !["measurement", "total", "total_increasing"].contains(&sc) {
+                bad.push(format!("state_class {sc}"));
+            }
+            if sc == "total_increasing" && class != Some("energy") && class.is_some() {
+                bad.push(format!("total_increasing for {class:?}"));
+            }
+        }
+        match (domain, c["entity_category"].as_str()) {
+            (_, None) | (_, Some("diagnostic")) => {}
+            ("sensor" | "binary_sensor", Some(cat)) => {
+                bad.push(format!("{domain}: entity_category {cat}"))
+            }
+            (_, Some("config")) => {}
+            (_, Some(cat)) => bad.push(format!("entity_category {cat}")),
+        }
+        if let Some(m) = c["availability_mode"].as_str() {
+            if !["all", "any", "latest"].contains(&m) {
+                bad.push(format!("availability_mode {m}"));
+            }
+        }
+        if let Some(m) = c["mode"].as_str() {
+            if !["auto", "box", "slider"].contains(&m) {
+                bad.push(format!("number mode {m}"));
+            }
+        }
+        bad
+    }
+
+    #[test]
+    fn every_discovery_payload_passes_home_assistants_rules() {
+        let l = layout();
+        let s = ChargerState {
+            boot: Some(crate::state::BootInfo {
+                vendor: "V".into(),
+                model: "M".into(),
+                firmware: None,
+                serial: None,
+                time_ms: 0,
+            }),
+            ..Default::default()
+        };
+        let mut all = Vec::new();
+        for (state, commands, standalone) in [
+            (None, true, false),
+            (Some(&s), true, true),
+            (Some(&s), false, false),
+        ] {
+            all.extend(charger_discovery(
+                &l, "CP-1", state, commands, 32.0, standalone,
+            ));
+        }
+        for (meter, load) in [(true, true), (false, false)] {
+            all.extend(gateway_discovery(&l, meter, load));
+        }
+        let mut problems = Vec::new();
+        for (topic, c) in &all {
+            for p in ha_rules(topic, c) {
+                problems.push(format!("{topic}: {p}"));
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+        // The rules can fail: a null, an unknown key, a unit that does not fit.
+        let (topic, good) = all.iter().find(|(t, _)| t.contains("/power/")).unwrap();
+        for (key, value) in [
+            ("sw", json!(1)),
+            ("unit_of_measurement", json!("A")),
+            ("icon", Value::Null),
+        ] {
+            let mut c = good.clone();
+            c[key] = value;
+            assert!(!ha_rules(topic, &c).is_empty(), "{key}");
+        }
+        let by = |obj: &str| {
+            all.iter()
+                .find(|(t, _)| t.contains(&format!("/{obj}/")))
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(by("reboot")["device_class"], "restart");
+        assert_eq!(by("charger_link")["entity_category"], "diagnostic");
+        assert_eq!(by("status")["device_class"], "enum");
+        assert!(by("session_energy").get("state_class").is_none());
+        assert_eq!(by("current_limit")["state_class"], "measurement");
+        assert_eq!(
+            by("last_action")["state_topic"],
+            "chargegate/site-1/CP-1/result"
+        );
+        let gw = gateway_discovery(
+            &Layout::new("chargegate", "chargegate", "homeassistant"),
+            false,
+            false,
+        );
+        assert_eq!(
+            gw[0].1["device"]["name"], "ChargeGate",
+            "not ChargeGate chargegate"
+        );
+        assert_eq!(
+            gw[0].1["default_entity_id"],
+            "sensor.chargegate_chargers_connected"
+        );
     }
 
     #[test]
@@ -671,5 +1018,18 @@ mod tests {
         assert_eq!(v["limit_a"], 16.0);
         assert_eq!(v["paused"], "OFF");
         assert_eq!(v["cloud_link"], "down");
+        // The session ends: the last reading stays in the meter, but the
+        // charger draws nothing now; an unknown status is Unknown.
+        s.meter.power_w = Some(22000.0);
+        s.meter.current_a = Some(32.0);
+        assert_eq!(charger_state(&s, &x)["power_w"], 22000.0);
+        s.transactions.clear();
+        s.connectors.get_mut(&1).unwrap().status = "Weird".into();
+        let v = charger_state(&s, &x);
+        assert_eq!(
+            (v["power_w"].as_f64(), v["current_a"].as_f64()),
+            (Some(0.0), Some(0.0))
+        );
+        assert_eq!(v["status"], "Unknown");
     }
 }

@@ -270,6 +270,7 @@ impl Mqtt {
                         Some(s),
                         self.cfg.commands,
                         max_current,
+                        cfg.upstream.is_none(),
                     ) {
                         self.publish(topic, config.to_string(), true);
                     }
@@ -301,7 +302,11 @@ impl Mqtt {
         }
         // Unchanged configs are not sent again (see `publish`).
         if self.cfg.discovery {
-            for (topic, config) in ha::gateway_discovery(&self.layout, cfg.smart.meter.is_some()) {
+            for (topic, config) in ha::gateway_discovery(
+                &self.layout,
+                cfg.smart.meter.is_some(),
+                cfg.smart.load.is_some(),
+            ) {
                 self.publish(topic, config.to_string(), true);
             }
         }
@@ -309,7 +314,12 @@ impl Mqtt {
 
     fn clear_discovery(&mut self, id: &str) {
         log::info!("mqtt: {id} is no longer configured; removing its Home Assistant device");
-        for topic in ha::charger_discovery_topics(&self.layout, id) {
+        // Its retained state and availability go too, or they would stay
+        // on the broker for ever.
+        let mut topics = ha::charger_discovery_topics(&self.layout, id);
+        topics.push(self.layout.state(id));
+        topics.push(self.layout.availability(id));
+        for topic in topics {
             self.last.remove(&topic);
             self.publish(topic, String::new(), true);
         }

@@ -455,3 +455,51 @@ async fn the_broker_can_be_reached_over_tls_with_its_own_ca() {
     drop(gw);
     let _ = broker.kill().await;
 }
+
+#[tokio::test]
+async fn a_charger_removed_by_sighup_leaves_nothing_retained() {
+    let broker = Mosquitto::start().await;
+    let watcher = Watcher::start(broker.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = config_text(&dir.path().join("data"), None, &mqtt_section(broker.addr));
+    let path = write_config(
+        dir.path(),
+        &format!("{base}[[charger]]\nid = \"CP-GONE\"\n"),
+    );
+    let cfg = chargegate::config::Config::load(&path).unwrap();
+    let running = chargegate::daemon::start(cfg).await.unwrap();
+    // A configured charger that never connected has its device and state.
+    let node = "chargegate_chargegate__CP-GONE";
+    watcher
+        .wait(&format!("homeassistant/sensor/{node}/status/config"), |p| {
+            !p.is_empty()
+        })
+        .await;
+    watcher
+        .wait("chargegate/chargegate/CP-GONE/state", |p| !p.is_empty())
+        .await;
+    watcher
+        .wait("chargegate/chargegate/CP-GONE/availability", |p| {
+            p == "offline"
+        })
+        .await;
+    // Standalone: no cloud link entity to show a meaningless "on".
+    let cloud_link = format!("homeassistant/binary_sensor/{node}/cloud_link/config");
+    assert!(!watcher
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(t, _, _)| *t == cloud_link));
+
+    std::fs::write(&path, &base).unwrap();
+    chargegate::daemon::reload(&path, &running.live);
+    for topic in [
+        format!("homeassistant/sensor/{node}/status/config"),
+        "chargegate/chargegate/CP-GONE/state".to_string(),
+        "chargegate/chargegate/CP-GONE/availability".to_string(),
+    ] {
+        watcher.wait(&topic, |p| p.is_empty()).await;
+    }
+    running.stop().await;
+}

@@ -224,6 +224,9 @@ pub enum Event {
         /// A CALLERROR code, a timeout or a lost link.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The larger action this call was a step of (`ForceStop`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part_of: Option<String>,
     },
     /// A queued message the cloud answered after the gateway had answered
     /// the charger itself (offline replay).
@@ -441,12 +444,36 @@ impl Event {
                 source,
                 result,
                 error,
+                part_of,
                 ..
-            } => match (result, error) {
-                (_, Some(e)) => format!("{action} from {source}: {e}"),
-                (Some(r), None) => format!("{action} from {source}: {r}"),
-                (None, None) => format!("{action} from {source}"),
-            },
+            } => {
+                let step = part_of
+                    .as_ref()
+                    .map(|p| format!(" (step of {p})"))
+                    .unwrap_or_default();
+                match (result, error) {
+                    (_, Some(e)) => format!("{action} from {source}{step}: {e}"),
+                    // A force stop's report: its outcome and steps in words.
+                    (Some(r), None) if r.get("steps").is_some() => format!(
+                        "{action} from {source}: {}; steps: {}",
+                        r["status"].as_str().unwrap_or("-"),
+                        r["steps"]
+                            .as_array()
+                            .map(|s| s
+                                .iter()
+                                .map(|s| format!(
+                                    "{} {}",
+                                    s["call"].as_str().unwrap_or("?"),
+                                    s["outcome"].as_str().unwrap_or("?")
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default()
+                    ),
+                    (Some(r), None) => format!("{action} from {source}{step}: {r}"),
+                    (None, None) => format!("{action} from {source}{step}"),
+                }
+            }
             Event::Replayed {
                 action,
                 local_transaction_id,

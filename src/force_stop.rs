@@ -48,8 +48,38 @@ pub enum Refusal {
     NoTransaction(u32),
 }
 
-/// Run the escalation for the transaction on `connector`.
+/// Run the escalation for the transaction on `connector`, and journal it
+/// as one `RemoteAction ForceStop` with its source, steps (each also
+/// journaled on its own, marked `part_of: ForceStop`), what the charger
+/// answered to each, and the outcome.
 pub async fn run(
+    ctx: &Ctx,
+    charger: &str,
+    connector: u32,
+    source: Source,
+    wait: Duration,
+) -> Result<Report, Refusal> {
+    let report = escalate(ctx, charger, connector, source, wait).await?;
+    let outcome = if report.stopped_by_charger {
+        "stopped by the charger"
+    } else {
+        "closed by the gateway (force-stopped, not billable)"
+    };
+    let mut result = serde_json::to_value(&report).unwrap_or(Value::Null);
+    result["status"] = outcome.into();
+    let ev = Event::RemoteAction {
+        action: "ForceStop".into(),
+        source,
+        request: json!({"connector": connector, "transaction": report.transaction_id}),
+        result: Some(result),
+        error: None,
+        part_of: None,
+    };
+    ctx.journal.record(Some(charger), ev).await;
+    Ok(report)
+}
+
+async fn escalate(
     ctx: &Ctx,
     charger: &str,
     connector: u32,
@@ -103,7 +133,14 @@ pub async fn run(
     for (call, request) in steps {
         let outcome = match ctx
             .registry
-            .call(charger, call, request.clone(), source, wait * 2)
+            .call_step(
+                charger,
+                call,
+                request.clone(),
+                source,
+                Some("ForceStop"),
+                wait * 2,
+            )
             .await
         {
             Some(o) => o.brief(),

@@ -65,6 +65,8 @@ pub enum Command {
         action: String,
         payload: Value,
         source: Source,
+        /// The larger action this call is a step of (a force stop).
+        part_of: Option<String>,
         reply: oneshot::Sender<CallOutcome>,
     },
 }
@@ -199,12 +201,28 @@ impl Registry {
         source: crate::event::Source,
         wait: std::time::Duration,
     ) -> Option<CallOutcome> {
+        self.call_step(id, action, payload, source, None, wait)
+            .await
+    }
+
+    /// [`call`](Self::call) as a step of a larger action (`part_of`,
+    /// journaled with it).
+    pub async fn call_step(
+        &self,
+        id: &str,
+        action: &str,
+        payload: serde_json::Value,
+        source: crate::event::Source,
+        part_of: Option<&str>,
+        wait: std::time::Duration,
+    ) -> Option<CallOutcome> {
         let cmd = self.get(id)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         cmd.send(Box::new(Command::Call {
             action: action.into(),
             payload,
             source,
+            part_of: part_of.map(str::to_string),
             reply,
         }))
         .await

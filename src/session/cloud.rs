@@ -204,6 +204,7 @@ impl<S> SessionState<S> {
                         action,
                         request,
                         source: Source::Cloud,
+                        part_of: None,
                         reply: None,
                         sent,
                     };
@@ -213,6 +214,7 @@ impl<S> SessionState<S> {
                     action,
                     payload,
                     source,
+                    part_of,
                     reply,
                 } => {
                     self.local_ids += 1;
@@ -223,6 +225,7 @@ impl<S> SessionState<S> {
                         action,
                         request: payload,
                         source,
+                        part_of,
                         reply: Some(reply),
                         sent,
                     };

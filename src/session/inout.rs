@@ -187,6 +187,8 @@ pub struct PendingDown {
     pub action: String,
     pub request: Value,
     pub source: Source,
+    /// The larger action this call is a step of.
+    pub part_of: Option<String>,
     /// Who waits locally; `None` for the cloud's calls.
     pub reply: Option<oneshot::Sender<CallOutcome>>,
     pub sent: Instant,
@@ -204,6 +206,7 @@ pub enum Queued {
         action: String,
         payload: Value,
         source: Source,
+        part_of: Option<String>,
         reply: oneshot::Sender<CallOutcome>,
     },
 }

@@ -369,6 +369,7 @@ impl<S> SessionState<S> {
             action: "RemoteStopTransaction".into(),
             payload: serde_json::json!({ "transactionId": local }),
             source: Source::Gateway,
+            part_of: None,
             reply,
         });
         self.pump_down()

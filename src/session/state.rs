@@ -190,12 +190,14 @@ impl<S> SessionState<S> {
                 action,
                 payload,
                 source,
+                part_of,
                 reply,
             }) => {
                 self.queue_down.push_back(Queued::Local {
                     action,
                     payload,
                     source,
+                    part_of,
                     reply,
                 });
                 self.pump_down();
@@ -618,6 +620,7 @@ impl<S> SessionState<S> {
             request: crate::event::redact(&p.action, &p.request),
             result,
             error,
+            part_of: p.part_of.clone(),
         });
     }
 }

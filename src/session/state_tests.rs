@@ -249,6 +249,7 @@ impl Driver {
             action: action.into(),
             payload,
             source: crate::event::Source::Api,
+            part_of: None,
             reply,
         }));
         (seen, rx)

@@ -278,6 +278,65 @@ async fn force_stop_escalates_and_closes_the_transaction_when_the_charger_ignore
     assert!(gw.journal().state().chargers["CP-STUCK"]
         .transactions
         .is_empty());
+    // The force stop is one journal record with its source, its steps and
+    // the charger's answer to each, and the outcome; each step's own
+    // record says it was part of it.
+    let fs = gw
+        .wait_event("CP-STUCK", "RemoteAction", |e| e["action"] == "ForceStop")
+        .await;
+    assert_eq!(fs["source"], "cli");
+    assert_eq!(fs["request"]["transaction"], 4242);
+    let steps: Vec<(String, String)> = fs["result"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["call"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("RemoteStopTransaction".into(), "Rejected".into()),
+            ("ChangeAvailability".into(), "Rejected".into()),
+            ("UnlockConnector".into(), "UnlockFailed".into()),
+            ("Reset".into(), "Rejected".into()),
+        ]
+    );
+    assert!(fs["result"]["status"]
+        .as_str()
+        .unwrap()
+        .starts_with("closed by the gateway"));
+    let step_records: Vec<Value> = gw
+        .events("CP-STUCK")
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .filter(|v| v["kind"] == "RemoteAction" && v["action"] != "ForceStop")
+        .collect();
+    assert_eq!(step_records.len(), 4);
+    assert!(
+        step_records.iter().all(|v| v["part_of"] == "ForceStop"),
+        "{step_records:?}"
+    );
+    let summary = gw
+        .events("CP-STUCK")
+        .iter()
+        .rev()
+        .find(|r| matches!(&r.event, chargegate::event::Event::RemoteAction { action, .. } if action == "ForceStop"))
+        .unwrap()
+        .event
+        .summary();
+    assert!(
+        summary.starts_with("ForceStop from cli: closed by the gateway"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("UnlockConnector UnlockFailed"),
+        "{summary}"
+    );
     // … and toward the cloud.
     loop {
         let v: Value = serde_json::from_str(&csms.next_frame("CP-STUCK").await).unwrap();

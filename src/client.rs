@@ -150,10 +150,17 @@ pub fn format_status(s: &Status) -> String {
             [
                 st.id.clone(),
                 link(c.connected && st.charger_link.up, st.charger_link.since_ms),
-                if s.upstream.is_some() {
-                    link(st.cloud_link.up, st.cloud_link.since_ms)
-                } else {
-                    "standalone".into()
+                {
+                    let mut cloud = if s.upstream.is_some() {
+                        link(st.cloud_link.up, st.cloud_link.since_ms)
+                    } else {
+                        "standalone".into()
+                    };
+                    // Second backends after the cloud: "; ha up".
+                    for (name, l) in &st.mirrors {
+                        cloud.push_str(&format!("; {name} {}", if l.up { "up" } else { "down" }));
+                    }
+                    cloud
                 },
                 if connectors.is_empty() {
                     "-".into()

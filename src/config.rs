@@ -12,8 +12,10 @@ use toml::{Table, Value};
 
 use crate::ocpp::local::{AuthPolicy, Policy};
 
+mod mirror;
 mod mqtt;
 mod smart;
+pub use self::mirror::{MirrorConfig, CSMS_CALLS};
 pub use self::mqtt::MqttConfig;
 pub use self::smart::{ChargerLimits, LoadConfig, PauseMethod, ScheduleConfig, Smart, SmartConfig};
 
@@ -114,8 +116,8 @@ pub struct ChargerConfig {
     pub limits: ChargerLimits,
 }
 
-/// The cloud side.
-#[derive(Debug, Clone)]
+/// The cloud side (and, with its own URL, a mirror's link).
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Base URL; the charge point id is appended as a path segment.
     pub url: String,
@@ -187,6 +189,8 @@ pub struct Config {
     pub smart: Smart,
     /// The MQTT broker (Home Assistant); none: no MQTT.
     pub mqtt: Option<MqttConfig>,
+    /// Second backends (`[[mirror]]`).
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 /// The config in force: replaced on SIGHUP by [`Config::with_live_parts`].
@@ -216,7 +220,7 @@ impl Config {
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let d = |v: &dyn fmt::Debug| format!("{v:?}");
         let mut out = Vec::new();
-        let pairs: [(&'static str, String, String); 9] = [
+        let pairs: [(&'static str, String, String); 10] = [
             (
                 "[gateway]",
                 d(&(&self.gateway_id, &self.data_dir, &self.log_level)),
@@ -267,6 +271,7 @@ impl Config {
                 )),
             ),
             ("[upstream]", d(&self.upstream), d(&new.upstream)),
+            ("[[mirror]]", d(&self.mirrors), d(&new.mirrors)),
             (
                 "[api]",
                 d(&(
@@ -511,6 +516,7 @@ const TOP: &[&str] = &[
     "meter",
     "schedule",
     "mqtt",
+    "mirror",
 ];
 
 impl Config {
@@ -735,6 +741,7 @@ impl Config {
         };
 
         let upstream = r.table(root, "upstream").and_then(|u| read_upstream(u, r));
+        let mirrors = mirror::read(root, r, upstream.as_ref().map(|u| u.url.as_str()));
 
         let a = r.table(root, "api");
         if let Some(t) = a {
@@ -846,6 +853,7 @@ impl Config {
             chargers,
             smart,
             mqtt,
+            mirrors,
         }
     }
 }

@@ -147,7 +147,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let clock = crate::clock::Clock::default();
     let smart = crate::smart::status::StatusHandle::default();
     let live = crate::config::Live::new(cfg.clone());
+    let mirrors = crate::mirror::Mirrors::new(&cfg)?;
     let ctx = Ctx {
+        mirrors,
         conns: Default::default(),
         live: live.clone(),
         clock: clock.clone(),

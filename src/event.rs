@@ -31,6 +31,8 @@ pub enum Source {
     Mqtt,
     /// Smart charging (schedules, load management).
     Smart,
+    /// A second backend (`[[mirror]]`); which one is in the record.
+    Mirror,
 }
 
 impl std::fmt::Display for Link {
@@ -56,6 +58,7 @@ impl std::fmt::Display for Source {
             Source::Web => "web",
             Source::Mqtt => "mqtt",
             Source::Smart => "smart",
+            Source::Mirror => "mirror",
         })
     }
 }
@@ -129,6 +132,15 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<u16>,
     },
+    /// A charger's link to a second backend came up.
+    MirrorConnect {
+        mirror: String,
+        remote: String,
+        protocol: String,
+    },
+    /// A charger's link to a second backend went down (or could not be
+    /// opened: journaled once until it changes).
+    MirrorDisconnect { mirror: String, reason: String },
     /// A charger was refused at the WebSocket handshake.
     Refused { reason: String, remote: String },
     BootNotification {
@@ -295,6 +307,8 @@ impl Event {
             Event::Connect { .. } => "Connect",
             Event::Disconnect { .. } => "Disconnect",
             Event::Refused { .. } => "Refused",
+            Event::MirrorConnect { .. } => "MirrorConnect",
+            Event::MirrorDisconnect { .. } => "MirrorDisconnect",
             Event::BootNotification { .. } => "BootNotification",
             Event::StatusNotification { .. } => "StatusNotification",
             Event::Authorize { .. } => "Authorize",
@@ -346,6 +360,14 @@ impl Event {
                 )
             }
             Event::Refused { reason, remote } => format!("{remote}: {reason}"),
+            Event::MirrorConnect {
+                mirror,
+                remote,
+                protocol,
+            } => format!("mirror {mirror} link up: {remote} ({protocol})"),
+            Event::MirrorDisconnect { mirror, reason } => {
+                format!("mirror {mirror} link down: {reason}")
+            }
             Event::BootNotification {
                 vendor,
                 model,

@@ -45,6 +45,8 @@ pub struct Ctx {
     pub conns: crate::limits::Connections,
     /// Smart charging's view: limits, load management, the meter.
     pub smart: crate::smart::status::StatusHandle,
+    /// Second backends and their links.
+    pub mirrors: crate::mirror::Mirrors,
 }
 
 /// What other parts of the gateway can ask a session to do.

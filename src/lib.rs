@@ -56,6 +56,7 @@ pub mod journal;
 pub mod limits;
 pub mod logging;
 pub mod meter;
+pub mod mirror;
 pub mod mqtt;
 pub mod notify;
 pub mod ocpp;

@@ -110,6 +110,9 @@ pub struct ChargerState {
     /// How the charger answered the gateway's last charging profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_answer: Option<String>,
+    /// Its links to the second backends, by mirror name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirrors: BTreeMap<String, LinkState>,
 }
 
 /// The gateway's limit for a charger and why.
@@ -148,7 +151,10 @@ impl LiveState {
         if let Event::GatewayStarted { .. } = rec.event {
             // Nothing survives a restart: every link starts down.
             for c in self.chargers.values_mut() {
-                for l in [&mut c.charger_link, &mut c.cloud_link] {
+                for l in [&mut c.charger_link, &mut c.cloud_link]
+                    .into_iter()
+                    .chain(c.mirrors.values_mut())
+                {
                     if l.up {
                         *l = LinkState {
                             up: false,
@@ -180,6 +186,27 @@ impl LiveState {
                     reason: None,
                     protocol: protocol.clone(),
                 };
+            }
+            Event::MirrorConnect {
+                mirror, protocol, ..
+            } => {
+                c.mirrors.insert(
+                    mirror.clone(),
+                    LinkState {
+                        up: true,
+                        since_ms: Some(t),
+                        reason: None,
+                        protocol: Some(protocol.clone()),
+                    },
+                );
+            }
+            Event::MirrorDisconnect { mirror, reason } => {
+                let l = c.mirrors.entry(mirror.clone()).or_default();
+                if l.up || l.since_ms.is_none() {
+                    l.since_ms = Some(t);
+                }
+                l.up = false;
+                l.reason = Some(reason.clone());
             }
             Event::Disconnect { link, reason, .. } => {
                 let l = link_of(c, *link);

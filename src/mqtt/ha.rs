@@ -249,6 +249,7 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
         "model": s.boot.as_ref().map(|b| &b.model),
         "firmware": s.boot.as_ref().and_then(|b| b.firmware.as_ref()),
         "last_event": s.last_event,
+        "mirrors": s.mirrors.iter().map(|(n, l)| (n.clone(), json!(if l.up { "up" } else { "down" }))).collect::<serde_json::Map<_, _>>(),
     })
 }
 

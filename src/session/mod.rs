@@ -86,6 +86,8 @@ struct Io {
     authorization: Option<String>,
     charger: ChargerWs,
     connecting: Option<Connecting>,
+    /// The second backends that see this charger.
+    mirrors: Vec<crate::mirror::Feed>,
 }
 
 /// Close the session a new connection replaces and wait (a few seconds at
@@ -149,12 +151,20 @@ pub async fn run(
     }
     let env = Box::new(ctx.journal.clone());
     let mut state = SessionState::new(setup, env, Now::system());
+    let link_ctx = crate::mirror::LinkCtx {
+        journal: ctx.journal.clone(),
+        registry: ctx.registry.clone(),
+        shutdown: ctx.shutdown.clone(),
+        call_timeout: ctx.cfg.call_timeout,
+    };
+    let mirrors = ctx.mirrors.attach(&link_ctx, &acc.id, acc.proto);
     let mut io = Io {
         id: acc.id.clone(),
         offered: acc.offered.clone(),
         authorization,
         charger: ws,
         connecting,
+        mirrors,
         ctx,
     };
     let start = state.handle(
@@ -170,6 +180,9 @@ pub async fn run(
     // §5.5.1): tungstenite queued it, this sends it. (After a close of our
     // own, or a lost connection, it returns at once.)
     let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut io.charger)).await;
+    for m in &mut io.mirrors {
+        m.send(crate::mirror::Msg::SessionEnded);
+    }
     if let Some(c) = io.connecting.take() {
         c.abort();
     }
@@ -259,6 +272,9 @@ impl Io {
                 _ = &mut timer => Input::Timer,
                 _ = &mut shutdown => Input::Shutdown,
             };
+            if !self.mirrors.is_empty() {
+                self.feed_mirrors(&input);
+            }
             let actions = state.handle(input, Now::system());
             if !self.exec(state, actions).await {
                 return;
@@ -275,6 +291,9 @@ impl Io {
     ) -> bool {
         let mut queue: VecDeque<Action<UpStream>> = actions.into();
         while let Some(action) = queue.pop_front() {
+            if !self.mirrors.is_empty() {
+                self.mirror_started(&action);
+            }
             let input = match self.exec_one(state, action).await {
                 Done::Next => continue,
                 Done::Stop => return false,
@@ -372,6 +391,55 @@ impl Io {
             Action::Stop => return Done::Stop,
         }
         Done::Next
+    }
+
+    /// Hand the mirrors a CALL the charger sent (as received).
+    fn feed_mirrors(&mut self, input: &Input<UpStream>) {
+        let Input::Charger(ChargerMsg::Text(t)) = input else {
+            return;
+        };
+        if let Ok(crate::ocpp::frame::Frame::Call {
+            action, payload, ..
+        }) = crate::ocpp::frame::parse(t.as_str())
+        {
+            for m in &mut self.mirrors {
+                m.send(crate::mirror::Msg::Call {
+                    action: action.clone(),
+                    payload: payload.get().to_string(),
+                });
+            }
+        }
+    }
+
+    /// Tell the mirrors which transaction id the charger was given, from
+    /// the StartTransaction the session journals with its answer.
+    fn mirror_started(&mut self, action: &Action<UpStream>) {
+        let events: Vec<&crate::event::Event> = match action {
+            Action::Journal(ev) => vec![ev],
+            Action::Commit { ops, .. } | Action::Submit(ops) => ops
+                .iter()
+                .filter_map(|op| match op {
+                    crate::journal::Op::Event { event, .. } => Some(event),
+                    _ => None,
+                })
+                .collect(),
+            _ => return,
+        };
+        for ev in events {
+            if let crate::event::Event::StartTransaction {
+                connector,
+                transaction_id: Some(tx),
+                ..
+            } = ev
+            {
+                for m in &mut self.mirrors {
+                    m.send(crate::mirror::Msg::Started {
+                        connector: *connector,
+                        tx: *tx,
+                    });
+                }
+            }
+        }
     }
 
     fn open_cloud(&mut self) {

@@ -2,7 +2,7 @@
 validates every message against the official JSON schemas. Used by the
 interop test as a charger and as a CSMS on either side of the gateway.
 
-    python3 ocpp_peer.py csms             # prints "PORT n", then one JSON line per event
+    python3 ocpp_peer.py csms [PORT]      # prints "PORT n", then one JSON line per event
     python3 ocpp_peer.py charger URL ID   # runs a session, prints one JSON line per result
     python3 ocpp_peer.py validate [VER]   # "ACTION<TAB>JSON" lines in, schema verdicts out
                                           # (VER: 1.6, the default, or 2.0.1)
@@ -49,8 +49,11 @@ class Csms(ChargePoint):
     @after(Action.boot_notification)
     async def after_boot(self, **kw):
         # A remote action from the cloud: reboot the charger.
-        result = await self.call(call.Reset(type="Soft"))
-        out(reset_result=result.status)
+        try:
+            result = await self.call(call.Reset(type="Soft"), suppress=False)
+            out(reset_result=result.status)
+        except Exception as e:  # a CALLERROR (a gateway that refuses it) or a timeout
+            out(reset_result="error", error=type(e).__name__)
 
     @on(Action.heartbeat)
     def on_heartbeat(self):
@@ -83,7 +86,7 @@ class Csms(ChargePoint):
         return call_result.StopTransaction()
 
 
-async def csms():
+async def csms(port=0):
     async def handler(ws):
         cp_id = ws.request.path.rstrip("/").split("/")[-1]
         out(csms_connected=cp_id, subprotocol=ws.subprotocol)
@@ -92,7 +95,7 @@ async def csms():
         except websockets.exceptions.ConnectionClosed:
             out(csms_disconnected=cp_id)
 
-    server = await websockets.serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"])
+    server = await websockets.serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"])
     port = list(server.sockets)[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
     await server.serve_forever()
@@ -223,7 +226,7 @@ async def charger201(url, cp_id, offer):
 
 if __name__ == "__main__":
     if sys.argv[1] == "csms":
-        asyncio.run(csms())
+        asyncio.run(csms(int(sys.argv[2]) if len(sys.argv) > 2 else 0))
     elif sys.argv[1] == "validate":
         validate(*sys.argv[2:3])
     elif sys.argv[1] == "csms201":

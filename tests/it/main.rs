@@ -7,6 +7,7 @@ mod crash;
 mod harness;
 mod hostile;
 mod interop;
+mod mirror;
 mod mqtt;
 mod ocpp201;
 mod offline;

@@ -1,0 +1,658 @@
+//! Second backends (`[[mirror]]`): every charger's traffic fed to another
+//! CSMS, read-only unless its own calls are allowed.
+//!
+//! One link task per (mirror, charger), started when the charger connects
+//! and kept until its backlog is delivered after the charger left. The
+//! session hands it what the charger sent through a bounded channel
+//! (`Feed::send` never waits), so a mirror that is down, slow or noisy
+//! never delays the charger, the primary or another mirror. The link sends
+//! the charger's CALLs in order, one at a time, under its own message ids,
+//! and consumes the mirror's answers; it maps the charger's transaction ids
+//! to the mirror's own (durably) and rewrites MeterValues and
+//! StopTransaction for it. While the mirror is away, what it misses waits
+//! in a bounded backlog, written to the journal's outbox tables so that it
+//! survives a restart. The mirror's own CALLs reach the charger only when
+//! listed in `allow`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::{Config, MirrorConfig};
+use crate::event::{Event, Source};
+use crate::hub::{CallOutcome, Registry};
+use crate::journal::{Journal, Op};
+use crate::ocpp::frame::{self, Frame};
+use crate::ocpp::Protocol;
+use crate::upstream::{basic_auth, Connector, UpStream, UpstreamError};
+
+/// What a session tells a mirror link.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// A CALL the charger sent, with its payload as received.
+    Call { action: String, payload: String },
+    /// The charger was told this transaction id for its StartTransaction
+    /// on `connector`.
+    Started { connector: u32, tx: i64 },
+    /// The charger's session ended; the link closes once its backlog is
+    /// delivered.
+    SessionEnded,
+}
+
+/// How many messages a session may have on their way to one mirror link
+/// before they are dropped (the link drains them into its backlog at
+/// once; this fills only if the link task itself is stuck).
+const FEED: usize = 1024;
+
+/// A session's handle on one mirror link.
+pub struct Feed {
+    pub name: String,
+    tx: mpsc::Sender<Msg>,
+    dropped: u64,
+}
+
+impl Feed {
+    /// Hand the link a message; never waits.
+    pub fn send(&mut self, msg: Msg) {
+        if self.tx.try_send(msg).is_err() {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                log::warn!(
+                    "mirror {}: its link is not keeping up; {} message(s) dropped",
+                    self.name,
+                    self.dropped
+                );
+            }
+        }
+    }
+}
+
+/// The running links by (mirror, charger).
+type LinkMap = HashMap<(String, String), mpsc::Sender<Msg>>;
+
+/// The mirrors of a gateway, and their running links.
+#[derive(Clone, Default)]
+pub struct Mirrors {
+    configs: Arc<Vec<(Arc<MirrorConfig>, Arc<Connector>)>>,
+    links: Arc<Mutex<LinkMap>>,
+}
+
+/// What a mirror link needs from the gateway.
+#[derive(Clone)]
+pub struct LinkCtx {
+    pub journal: Journal,
+    pub registry: Registry,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// How long the mirror may take to answer a call.
+    pub call_timeout: Duration,
+}
+
+impl Mirrors {
+    /// The configured mirrors, their TLS set up.
+    pub fn new(cfg: &Config) -> Result<Mirrors, UpstreamError> {
+        let ws = crate::server::ws_config(cfg.max_message_size);
+        let configs = cfg
+            .mirrors
+            .iter()
+            .map(|m| {
+                let c = Connector::new(&m.link, ws, &Default::default())?;
+                Ok((Arc::new(m.clone()), Arc::new(c)))
+            })
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        Ok(Mirrors {
+            configs: Arc::new(configs),
+            links: Arc::default(),
+        })
+    }
+
+    /// The feeds for charger `id`'s session, one per mirror that sees it,
+    /// starting (or reusing) each mirror's link for it.
+    pub fn attach(&self, ctx: &LinkCtx, id: &str, proto: Protocol) -> Vec<Feed> {
+        let mut out = Vec::new();
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        for (cfg, connector) in self.configs.iter().filter(|(c, _)| c.applies_to(id)) {
+            let key = (cfg.name.clone(), id.to_string());
+            let tx = match links.get(&key) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(FEED);
+                    let link = Link::new(ctx.clone(), cfg.clone(), connector.clone(), id, proto);
+                    let all = self.links.clone();
+                    let k = key.clone();
+                    tokio::spawn(async move {
+                        link.run(rx).await;
+                        let mut l = all.lock().unwrap_or_else(|e| e.into_inner());
+                        if l.get(&k).is_some_and(|t| t.is_closed()) {
+                            l.remove(&k);
+                        }
+                    });
+                    links.insert(key, tx.clone());
+                    tx
+                }
+            };
+            out.push(Feed {
+                name: cfg.name.clone(),
+                tx,
+                dropped: 0,
+            });
+        }
+        out
+    }
+}
+
+/// One queued message for the mirror.
+#[derive(Debug, Clone)]
+struct Item {
+    action: String,
+    payload: String,
+    /// Its outbox key, once written to the backlog.
+    stored: Option<u64>,
+}
+
+/// One mirror's link for one charger.
+struct Link {
+    ctx: LinkCtx,
+    cfg: Arc<MirrorConfig>,
+    connector: Arc<Connector>,
+    charger: String,
+    proto: Protocol,
+    /// Its backlog's key in the outbox tables.
+    key: String,
+    queue: VecDeque<Item>,
+    in_flight: Option<(String, Item, Instant)>,
+    next_id: u64,
+    /// The charger's transaction id → the mirror's.
+    tx_map: HashMap<i64, i64>,
+    /// Per connector: the charger's transaction ids whose StartTransaction
+    /// the mirror has not answered yet, and the mirror's ids not yet
+    /// matched to one of the charger's.
+    charger_started: HashMap<u32, VecDeque<i64>>,
+    mirror_started: HashMap<u32, VecDeque<i64>>,
+    session_alive: bool,
+    last_error: Option<String>,
+    dropped: u64,
+}
+
+impl Link {
+    fn new(
+        ctx: LinkCtx,
+        cfg: Arc<MirrorConfig>,
+        connector: Arc<Connector>,
+        charger: &str,
+        proto: Protocol,
+    ) -> Link {
+        let key = format!("mirror:{}\u{1f}{charger}", cfg.name);
+        // What it missed before (a restart while it was away).
+        let queue = ctx
+            .journal
+            .outbox(&key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, e)| Item {
+                action: e.action,
+                payload: e.payload,
+                stored: Some(k),
+            })
+            .collect();
+        let tx_map = ctx
+            .journal
+            .tx_map(&key)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        Link {
+            ctx,
+            cfg,
+            connector,
+            charger: charger.to_string(),
+            proto,
+            key,
+            queue,
+            in_flight: None,
+            next_id: 0,
+            tx_map,
+            charger_started: HashMap::new(),
+            mirror_started: HashMap::new(),
+            session_alive: true,
+            last_error: None,
+            dropped: 0,
+        }
+    }
+
+    fn journal(&self, ev: Event) {
+        let j = self.ctx.journal.clone();
+        let id = self.charger.clone();
+        tokio::spawn(async move { j.record(Some(&id), ev).await });
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut backoff = self.connector.backoff();
+        let mut ws: Option<UpStream> = None;
+        let mut retry_at = Instant::now();
+        let (answers_tx, mut answers_rx) = mpsc::channel::<String>(4);
+        let mut mirror_call_busy = false;
+        let mut garbage = 0u32;
+        loop {
+            let done = !self.session_alive && self.queue.is_empty() && self.in_flight.is_none();
+            if done {
+                // The charger left and the mirror has everything: it sees
+                // the charger go.
+                if let Some(mut s) = ws.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), s.close(None)).await;
+                    self.journal(Event::MirrorDisconnect {
+                        mirror: self.cfg.name.clone(),
+                        reason: "charger disconnected".into(),
+                    });
+                }
+                return;
+            }
+            // Connect when due (the feed waits in the channel meanwhile,
+            // never the session).
+            if ws.is_none() && Instant::now() >= retry_at {
+                let auth = self
+                    .cfg
+                    .password
+                    .as_deref()
+                    .map(|p| basic_auth(&self.charger, p));
+                let offer = [self.proto];
+                let attempt = self
+                    .connector
+                    .connect(&self.charger, &offer, auth.as_deref());
+                let res = tokio::select! {
+                    r = attempt => Some(r),
+                    _ = self.ctx.shutdown.cancelled() => None,
+                };
+                match res {
+                    None => return,
+                    Some(Ok((s, p))) => {
+                        backoff.reset();
+                        self.last_error = None;
+                        self.journal(Event::MirrorConnect {
+                            mirror: self.cfg.name.clone(),
+                            remote: self.connector.url_for(&self.charger),
+                            protocol: p.as_str().into(),
+                        });
+                        ws = Some(s);
+                        garbage = 0;
+                    }
+                    Some(Err(e)) => {
+                        self.link_down(e.to_string());
+                        retry_at = Instant::now() + backoff.next_delay();
+                    }
+                }
+            }
+            if let Some(s) = ws.as_mut() {
+                if let Err(e) = self.send_next(s).await {
+                    ws = None;
+                    self.link_down(e);
+                    retry_at = Instant::now() + backoff.next_delay();
+                    continue;
+                }
+            }
+            let timeout_at = self
+                .in_flight
+                .as_ref()
+                .map(|(_, _, sent)| *sent + self.ctx.call_timeout)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let wake = if ws.is_none() {
+                retry_at.min(timeout_at)
+            } else {
+                timeout_at
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => self.take(m, ws.is_some()),
+                    None => self.session_alive = false,
+                },
+                frame = next(ws.as_mut()) => match frame {
+                    Some(Ok(Message::Text(t))) => {
+                        if !self.on_frame(t.as_str(), &answers_tx, &mut mirror_call_busy) {
+                            garbage += 1;
+                            if garbage > 100 {
+                                // A mirror that only sends garbage is dropped for a while.
+                                if let Some(mut s) = ws.take() {
+                                    let _ = tokio::time::timeout(Duration::from_secs(2), s.close(None)).await;
+                                }
+                                self.link_down("the mirror sent more than 100 unreadable frames".into());
+                                retry_at = Instant::now() + backoff.next_delay();
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        if let Some(mut s) = ws.take() {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::close(&mut s)).await;
+                        }
+                        self.link_down("the mirror closed the connection".into());
+                        retry_at = Instant::now() + backoff.next_delay();
+                    }
+                    Some(Ok(_)) => {}
+                },
+                Some(answer) = answers_rx.recv() => {
+                    mirror_call_busy = false;
+                    if let Some(s) = ws.as_mut() {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), s.send(Message::text(answer))).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    if let Some((_, item, sent)) = &self.in_flight {
+                        if sent.elapsed() >= self.ctx.call_timeout {
+                            log::info!("mirror {}: {}: no answer to {} in time; going on", self.cfg.name, self.charger, item.action);
+                            let (_, item, _) = self.in_flight.take().expect("checked");
+                            self.delivered(&item);
+                        }
+                    }
+                }
+                _ = self.ctx.shutdown.cancelled() => {
+                    // What it has not got yet is kept for next time.
+                    self.store_backlog();
+                    if let Some(mut s) = ws.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), s.close(None)).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The link is down: journaled once per reason; the backlog is
+    /// written so that it survives a restart.
+    fn link_down(&mut self, why: String) {
+        if let Some((_, item, _)) = self.in_flight.take() {
+            self.queue.push_front(item);
+        }
+        if self.last_error.as_deref() != Some(why.as_str()) {
+            log::warn!("mirror {}: {}: {why}", self.cfg.name, self.charger);
+            self.journal(Event::MirrorDisconnect {
+                mirror: self.cfg.name.clone(),
+                reason: why.clone(),
+            });
+            self.last_error = Some(why);
+        }
+        self.store_backlog();
+    }
+
+    /// Write what is only in memory to the backlog.
+    fn store_backlog(&mut self) {
+        let mut ops = Vec::new();
+        for item in self.queue.iter_mut().filter(|i| i.stored.is_none()) {
+            let key = self.ctx.journal.next_outbox_key();
+            item.stored = Some(key);
+            ops.push(Op::Outbox(crate::outbox::Op::Push {
+                charger: self.key.clone(),
+                key,
+                entry: crate::outbox::Entry {
+                    action: item.action.clone(),
+                    payload: item.payload.clone(),
+                    queued_ms: jiff::Timestamp::now().as_millisecond(),
+                    attempts: 0,
+                    local_tx: None,
+                },
+            }));
+        }
+        if !ops.is_empty() {
+            let j = self.ctx.journal.clone();
+            tokio::spawn(async move { j.submit(ops).await });
+        }
+    }
+
+    /// A message from the session.
+    fn take(&mut self, msg: Msg, up: bool) {
+        match msg {
+            Msg::Call { action, payload } => {
+                // (A new session of the charger may take over a link still
+                // delivering the last one's backlog.)
+                self.session_alive = true;
+                if self.queue.len() >= self.cfg.backlog {
+                    self.drop_one();
+                }
+                self.queue.push_back(Item {
+                    action,
+                    payload,
+                    stored: None,
+                });
+                if !up {
+                    self.store_backlog();
+                }
+            }
+            Msg::Started { connector, tx } => match self
+                .mirror_started
+                .get_mut(&connector)
+                .and_then(VecDeque::pop_front)
+            {
+                Some(m) => self.map(tx, m),
+                None => self
+                    .charger_started
+                    .entry(connector)
+                    .or_default()
+                    .push_back(tx),
+            },
+            Msg::SessionEnded => self.session_alive = false,
+        }
+    }
+
+    /// The backlog is full: drop the oldest message that is not a
+    /// transaction message, else the oldest.
+    fn drop_one(&mut self) {
+        let at = self
+            .queue
+            .iter()
+            .position(|i| !crate::outbox::is_transaction_message(&i.action, &i.payload))
+            .unwrap_or(0);
+        if let Some(item) = self.queue.remove(at) {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                log::warn!("mirror {}: {}: backlog full ({}); {} message(s) dropped, oldest first, transaction messages last", self.cfg.name, self.charger, self.cfg.backlog, self.dropped);
+            }
+            self.forget(&item);
+        }
+    }
+
+    fn forget(&self, item: &Item) {
+        if let Some(key) = item.stored {
+            let op = Op::Outbox(crate::outbox::Op::Remove {
+                charger: self.key.clone(),
+                key,
+            });
+            let j = self.ctx.journal.clone();
+            tokio::spawn(async move { j.submit(vec![op]).await });
+        }
+    }
+
+    fn delivered(&mut self, item: &Item) {
+        self.forget(item);
+    }
+
+    fn map(&mut self, charger_tx: i64, mirror_tx: i64) {
+        self.tx_map.insert(charger_tx, mirror_tx);
+        if self.tx_map.len() > 1000 {
+            // Old sessions: the map only needs the running ones.
+            let oldest = *self.tx_map.keys().min().expect("not empty");
+            self.tx_map.remove(&oldest);
+        }
+        let op = Op::Outbox(crate::outbox::Op::MapTx {
+            charger: self.key.clone(),
+            local: charger_tx,
+            cloud: mirror_tx,
+        });
+        let j = self.ctx.journal.clone();
+        tokio::spawn(async move { j.submit(vec![op]).await });
+    }
+
+    /// Send the next queued message when none is out.
+    async fn send_next(&mut self, ws: &mut UpStream) -> Result<(), String> {
+        if self.in_flight.is_some() {
+            return Ok(());
+        }
+        let Some(item) = self.queue.pop_front() else {
+            return Ok(());
+        };
+        self.next_id += 1;
+        let id = format!("mr-{}", self.next_id);
+        let payload = self.rewrite(&item);
+        let text = format!("[2,{},{},{payload}]", json!(id), json!(item.action));
+        match tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text))).await {
+            Ok(Ok(())) => {
+                self.in_flight = Some((id, item, Instant::now()));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.queue.push_front(item);
+                Err(format!("write failed: {e}"))
+            }
+            Err(_) => {
+                self.queue.push_front(item);
+                Err("write timed out".into())
+            }
+        }
+    }
+
+    /// The payload for the mirror: the charger's transaction id replaced by
+    /// the mirror's own (1.6 MeterValues and StopTransaction).
+    fn rewrite(&self, item: &Item) -> String {
+        if self.proto != Protocol::Ocpp16
+            || !matches!(item.action.as_str(), "MeterValues" | "StopTransaction")
+        {
+            return item.payload.clone();
+        }
+        let Ok(mut v) = serde_json::from_str::<Value>(&item.payload) else {
+            return item.payload.clone();
+        };
+        match v["transactionId"]
+            .as_i64()
+            .and_then(|t| self.tx_map.get(&t))
+        {
+            Some(m) => {
+                v["transactionId"] = json!(m);
+                v.to_string()
+            }
+            None => item.payload.clone(),
+        }
+    }
+
+    /// A frame from the mirror; false when it could not be read.
+    fn on_frame(&mut self, text: &str, answers: &mpsc::Sender<String>, busy: &mut bool) -> bool {
+        let Ok(f) = frame::parse(text) else {
+            return false;
+        };
+        match f {
+            Frame::CallResult { id, payload } => {
+                if self.in_flight.as_ref().is_some_and(|(i, _, _)| *i == id) {
+                    let (_, item, _) = self.in_flight.take().expect("checked");
+                    if item.action == "StartTransaction" && self.proto == Protocol::Ocpp16 {
+                        let tx = serde_json::from_str::<Value>(payload.get())
+                            .ok()
+                            .and_then(|v| v["transactionId"].as_i64());
+                        let connector = serde_json::from_str::<Value>(&item.payload)
+                            .ok()
+                            .and_then(|v| v["connectorId"].as_u64())
+                            .unwrap_or(0) as u32;
+                        if let Some(m) = tx {
+                            match self
+                                .charger_started
+                                .get_mut(&connector)
+                                .and_then(VecDeque::pop_front)
+                            {
+                                Some(c) => self.map(c, m),
+                                None => self
+                                    .mirror_started
+                                    .entry(connector)
+                                    .or_default()
+                                    .push_back(m),
+                            }
+                        }
+                    }
+                    self.delivered(&item);
+                }
+                true
+            }
+            Frame::CallError { id, code, .. } => {
+                if self.in_flight.as_ref().is_some_and(|(i, _, _)| *i == id) {
+                    let (_, item, _) = self.in_flight.take().expect("checked");
+                    log::info!(
+                        "mirror {}: {}: {} refused: {code}",
+                        self.cfg.name,
+                        self.charger,
+                        item.action
+                    );
+                    self.delivered(&item);
+                }
+                true
+            }
+            Frame::Call {
+                id,
+                action,
+                payload,
+            } => {
+                let request: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                let part_of = format!("mirror:{}", self.cfg.name);
+                if !self.cfg.allow.contains(&action) {
+                    self.journal(Event::RemoteAction {
+                        action: crate::event::excerpt(&action, crate::event::FIELD_MAX),
+                        source: Source::Mirror,
+                        request: crate::event::redact(&action, &request),
+                        result: None,
+                        error: Some("refused: not in this mirror's allow list".into()),
+                        part_of: Some(part_of),
+                    });
+                    let _ = answers.try_send(frame::call_error(
+                        &id,
+                        "SecurityError",
+                        &format!("{action} is not allowed for this backend (read-only mirror)"),
+                    ));
+                    return true;
+                }
+                if *busy {
+                    let _ = answers.try_send(frame::call_error(
+                        &id,
+                        "GenericError",
+                        "one call at a time",
+                    ));
+                    return true;
+                }
+                *busy = true;
+                let (registry, charger, answers) = (
+                    self.ctx.registry.clone(),
+                    self.charger.clone(),
+                    answers.clone(),
+                );
+                let wait = self.ctx.call_timeout + Duration::from_secs(5);
+                tokio::spawn(async move {
+                    let out = registry
+                        .call_step(
+                            &charger,
+                            &action,
+                            request,
+                            Source::Mirror,
+                            Some(&part_of),
+                            wait,
+                        )
+                        .await;
+                    let text = match out {
+                        Some(CallOutcome::Result(v)) => frame::call_result(&id, &v),
+                        Some(CallOutcome::Error { code, description }) => {
+                            frame::call_error(&id, &code, &description)
+                        }
+                        Some(o) => frame::call_error(&id, "GenericError", &o.brief()),
+                        None => frame::call_error(&id, "GenericError", "charger not connected"),
+                    };
+                    let _ = answers.send(text).await;
+                });
+                true
+            }
+        }
+    }
+}
+
+async fn next(
+    ws: Option<&mut UpStream>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match ws {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -86,6 +86,11 @@ pub struct BenchArgs {
     /// With --wear: seconds of load.
     #[arg(long, default_value_t = 60.0)]
     pub wear_secs: f64,
+    /// Also measure a gateway with a `[[mirror]]` whose CSMS answers each
+    /// call only after this many milliseconds (a slow second backend), as
+    /// the path `cg+mirror`: the primary's latency should not change.
+    #[arg(long)]
+    pub mirror_delay_ms: Option<u64>,
 }
 
 /// The message mix the bench sends.
@@ -98,6 +103,11 @@ pub enum Mix {
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
 /// A CSMS that answers every CALL at once; what the relays are measured to.
 pub async fn sink() -> std::io::Result<std::net::SocketAddr> {
+    sink_answering_after(Duration::ZERO).await
+}
+
+/// A sink that answers each call only after `delay` (a slow CSMS).
+pub async fn sink_answering_after(delay: Duration) -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -125,6 +135,9 @@ pub async fn sink() -> std::io::Result<std::net::SocketAddr> {
                                 _ => serde_json::json!({"currentTime": "2026-01-01T00:00:00Z"}),
                             };
                             let reply = frame::call_result(&id, &payload);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
                             if ws.send(Message::text(reply)).await.is_err() {
                                 return;
                             }
@@ -409,8 +422,20 @@ async fn start_gateway(
     sink: std::net::SocketAddr,
     threads: Option<usize>,
 ) -> anyhow::Result<(Child, String, std::net::SocketAddr)> {
+    start_gateway_with(exe, dir, name, sink, threads, "").await
+}
+
+/// [`start_gateway`] with `extra` config appended.
+async fn start_gateway_with(
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    sink: std::net::SocketAddr,
+    threads: Option<usize>,
+    extra: &str,
+) -> anyhow::Result<(Child, String, std::net::SocketAddr)> {
     let cfg = format!(
-        "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\nmax_connections = 0\nmax_connections_per_ip = 0\nrate_limit_per_sec = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n",
+        "[gateway]\ndata_dir = {:?}\nlog_level = \"warn\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\nping_interval_secs = 0\nmax_connections = 0\nmax_connections_per_ip = 0\nrate_limit_per_sec = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"ws://{sink}/ocpp\"\n{extra}",
         dir.join(name)
     );
     let path = dir.join(format!("{name}.toml"));
@@ -642,6 +667,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mirrored = match args.mirror_delay_ms {
+        Some(ms) => {
+            let slow = sink_answering_after(Duration::from_millis(ms)).await?;
+            let extra = format!("[[mirror]]\nname = \"slow\"\nurl = \"ws://{slow}/ocpp\"\n");
+            let (child, url, _) =
+                start_gateway_with(&exe, &dir, "mirrored", sink, args.gateway_threads, &extra)
+                    .await?;
+            println!(
+                "cg+mirror: a gateway with a [[mirror]] whose CSMS answers each call after {ms} ms"
+            );
+            Some((child, url))
+        }
+        None => None,
+    };
     let gw_pid = gw.id().context("gateway pid")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kb(gw_pid);
@@ -692,6 +731,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if let Some((child, url)) = &baseline {
             let pids = vec![child.id().context("baseline pid")?];
             paths.push(Path3::open("baseline", url, n, mix, pids).await?);
+        }
+        if let Some((child, url)) = &mirrored {
+            let pids = vec![child.id().context("mirrored gateway pid")?];
+            paths.push(Path3::open("cg+mirror", url, n, mix, pids).await?);
         }
         let m = args.messages;
         for r in 0..args.rounds.max(1) {

@@ -206,8 +206,14 @@ fn bench_runs_and_prints_its_figures() {
         "transactions",
         "--baseline",
         env!("CARGO_BIN_EXE_chargegate"),
+        "--mirror-delay-ms",
+        "200",
     ]);
     assert_eq!(code, 0, "transactions mix:\n{out}\n{err}");
+    assert!(
+        out.contains("cg+mirror  p99/direct per round: median"),
+        "no figures with a slow mirror:\n{out}"
+    );
     assert!(out.contains("Transactions mix"), "{out}");
     assert!(
         out.contains("baseline   p99/direct per round: median"),

@@ -107,6 +107,7 @@ pub async fn sink() -> std::io::Result<std::net::SocketAddr> {
 }
 
 /// A sink that answers each call only after `delay` (a slow CSMS).
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 pub async fn sink_answering_after(delay: Duration) -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

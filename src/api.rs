@@ -75,7 +75,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 /// Serve the API until shutdown.
 pub async fn serve(listener: TcpListener, ctx: Ctx) {
     let graceful = ctx.shutdown.clone().cancelled_owned();
-    let app = router(ctx);
+    let app = router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await
@@ -105,6 +105,7 @@ fn router(ctx: Ctx) -> Router {
         .layer(middleware::from_fn(same_site_only))
         // The page itself holds no data; everything it shows needs the token.
         .route("/", get(page))
+        .layer(middleware::from_fn_with_state(ctx.clone(), known_host_only))
         .with_state(ctx)
 }
 
@@ -159,6 +160,94 @@ async fn same_site_only(req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// DNS rebinding: a page on a name the attacker controls, resolved to the
+/// gateway, is refused by name. The API answers to IP addresses,
+/// `localhost`, this machine's host name (and `.local`), and `[api]
+/// host_names`; what the request came from (loopback, a browser, a claim
+/// of being the CLI) then decides its journal source.
+async fn known_host_only(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !host.is_empty() && !known_host(&host, &ctx.cfg.api_host_names) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown host name: the API answers to its IP addresses, localhost, this machine's name and [api] host_names",
+        );
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let source = source_of(req.headers(), peer, &host);
+    req.extensions_mut().insert(source);
+    next.run(req).await
+}
+
+/// Whether `host` (a Host header, port and all) names this API.
+fn known_host(host: &str, configured: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        })
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || configured.contains(&name)
+    {
+        return true;
+    }
+    let me = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    !me.is_empty() && (name == me || name == format!("{me}.local"))
+}
+
+/// The journal source of an API request, from what the gateway can see:
+/// `web` for the gateway's own page (a browser names it as Origin or
+/// Referer), `cli` for a request from this machine without a browser that
+/// says it is the CLI, `api` for anything else. A header alone never makes
+/// a remote request `cli` or `mqtt`.
+fn source_of(
+    h: &axum::http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+    host: &str,
+) -> crate::event::Source {
+    use crate::event::Source;
+    let origin = h
+        .get("origin")
+        .or_else(|| h.get("referer"))
+        .and_then(|v| v.to_str().ok())
+        .map(|o| {
+            o.split("://")
+                .nth(1)
+                .unwrap_or(o)
+                .split('/')
+                .next()
+                .unwrap_or("")
+        });
+    let claim = h.get("x-chargegate-source").and_then(|v| v.to_str().ok());
+    match origin {
+        Some(o) if !host.is_empty() && o == host => Source::Web,
+        Some(_) => Source::Api,
+        None if claim == Some("cli") && peer.is_some_and(|p| p.ip().is_loopback()) => Source::Cli,
+        None => Source::Api,
+    }
 }
 
 async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
@@ -269,7 +358,7 @@ pub use crate::dispatch::ActionResult;
 async fn site_check(
     State(ctx): State<Ctx>,
     UrlQuery(q): UrlQuery<std::collections::HashMap<String, String>>,
-    headers: axum::http::HeaderMap,
+    axum::Extension(source): axum::Extension<crate::event::Source>,
 ) -> Response {
     let per_charger = match q.get("timeout_secs").map(|s| s.parse::<u64>()) {
         None => crate::site_check::CHARGER_TIMEOUT,
@@ -281,35 +370,17 @@ async fn site_check(
             )
         }
     };
-    let source = match headers
-        .get("x-chargegate-source")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some("cli") => crate::event::Source::Cli,
-        Some("web") => crate::event::Source::Web,
-        _ => crate::event::Source::Api,
-    };
     Json(crate::site_check::run(&ctx, source, per_charger).await).into_response()
 }
 
 async fn action(
     State(ctx): State<Ctx>,
     Path((id, name)): Path<(String, String)>,
-    headers: axum::http::HeaderMap,
+    axum::Extension(source): axum::Extension<crate::event::Source>,
     body: Option<Json<crate::actions::ActionRequest>>,
 ) -> Response {
     use crate::dispatch::Error;
-    use crate::event::Source;
     let req = body.map(|Json(b)| b).unwrap_or_default();
-    let source = match headers
-        .get("x-chargegate-source")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some("cli") => Source::Cli,
-        Some("web") => Source::Web,
-        Some("mqtt") => Source::Mqtt,
-        _ => Source::Api,
-    };
     match crate::dispatch::run(&ctx, id, name, req, source).await {
         Ok(r) => Json(r).into_response(),
         Err(e @ Error::UnknownCharger(_)) => error(StatusCode::NOT_FOUND, e.to_string()),

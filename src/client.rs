@@ -195,6 +195,7 @@ pub fn format_status(s: &Status) -> String {
     let line = |cells: &[String]| {
         let mut l = String::new();
         for (c, w) in cells.iter().zip(widths) {
+            let c = crate::text::printable(c);
             l.push_str(&format!("{c:<w$}  "));
         }
         l.trim_end().to_string() + "\n"
@@ -335,11 +336,13 @@ pub fn format_check(charger: &str, report: &serde_json::Value) -> String {
 /// One journal record as a log line.
 pub fn format_record(r: &Record) -> String {
     let t = crate::clock::format_unix_ms(r.time_ms);
+    // What chargers said (vendor, error info, close reasons) is shown,
+    // never obeyed by the terminal.
     format!(
         "{t}  {:<12} {:<18} {}",
-        r.charger.as_deref().unwrap_or("(gateway)"),
+        crate::text::printable(r.charger.as_deref().unwrap_or("(gateway)")),
         r.event.kind(),
-        r.event.summary()
+        crate::text::printable(&r.event.summary())
     )
 }
 

@@ -173,6 +173,9 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
+    /// Host names the API answers to besides IP addresses, `localhost`
+    /// and this machine's name (DNS rebinding).
+    pub api_host_names: Vec<String>,
     /// Id tag for a remote start when none is given.
     pub default_id_tag: String,
     /// Force stop: how long each step waits for the charger's StopTransaction.
@@ -748,11 +751,35 @@ impl Config {
             r.unknown_keys(
                 t,
                 "api",
-                &["listen", "token", "default_id_tag", "force_stop_wait_secs"],
+                &[
+                    "listen",
+                    "token",
+                    "default_id_tag",
+                    "force_stop_wait_secs",
+                    "host_names",
+                ],
             );
         }
         let api_listen = r.addr(a, "api", "listen", "127.0.0.1:8180");
         let api_token = r.string(a, "api", "token", None).filter(|t| !t.is_empty());
+        let api_host_names = match a.and_then(|t| t.get("host_names")) {
+            None => Vec::new(),
+            Some(Value::Array(v))
+                if v.iter()
+                    .all(|h| h.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 253)) =>
+            {
+                v.iter()
+                    .filter_map(|h| h.as_str().map(str::to_ascii_lowercase))
+                    .collect()
+            }
+            Some(_) => {
+                r.problem(
+                    "api.host_names",
+                    "expected a list of the host names people reach the API by, e.g. [\"gateway.site.example\"]",
+                );
+                Vec::new()
+            }
+        };
         let default_id_tag = r
             .string(a, "api", "default_id_tag", Some("CHARGEGATE"))
             .unwrap_or_default();
@@ -843,6 +870,7 @@ impl Config {
             upstream,
             api_listen,
             api_token,
+            api_host_names,
             default_id_tag,
             force_stop_wait,
             upload_listen,

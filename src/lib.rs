@@ -68,5 +68,6 @@ pub mod sim;
 pub mod site_check;
 pub mod smart;
 pub mod state;
+pub mod text;
 pub mod tls;
 pub mod upstream;

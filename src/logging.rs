@@ -21,11 +21,13 @@ impl Log for Stderr {
             return;
         }
         let now = crate::clock::now_rfc3339();
+        // Messages quote what chargers send: one line each, no escapes.
+        let msg = r.args().to_string();
         let _ = writeln!(
             std::io::stderr().lock(),
             "{now} {:<5} {}",
             r.level(),
-            r.args()
+            crate::text::printable(&msg)
         );
     }
 

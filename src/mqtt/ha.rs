@@ -74,6 +74,21 @@ fn default_entity_ids(list: Vec<(String, Value)>) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// A charger id as a discovery node id, one to one: letters, digits and
+/// `-` as they are, anything else (`_` too) as `_hex_`, so that `CP.1`
+/// and `CP_1` cannot share (and take over) one Home Assistant device.
+pub fn charger_object_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            out.push(c);
+        } else {
+            out.push_str(&format!("_{:x}_", c as u32));
+        }
+    }
+    out
+}
+
 /// An id Home Assistant accepts in discovery topics and unique ids.
 pub fn object_id(s: &str) -> String {
     s.chars()
@@ -164,7 +179,7 @@ impl Layout {
 
     /// Discovery node id of a charger's device.
     pub fn charger_node(&self, id: &str) -> String {
-        format!("{}__{}", self.gateway_node(), object_id(id))
+        format!("{}__{}", self.gateway_node(), charger_object_id(id))
     }
 
     /// The charger whose node a discovery topic belongs to (its node id).
@@ -605,6 +620,27 @@ mod tests {
 
     fn layout() -> Layout {
         Layout::new("chargegate", "site-1", "homeassistant")
+    }
+
+    #[test]
+    fn charger_nodes_are_one_to_one() {
+        let l = layout();
+        let ids = ["CP.1", "CP_1", "CP-1", "CP 1", "CP_2e_1", "CPé1", "cp.1"];
+        let nodes: std::collections::BTreeSet<String> =
+            ids.iter().map(|i| l.charger_node(i)).collect();
+        assert_eq!(nodes.len(), ids.len(), "{nodes:?}");
+        for n in &nodes {
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{n}"
+            );
+        }
+        assert_eq!(
+            l.charger_node("CP-1"),
+            "chargegate_site-1__CP-1",
+            "plain ids unchanged"
+        );
     }
 
     #[test]

@@ -463,7 +463,7 @@ pub fn format_text(r: &SiteReport) -> String {
                 "  {} {:<15} {}\n",
                 mark(f.severity),
                 f.topic,
-                f.what
+                crate::text::printable(&f.what)
             ));
             if let Some(t) = &f.todo {
                 out.push_str(&format!("          {:<15} → {t}\n", ""));

@@ -48,6 +48,13 @@ async fn status_and_log_show_what_happened() {
         json!({"connectorId": 1, "errorCode": "NoError", "status": "SuspendedEVSE"}),
     )
     .await;
+    // A charger's text with terminal escapes and a forged log line.
+    cp.call(
+        "StatusNotification",
+        json!({"connectorId": 2, "errorCode": "OtherError", "status": "Faulted",
+               "info": "x\u{1b}]0;pwned\u{7}\n2030-01-01T00:00:00Z  CP-X forged"}),
+    )
+    .await;
 
     // The CLI reads the API address from the config; here the port is 0, so
     // point it at the bound one.
@@ -81,6 +88,13 @@ async fn status_and_log_show_what_happened() {
     assert!(
         out.contains("BootNotification")
             && out.contains("StatusNotification connector 1 SuspendedEVSE"),
+        "{out}"
+    );
+    // Shown, not obeyed: no escape reaches the terminal, no forged line.
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}]0;pwned"), "{out}");
+    assert!(
+        !out.lines().any(|l| l.starts_with("2030-01-01T00:00:00Z")),
         "{out}"
     );
     let c = cli_cfg.to_str().unwrap().to_string();

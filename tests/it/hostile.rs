@@ -564,3 +564,82 @@ async fn binary_frames_are_rate_limited_like_text() {
     );
     gw.stop().await;
 }
+
+/// DNS rebinding and forged sources: the loopback API answers only to its
+/// own names, and the journal's source is what the gateway saw, not what a
+/// client claimed.
+#[tokio::test]
+async fn the_api_answers_only_its_own_names_and_sources_are_not_taken_on_trust() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(None, "").await;
+    let mut cp = Charger::connect(&gw.url("CP-HOST")).await;
+    cp.call("BootNotification", boot()).await;
+    let api = gw.running.as_ref().unwrap().api_addr;
+    let raw = |host: &str, headers: &str| {
+        let req = format!(
+            "POST /api/v1/chargers/CP-HOST/actions/pause HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        async move {
+            let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out.split(' ')
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0)
+        }
+    };
+    // A page on the attacker's name, resolved to the gateway: refused,
+    // even with a matching Origin.
+    let evil = "rebind.attacker.example:8180";
+    assert_eq!(raw(evil, &format!("Origin: http://{evil}\r\n")).await, 421);
+    assert_eq!(raw(evil, "").await, 421);
+    assert!(
+        gw.journal().state().chargers["CP-HOST"].override_.is_none(),
+        "not paused"
+    );
+    // Its own names pass.
+    assert_eq!(raw(&api.to_string(), "").await, 200);
+    assert_eq!(raw(&format!("localhost:{}", api.port()), "").await, 200);
+    // A claimed source is not believed: a request that says it is MQTT is
+    // journaled as the API; a browser on another origin is not the web page.
+    raw(&api.to_string(), "x-chargegate-source: mqtt\r\n").await;
+    raw(
+        &api.to_string(),
+        "x-chargegate-source: cli\r\nOrigin: http://elsewhere.example\r\n",
+    )
+    .await;
+    let sources: Vec<String> = gw
+        .events("CP-HOST")
+        .iter()
+        .filter_map(|r| match &r.event {
+            chargegate::event::Event::Override { source, .. } => Some(source.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !sources.iter().any(|s| s == "mqtt" || s == "web"),
+        "{sources:?}"
+    );
+    assert!(
+        sources.iter().filter(|s| *s == "api").count() >= 3,
+        "{sources:?}"
+    );
+    // The CLI from this machine is still the CLI.
+    let r: chargegate::api::ActionResult = chargegate::client::ApiClient {
+        addr: api,
+        token: None,
+    }
+    .post(
+        "/api/v1/chargers/CP-HOST/actions/resume",
+        &serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.outcome, "result");
+    gw.wait_event("CP-HOST", "Override", |e| {
+        e["mode"] == "resume" && e["source"] == "cli"
+    })
+    .await;
+}

@@ -48,7 +48,11 @@ pub async fn run(
     let state = ctx.journal.state();
     let charger = state.chargers.get(&id);
     if crate::actions::LOCAL.contains(&name.as_str()) {
-        if charger.is_none() && !ctx.live.get().chargers.contains_key(&id) {
+        // Connected is known too, even before its first events are in.
+        if charger.is_none()
+            && ctx.registry.get(&id).is_none()
+            && !ctx.live.get().chargers.contains_key(&id)
+        {
             return Err(Error::UnknownCharger(id));
         }
         let (mode, limit_a, until) = crate::actions::to_override(&name, &req, ctx.clock.now())

@@ -124,7 +124,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Simulate OCPP 1.6 chargers against a gateway (or any CSMS).
+    /// Simulate OCPP 1.6 (or 2.0.1) chargers against a gateway (or any CSMS).
     Sim {
         /// Base URL; the charger id is appended.
         #[arg(long, default_value = "ws://127.0.0.1:8887/ocpp")]
@@ -163,6 +163,9 @@ enum Cmd {
         /// The chargers answer no call from the gateway.
         #[arg(long)]
         silent: bool,
+        /// The OCPP version the chargers speak: 1.6 or 2.0.1.
+        #[arg(long, default_value = "1.6", value_parser = ocpp_version)]
+        ocpp: chargegate::ocpp::Protocol,
     },
     /// Measure the relay: latency through the gateway vs direct, memory, journal rate.
     Bench(chargegate::bench::BenchArgs),
@@ -398,6 +401,7 @@ fn main() -> ExitCode {
                 config_key,
                 clock_offset,
                 silent,
+                ocpp,
             } => {
                 chargegate::logging::init(log::LevelFilter::Info);
                 let opts = chargegate::sim::SimOptions {
@@ -415,6 +419,7 @@ fn main() -> ExitCode {
                     config: config_key,
                     clock_offset_s: clock_offset,
                     silent,
+                    ocpp,
                 };
                 let stats = chargegate::sim::run(opts).await;
                 let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -501,6 +506,17 @@ async fn log_command(
         tokio::time::sleep(Duration::from_millis(500)).await;
         url = format!("/api/v1/events?limit=10000&after={last}{base}");
     }
+}
+
+/// `1.6` or `2.0.1` (or the subprotocol names), for `sim --ocpp`.
+fn ocpp_version(s: &str) -> Result<chargegate::ocpp::Protocol, String> {
+    let token = if s.starts_with("ocpp") {
+        s.to_string()
+    } else {
+        format!("ocpp{s}")
+    };
+    chargegate::ocpp::Protocol::parse(&token)
+        .ok_or_else(|| format!("expected 1.6 or 2.0.1, found {s:?}"))
 }
 
 /// `KEY=VALUE`, for `sim --config-key`.

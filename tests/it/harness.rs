@@ -620,6 +620,7 @@ pub fn sim_charging(
         config: Vec::new(),
         clock_offset_s: 0,
         silent: false,
+        ocpp: chargegate::ocpp::Protocol::Ocpp16,
     };
     tokio::spawn(async move {
         chargegate::sim::run_with(opts, stats).await;

@@ -407,3 +407,75 @@ async fn a_pause_reaches_a_201_charger_as_a_201_profile_and_suspends_it() {
     })
     .await;
 }
+
+/// `chargegate sim --ocpp 2.0.1` through the gateway to the Python 2.0.1
+/// CSMS, which checks every message against the official schemas: whole
+/// sessions, journaled as for 1.6, and a pause reaching SuspendedEVSE.
+#[tokio::test]
+async fn the_simulator_speaks_201_as_the_official_schemas_say() {
+    use chargegate::client::ApiClient;
+    use serde_json::json;
+
+    let mut cloud = PyCsms::start("ocpp2.0.1", 0).await;
+    let gw = Gateway::start(Some(&cloud.url()), "").await;
+    let opts = chargegate::sim::SimOptions {
+        prefix: "S201-".into(),
+        meter_interval: Duration::from_millis(300),
+        meter_values_per_session: 1_000,
+        idle: Duration::from_millis(100),
+        duration: Some(Duration::from_secs(30)),
+        ocpp: chargegate::ocpp::Protocol::Ocpp201,
+        ..chargegate::sim::SimOptions::new(format!("ws://{}/ocpp", gw.ocpp), 1)
+    };
+    let stats = std::sync::Arc::new(chargegate::sim::SimStats::default());
+    let sim = tokio::spawn(chargegate::sim::run_with(opts, stats.clone()));
+    cloud.expect("csms_got", "BootNotification").await;
+    let started = cloud.expect("csms_got", "TransactionEvent").await;
+    assert_eq!(started["event_type"], "Started");
+    gw.wait_event("S201-1", "StartTransaction", |e| {
+        e["transaction_ref"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("S201-1-tx-"))
+    })
+    .await;
+    gw.wait_event("S201-1", "MeterValues", |e| {
+        e["transaction_ref"].is_string()
+    })
+    .await;
+
+    // A pause: a 2.0.1 profile, and the simulated charger suspends.
+    let api = ApiClient {
+        addr: gw.running.as_ref().unwrap().api_addr,
+        token: None,
+    };
+    let r: Value = api
+        .post("/api/v1/chargers/S201-1/actions/pause", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], "result");
+    gw.wait_event("S201-1", "StatusNotification", |e| {
+        e["status"] == "SuspendedEVSE"
+    })
+    .await;
+    gw.wait_event("S201-1", "RemoteAction", |e| {
+        e["action"] == "SetChargingProfile"
+            && e["request"]["chargingProfile"]["chargingProfilePurpose"]
+                == "ChargingStationMaxProfile"
+            && e["result"]["status"] == "Accepted"
+    })
+    .await;
+    // A remote stop in 2.0.1 ends it.
+    let r: Value = api
+        .post("/api/v1/chargers/S201-1/actions/stop", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r["call"], "RequestStopTransaction", "{r}");
+    gw.wait_event("S201-1", "StopTransaction", |e| e["reason"] == "Remote")
+        .await;
+    assert_eq!(
+        stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the schema-checking CSMS refused nothing the simulator sent"
+    );
+    sim.abort();
+}

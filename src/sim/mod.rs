@@ -1,4 +1,4 @@
-//! `chargegate sim`: N simulated OCPP 1.6 chargers, for installers trying a
+//! `chargegate sim`: N simulated OCPP 1.6 (or 2.0.1, `v201`) chargers, for installers trying a
 //! site without hardware and for tests and benchmarks. Each one boots,
 //! heartbeats, reports status, runs charging sessions with meter values,
 //! and answers the cloud's calls as a real charger would (Reset reboots it,
@@ -21,7 +21,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::clock::now_rfc3339;
 use crate::ocpp::frame::{self, Frame};
+use crate::ocpp::Protocol;
 use crate::upstream::basic_auth;
+
+mod v201;
 
 /// Simulator settings.
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub struct SimOptions {
     pub clock_offset_s: i64,
     /// Answer no call from the gateway (a charger that hangs).
     pub silent: bool,
+    /// The OCPP version the chargers speak.
+    pub ocpp: Protocol,
 }
 
 impl SimOptions {
@@ -70,6 +75,7 @@ impl SimOptions {
             config: Vec::new(),
             clock_offset_s: 0,
             silent: false,
+            ocpp: Protocol::Ocpp16,
         }
     }
 
@@ -220,6 +226,8 @@ struct SimCharger {
     config: Vec<(String, String)>,
     clock_offset_s: i64,
     silent: bool,
+    /// Speaking OCPP 2.0.1: what the 1.6 logic sends and is asked, restated.
+    v201: Option<v201::Adapter>,
 }
 
 /// Below this a session cannot run (IEC 61851).
@@ -239,7 +247,7 @@ impl SimCharger {
             .map_err(|e| e.to_string())?;
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("ocpp1.6"),
+            HeaderValue::from_static(opts.ocpp.as_str()),
         );
         if let Some(pw) = &opts.password {
             let v = HeaderValue::from_str(&basic_auth(id, pw)).map_err(|e| e.to_string())?;
@@ -266,6 +274,7 @@ impl SimCharger {
             config: opts.configuration(),
             clock_offset_s: opts.clock_offset_s,
             silent: opts.silent,
+            v201: (opts.ocpp == Protocol::Ocpp201).then(|| v201::Adapter::new(id)),
         })
     }
 
@@ -402,11 +411,31 @@ impl SimCharger {
         if self.in_flight.is_some() {
             return Ok(());
         }
-        if let Some((action, payload)) = self.outbox.pop_front() {
+        if let Some((action, mut payload)) = self.outbox.pop_front() {
+            // 2.0.1: the 1.6 call restated (one may become two: the rest
+            // goes next, marked `=` as already 2.0.1).
+            let wire = match (&mut self.v201, action.strip_prefix('=')) {
+                (_, Some(raw)) => raw.to_string(),
+                (None, None) => action.clone(),
+                (Some(a), None) => {
+                    let mut calls = a.outgoing(&action, &payload).into_iter();
+                    let (first, p) = calls.next().unwrap_or((action.clone(), payload.clone()));
+                    for (rest, p) in calls.rev() {
+                        self.outbox.push_front((format!("={rest}"), p));
+                    }
+                    payload = p;
+                    first
+                }
+            };
             self.next_msg += 1;
-            let id = format!("{}-{}", self.id, self.next_msg);
+            let id = if self.v201.is_some() {
+                // 2.0.1 message ids: at most 36 characters.
+                format!("sim-{}-{}", self.next_msg, fastrand::u32(..))
+            } else {
+                format!("{}-{}", self.id, self.next_msg)
+            };
             self.ws
-                .send(Message::text(frame::call(&id, &action, &payload)))
+                .send(Message::text(frame::call(&id, &wire, &payload)))
                 .await
                 .map_err(|e| e.to_string())?;
             stats.calls_sent.fetch_add(1, Ordering::Relaxed);
@@ -484,7 +513,10 @@ impl SimCharger {
                     return Ok(());
                 };
                 stats.results.fetch_add(1, Ordering::Relaxed);
-                let v: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                let mut v: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+                if let Some(a) = &self.v201 {
+                    v = a.answer_in(&action, &v);
+                }
                 match action.as_str() {
                     "BootNotification" if v["status"] == "Accepted" => {
                         self.booted = true;
@@ -523,7 +555,20 @@ impl SimCharger {
                 }
                 stats.calls_answered.fetch_add(1, Ordering::Relaxed);
                 let req: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-                let answer = self.answer(&action, &req, opts);
+                let answer = match self
+                    .v201
+                    .as_ref()
+                    .map(|a| a.call_in(&action, &req, &self.config))
+                {
+                    None => self.answer(&action, &req, opts),
+                    Some(v201::Incoming::Answer(v)) => Some(v),
+                    Some(v201::Incoming::NotImplemented) => None,
+                    Some(v201::Incoming::As(a16, r16)) => {
+                        let ans = self.answer(a16, &r16, opts);
+                        let adapter = self.v201.as_ref().expect("speaking 2.0.1");
+                        ans.map(|v| adapter.answer_out(&action, &v))
+                    }
+                };
                 let reply = match answer {
                     Some(v) => frame::call_result(&id, &v),
                     None => frame::call_error(

@@ -107,6 +107,9 @@ pub struct ChargerState {
     /// A pause or cap by staff, in force until resumed or `until`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub override_: Option<Override>,
+    /// The cap staff set, kept through a pause (a resume returns to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap: Option<Override>,
     /// How the charger answered the gateway's last charging profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_answer: Option<String>,
@@ -130,6 +133,9 @@ pub struct Override {
     /// RFC 3339.
     pub until: Option<String>,
     pub by: String,
+    /// A pause (over whatever cap is set), not a cap.
+    #[serde(default)]
+    pub pause: bool,
 }
 
 /// Connector ids the live state keeps (0 is the charger itself). A charger
@@ -325,18 +331,33 @@ impl LiveState {
                 until,
                 source,
             } => {
-                c.override_ = match mode.as_str() {
-                    "resume" => None,
-                    _ => Some(Override {
-                        limit_a: if mode == "pause" {
-                            0.0
-                        } else {
-                            limit_a.unwrap_or(0.0)
-                        },
-                        until: until.clone(),
-                        by: format!("{source:?}").to_lowercase(),
-                    }),
+                let o = Override {
+                    limit_a: if mode == "pause" {
+                        0.0
+                    } else {
+                        limit_a.unwrap_or(0.0)
+                    },
+                    until: until.clone(),
+                    by: source.to_string(),
+                    pause: mode == "pause",
                 };
+                match mode.as_str() {
+                    // Out of a pause, back to the cap; out of a cap, free.
+                    "resume" if c.override_.as_ref().is_some_and(|o| o.pause) => {
+                        c.override_ = c.cap.clone();
+                    }
+                    "resume" => {
+                        c.override_ = None;
+                        c.cap = None;
+                    }
+                    "pause" => c.override_ = Some(o),
+                    _ => {
+                        c.cap = Some(o.clone());
+                        if !c.override_.as_ref().is_some_and(|p| p.pause) {
+                            c.override_ = Some(o);
+                        }
+                    }
+                }
             }
             Event::RemoteAction {
                 action,
@@ -370,6 +391,46 @@ fn link_of(c: &mut ChargerState, link: Link) -> &mut LinkState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_keeps_the_cap_under_it_and_a_resume_returns_to_it() {
+        let mut s = LiveState::default();
+        let ov = |mode: &str, limit: Option<f64>| Event::Override {
+            mode: mode.into(),
+            limit_a: limit,
+            until: None,
+            source: Source::Mqtt,
+        };
+        let mut seq = 0;
+        let mut apply = |s: &mut LiveState, e: Event| {
+            seq += 1;
+            s.apply(&rec(seq, Some("CP1"), e));
+        };
+        apply(&mut s, ov("cap", Some(16.0)));
+        apply(&mut s, ov("pause", None));
+        let c = &s.chargers["CP1"];
+        assert_eq!(
+            c.override_.as_ref().map(|o| (o.limit_a, o.pause)),
+            Some((0.0, true))
+        );
+        assert_eq!(
+            c.cap.as_ref().map(|o| o.limit_a),
+            Some(16.0),
+            "the cap is kept"
+        );
+        apply(&mut s, ov("resume", None));
+        let c = &s.chargers["CP1"];
+        assert_eq!(
+            c.override_.as_ref().map(|o| (o.limit_a, o.pause)),
+            Some((16.0, false)),
+            "back to the cap"
+        );
+        apply(&mut s, ov("resume", None));
+        assert!(s.chargers["CP1"].override_.is_none() && s.chargers["CP1"].cap.is_none());
+        // A cap of 0 is a cap of 0 (Home Assistant's number shows 0).
+        apply(&mut s, ov("cap", Some(0.0)));
+        assert_eq!(s.chargers["CP1"].cap.as_ref().map(|o| o.limit_a), Some(0.0));
+    }
     use crate::event::Source;
 
     fn rec(seq: u64, charger: Option<&str>, event: Event) -> Record {

@@ -245,7 +245,10 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
             "duration_s": started_ms.map(|ms| ((x.now_ms - ms) / 1000).max(0)),
         })
     });
-    let paused = s.override_.as_ref().is_some_and(|o| o.limit_a == 0.0);
+    let paused = s
+        .override_
+        .as_ref()
+        .is_some_and(|o| o.pause || o.limit_a == 0.0);
     json!({
         "charger_link": if x.connected { "up" } else { "down" },
         "cloud_link": if x.standalone { "standalone" } else if s.cloud_link.up { "up" } else { "down" },
@@ -259,7 +262,8 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
         "limit_a": x.limit.map(|l| l.0),
         "limit_reason": x.limit.map(|l| l.1),
         "paused": if paused { "ON" } else { "OFF" },
-        "cap_a": s.override_.as_ref().filter(|o| o.limit_a > 0.0).map_or(x.max_current, |o| o.limit_a),
+        // The cap staff set (0 included), kept through a pause.
+        "cap_a": s.cap.as_ref().map_or(x.max_current, |o| o.limit_a),
         "vendor": s.boot.as_ref().map(|b| &b.vendor),
         "model": s.boot.as_ref().map(|b| &b.model),
         "firmware": s.boot.as_ref().and_then(|b| b.firmware.as_ref()),

@@ -546,12 +546,18 @@ fn apply(
 
 /// A pause or cap in force at `now`: (amperes, reason).
 fn active_override(c: Option<&ChargerState>, now: Timestamp) -> Option<(f64, String)> {
-    let o = c?.override_.as_ref()?;
-    if let Some(until) = &o.until {
-        if until.parse::<Timestamp>().is_ok_and(|u| now >= u) {
-            return None;
-        }
-    }
+    let c = c?;
+    let live = |o: &&crate::state::Override| {
+        !o.until
+            .as_ref()
+            .is_some_and(|u| u.parse::<Timestamp>().is_ok_and(|u| now >= u))
+    };
+    // A pause that ran out leaves the cap under it.
+    let o = c
+        .override_
+        .as_ref()
+        .filter(live)
+        .or_else(|| c.cap.as_ref().filter(live))?;
     let what = if o.limit_a == 0.0 {
         "paused".to_string()
     } else {

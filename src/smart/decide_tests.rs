@@ -295,6 +295,7 @@ fn a_pause_sends_a_live_zero_and_its_end_clears_it() {
         limit_a: 0.0,
         until: Some("2030-01-07T13:00:00Z".into()),
         by: "api".into(),
+        pause: true,
     });
     w.state.chargers.insert("A".into(), a);
     let ds = w.round(&mut st, now, m0);

@@ -36,7 +36,7 @@ pub async fn run(
         .state()
         .chargers
         .values()
-        .any(|c| c.override_.is_some());
+        .any(|c| c.override_.is_some() || c.cap.is_some());
     let mut st = EngineState::new(Instant::now(), overrides);
     loop {
         tokio::select! {

@@ -20,7 +20,16 @@ struct ConnCount {
     /// Last time a refusal from an address was reported, so that a flood
     /// of refusals does not flood the journal too.
     reported: HashMap<IpAddr, Instant>,
+    /// Failed logins by address: (count in the window, window start).
+    failed: HashMap<IpAddr, (u32, Instant)>,
 }
+
+/// Failed logins an address may have in [`LOGIN_WINDOW`] before its next
+/// attempts are refused without checking a password (a hashed one costs
+/// tens of ms of PBKDF2 on a Pi).
+pub const LOGIN_BUDGET: u32 = 10;
+/// The window of [`LOGIN_BUDGET`].
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +97,28 @@ impl Connections {
     }
 
     /// Whether a refusal from `ip` should be reported now (once a minute).
+    /// Whether `ip` spent its failed-login budget: refuse it before any
+    /// password is checked.
+    pub fn login_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let c = self.lock();
+        c.failed.get(&ip).is_some_and(|(n, since)| {
+            *n >= LOGIN_BUDGET && now.duration_since(*since) < LOGIN_WINDOW
+        })
+    }
+
+    /// Count a failed login from `ip`.
+    pub fn login_failed(&self, ip: IpAddr, now: Instant) {
+        let mut c = self.lock();
+        if c.failed.len() > 10_000 {
+            c.failed.clear();
+        }
+        let e = c.failed.entry(ip).or_insert((0, now));
+        if now.duration_since(e.1) >= LOGIN_WINDOW {
+            *e = (0, now);
+        }
+        e.0 += 1;
+    }
+
     pub fn report_refusal(&self, ip: IpAddr, now: Instant) -> bool {
         let mut c = self.lock();
         if c.reported.len() > 10_000 {

@@ -303,15 +303,42 @@ async fn handle_connection(
             return;
         }
     };
+    let now = std::time::Instant::now();
+    // An address guessing passwords is refused before any is checked.
+    if ctx.conns.login_blocked(addr.ip(), now) {
+        let why = format!(
+            "too many failed logins from this address ({} in {} s); try again later",
+            crate::limits::LOGIN_BUDGET,
+            crate::limits::LOGIN_WINDOW.as_secs()
+        );
+        let _ = write_refusal(&mut stream, StatusCode::TOO_MANY_REQUESTS, &why).await;
+        if ctx.conns.report_refusal(addr.ip(), now) {
+            log::warn!("refused {addr}: {why} (reported once a minute per address)");
+            let ev = Event::Refused {
+                reason: why,
+                remote: addr.to_string(),
+            };
+            ctx.journal.record(None, ev).await;
+        }
+        return;
+    }
     let mut acc = match check_request(&req, &ctx.cfg, &transport) {
         Ok(acc) => acc,
         Err(refusal) => {
+            let _ = write_refusal(&mut stream, refusal.status, &refusal.reason).await;
+            if refusal.status == StatusCode::UNAUTHORIZED {
+                ctx.conns.login_failed(addr.ip(), now);
+                // A guesser's attempts are journaled once a minute, not
+                // each: the journal and the log are no amplifier.
+                if !ctx.conns.report_refusal(addr.ip(), now) {
+                    return;
+                }
+            }
             log::warn!(
                 "refused {addr}: {} (HTTP {})",
                 refusal.reason,
                 refusal.status.as_u16()
             );
-            let _ = write_refusal(&mut stream, refusal.status, &refusal.reason).await;
             let ev = Event::Refused {
                 reason: refusal.reason,
                 remote: addr.to_string(),

@@ -74,15 +74,17 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Serve the API until shutdown.
 pub async fn serve(listener: TcpListener, ctx: Ctx) {
-    let graceful = ctx.shutdown.clone().cancelled_owned();
-    let app = router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await
-    {
-        log::error!("api server failed: {e}");
-    }
+    let shutdown = ctx.shutdown.clone();
+    crate::http::serve(listener, router(ctx), BOUNDS, "api", shutdown).await
 }
+
+/// The API's bounds: a few staff, the CLI, the web page, a monitoring
+/// script (a Server-Sent Events stream holds one connection each).
+const BOUNDS: crate::http::Bounds = crate::http::Bounds {
+    max_connections: 64,
+    max_per_address: 16,
+    header_timeout: std::time::Duration::from_secs(10),
+};
 
 fn router(ctx: Ctx) -> Router {
     Router::new()

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::any;
@@ -141,6 +140,7 @@ struct Srv {
     uploads: Uploads,
     data_dir: PathBuf,
     journal: Journal,
+    max_bytes: usize,
 }
 
 /// Serve uploads until shutdown.
@@ -160,28 +160,51 @@ pub async fn serve(
             uploads,
             data_dir,
             journal,
+            max_bytes,
         });
-    let graceful = shutdown.cancelled_owned();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await
-    {
-        log::error!("diagnostics upload server failed: {e}");
-    }
+    crate::http::serve(listener, app, BOUNDS, "diagnostics upload", shutdown).await
 }
+
+/// The upload listener's bounds: chargers upload one file at a time, now
+/// and then; anyone else gets little.
+const BOUNDS: crate::http::Bounds = crate::http::Bounds {
+    max_connections: 16,
+    max_per_address: 4,
+    header_timeout: Duration::from_secs(10),
+};
+
+/// The most an upload's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(300);
 
 async fn upload(
     State(s): State<Srv>,
     UrlPath(params): UrlPath<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, String) {
+    // The token first: a made-up one costs no body read.
     let Some(charger) = params.get("token").and_then(|t| s.uploads.take(t)) else {
         return (
             StatusCode::FORBIDDEN,
             "unknown or expired upload URL\n".into(),
         );
     };
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, s.max_bytes)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read the upload: {e}\n"),
+                )
+            }
+            Err(_) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the upload took too long\n".into(),
+                )
+            }
+        };
     let ctype = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())

@@ -51,6 +51,7 @@ pub mod diagnostics;
 pub mod dispatch;
 pub mod event;
 pub mod force_stop;
+pub mod http;
 pub mod hub;
 pub mod journal;
 pub mod limits;

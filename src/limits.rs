@@ -22,6 +22,8 @@ struct ConnCount {
     reported: HashMap<IpAddr, Instant>,
     /// Failed logins by address: (count in the window, window start).
     failed: HashMap<IpAddr, (u32, Instant)>,
+    /// Last time a failed login from an address was reported.
+    failed_reported: HashMap<IpAddr, Instant>,
 }
 
 /// Failed logins an address may have in [`LOGIN_WINDOW`] before its next
@@ -117,6 +119,22 @@ impl Connections {
             *e = (0, now);
         }
         e.0 += 1;
+    }
+
+    /// Whether a failed login from `ip` is to be journaled (once a minute
+    /// per address; apart from other refusals, which keep their own turn).
+    pub fn report_login_failure(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut c = self.lock();
+        if c.failed_reported.len() > 10_000 {
+            c.failed_reported.clear();
+        }
+        match c.failed_reported.get(&ip) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
+            _ => {
+                c.failed_reported.insert(ip, now);
+                true
+            }
+        }
     }
 
     pub fn report_refusal(&self, ip: IpAddr, now: Instant) -> bool {

@@ -312,7 +312,7 @@ async fn handle_connection(
             crate::limits::LOGIN_WINDOW.as_secs()
         );
         let _ = write_refusal(&mut stream, StatusCode::TOO_MANY_REQUESTS, &why).await;
-        if ctx.conns.report_refusal(addr.ip(), now) {
+        if ctx.conns.report_login_failure(addr.ip(), now) {
             log::warn!("refused {addr}: {why} (reported once a minute per address)");
             let ev = Event::Refused {
                 reason: why,
@@ -330,7 +330,7 @@ async fn handle_connection(
                 ctx.conns.login_failed(addr.ip(), now);
                 // A guesser's attempts are journaled once a minute, not
                 // each: the journal and the log are no amplifier.
-                if !ctx.conns.report_refusal(addr.ip(), now) {
+                if !ctx.conns.report_login_failure(addr.ip(), now) {
                     return;
                 }
             }

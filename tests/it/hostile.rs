@@ -684,3 +684,43 @@ async fn a_password_guesser_is_throttled_and_not_journaled_per_attempt() {
         .count();
     assert!(refused <= 4, "40 attempts, {refused} journal records");
 }
+
+/// Issue 16, item 2: the diagnostics upload listener checks the token
+/// before it reads a body, and caps connections per address, so idle or
+/// bogus uploads cannot hold memory or file descriptors.
+#[tokio::test]
+async fn the_upload_listener_checks_the_token_first_and_caps_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upload = free_addr();
+    let gw = Gateway::start(None, &format!("[diagnostics]\nlisten = \"{upload}\"\n")).await;
+    // A made-up token announcing 100 MB: refused at once, body unread.
+    let mut s = tokio::net::TcpStream::connect(upload).await.unwrap();
+    s.write_all(b"PUT /diagnostics/made-up-token/x.log HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 403");
+    // Idle connections from one address: a few are let in, the rest closed.
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        idle.push(tokio::net::TcpStream::connect(upload).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), s.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 8, "{closed} of 12 idle connections closed");
+    // The OCPP side is untouched.
+    let mut cp = Charger::connect(&gw.url("CP-UP")).await;
+    assert_eq!(cp.call("Heartbeat", json!({})).await[0], 3);
+}

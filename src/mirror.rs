@@ -256,8 +256,7 @@ impl Link {
             if ws.is_none() && Instant::now() >= retry_at {
                 let auth = self
                     .cfg
-                    .password
-                    .as_deref()
+                    .password_for(&self.charger)
                     .map(|p| basic_auth(&self.charger, p));
                 let offer = [self.proto];
                 let attempt = self

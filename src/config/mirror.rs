@@ -21,11 +21,21 @@ pub struct MirrorConfig {
     pub allow: Vec<String>,
     /// Basic auth password presented as `chargerId:password`, if any.
     pub password: Option<String>,
+    /// Per charger, a password of its own for this mirror (over `password`).
+    pub passwords: std::collections::BTreeMap<String, String>,
     /// The most messages kept for it per charger while it is away.
     pub backlog: usize,
 }
 
 impl MirrorConfig {
+    /// The password charger `id` presents to this mirror, if any.
+    pub fn password_for(&self, id: &str) -> Option<&str> {
+        self.passwords
+            .get(id)
+            .or(self.password.as_ref())
+            .map(String::as_str)
+    }
+
     /// Whether it sees charger `id`.
     pub fn applies_to(&self, id: &str) -> bool {
         self.chargers.iter().any(|c| c == "*" || c == id)
@@ -75,6 +85,7 @@ const KEYS: &[&str] = &[
     "chargers",
     "allow",
     "password",
+    "passwords",
     "ca_file",
     "connect_timeout_secs",
     "backoff_min_secs",
@@ -179,6 +190,24 @@ pub(super) fn read(root: &Table, r: &mut Reader, upstream: Option<&str>) -> Vec<
         let password = r
             .string(Some(t), &section, "password", None)
             .filter(|p| !p.is_empty());
+        let passwords = match t.get("passwords") {
+            None => Default::default(),
+            Some(toml::Value::Table(p))
+                if p.values()
+                    .all(|v| v.as_str().is_some_and(|s| !s.is_empty())) =>
+            {
+                p.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            }
+            Some(_) => {
+                r.problem(
+                    &format!("{section}.passwords"),
+                    "expected a table of charger id = \"password\", e.g. passwords = { \"CP-1\" = \"…\" }",
+                );
+                Default::default()
+            }
+        };
         let backlog = r.int(Some(t), &section, "backlog", 10_000, 10, 1_000_000) as usize;
         if out.iter().any(|m| m.name == name) {
             r.problem(
@@ -209,6 +238,7 @@ pub(super) fn read(root: &Table, r: &mut Reader, upstream: Option<&str>) -> Vec<
             chargers,
             allow,
             password,
+            passwords,
             backlog,
         });
     }
@@ -260,6 +290,11 @@ mod tests {
         // The same URL for other chargers is fine.
         let apart = twice.replace("[\"CP-2\", \"CP-1\"]", "[\"CP-2\"]");
         assert_eq!(problems(&apart), vec![]);
+
+        let per_charger = "[[mirror]]\nname = \"m\"\nurl = \"ws://m\"\npassword = \"shared\"\n[mirror.passwords]\n\"CP-1\" = \"own\"\n";
+        let c = Config::parse(per_charger, "t").unwrap();
+        assert_eq!(c.mirrors[0].password_for("CP-1"), Some("own"));
+        assert_eq!(c.mirrors[0].password_for("CP-2"), Some("shared"));
 
         let bad = "[[mirror]]\nname = \"no spaces please\"\nurl = \"http://m\"\n";
         assert_eq!(problems(bad)[0].0, "mirror[0].name");

@@ -265,3 +265,38 @@ async fn a_mirror_sending_garbage_is_contained() {
         "2026-01-01T00:00:00Z"
     );
 }
+
+#[tokio::test]
+async fn a_standalone_site_is_mirrored_with_each_chargers_own_credentials() {
+    let mut mirror = Csms::start(default_answers()).await;
+    let extra = format!(
+        "[[mirror]]\nname = \"monitor\"\nurl = \"{}\"\npassword = \"shared-password-1234\"\n[mirror.passwords]\n\"CP-OWN\" = \"own-password-12345\"\n",
+        mirror.url()
+    );
+    let gw = Gateway::start(None, &extra).await;
+    let mut own = Charger::connect(&gw.url("CP-OWN")).await;
+    let (id, _, auth) = mirror.next_connect().await;
+    assert_eq!(id, "CP-OWN");
+    assert_eq!(
+        auth,
+        Some(chargegate::upstream::basic_auth(
+            "CP-OWN",
+            "own-password-12345"
+        ))
+    );
+    let _other = Charger::connect(&gw.url("CP-SHARED")).await;
+    let (id, _, auth) = mirror.next_connect().await;
+    assert_eq!(id, "CP-SHARED");
+    assert_eq!(
+        auth,
+        Some(chargegate::upstream::basic_auth(
+            "CP-SHARED",
+            "shared-password-1234"
+        ))
+    );
+    // Standalone: the gateway answers, the mirror sees it.
+    let boot = own.call("BootNotification", boot()).await;
+    assert_eq!(boot[2]["status"], "Accepted");
+    let frame: Value = serde_json::from_str(&mirror.next_frame("CP-OWN").await).unwrap();
+    assert_eq!(frame[2], "BootNotification");
+}

@@ -178,12 +178,14 @@ mod tests {
             since_ms: Some(0),
             reason: None,
             protocol: None,
+            remote: None,
         };
         s.cloud_link = LinkState {
             up: true,
             since_ms: Some(0),
             reason: None,
             protocol: None,
+            remote: None,
         };
         s.boot = Some(BootInfo {
             vendor: "V".into(),
@@ -220,6 +222,7 @@ mod tests {
             since_ms: Some(0),
             reason: Some("connect failed: refused".into()),
             protocol: None,
+            remote: None,
         };
         s.connectors.insert(
             2,

@@ -262,6 +262,8 @@ pub struct Accepted {
     pub proto: Protocol,
     /// What the charger offered that the gateway speaks, in its order.
     pub offered: Vec<Protocol>,
+    /// It connected over TLS (wss://).
+    pub tls: bool,
     /// The charger's own `Authorization` header, to pass through upstream.
     pub authorization: Option<String>,
 }

@@ -164,6 +164,7 @@ pub fn check_request(
         proto,
         offered: offered_list,
         authorization,
+        tls: transport.tls,
     })
 }
 

@@ -21,6 +21,9 @@ pub struct LinkState {
     /// The OCPP version spoken on it (`ocpp1.6`, `ocpp2.0.1`), once up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Where it came from (`ws://` or `wss://` and the address), once up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 /// What the charger told us at boot.
@@ -55,6 +58,14 @@ pub struct Transaction {
 }
 
 impl ChargerState {
+    /// Whether its charger link came up over TLS (wss://).
+    pub fn charger_link_tls(&self) -> bool {
+        self.charger_link
+            .remote
+            .as_deref()
+            .is_some_and(|r| r.starts_with("wss://"))
+    }
+
     /// Whether the charger spoke OCPP 2.0.1 when last connected.
     pub fn speaks_201(&self) -> bool {
         self.charger_link.protocol.as_deref() == Some("ocpp2.0.1")
@@ -167,6 +178,7 @@ impl LiveState {
                             since_ms: Some(rec.time_ms),
                             reason: Some("gateway restarted".into()),
                             protocol: l.protocol.take(),
+                            remote: None,
                         };
                     }
                 }
@@ -185,12 +197,17 @@ impl LiveState {
         c.last_event = Some(rec.event.kind().to_string());
         let t = rec.time_ms;
         match &rec.event {
-            Event::Connect { link, protocol, .. } => {
+            Event::Connect {
+                link,
+                protocol,
+                remote,
+            } => {
                 *link_of(c, *link) = LinkState {
                     up: true,
                     since_ms: Some(t),
                     reason: None,
                     protocol: protocol.clone(),
+                    remote: remote.clone(),
                 };
             }
             Event::MirrorConnect {
@@ -203,6 +220,7 @@ impl LiveState {
                         since_ms: Some(t),
                         reason: None,
                         protocol: Some(protocol.clone()),
+                        remote: None,
                     },
                 );
             }
@@ -222,6 +240,7 @@ impl LiveState {
                         since_ms: Some(t),
                         reason: Some(reason.clone()),
                         protocol: l.protocol.take(),
+                        remote: None,
                     };
                 } else {
                     // A failed reconnect attempt: keep "down since" as it was.

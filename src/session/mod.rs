@@ -169,7 +169,8 @@ pub async fn run(
     };
     let start = state.handle(
         Input::Start {
-            remote: remote.to_string(),
+            // The scheme says which security profile is in use.
+            remote: format!("{}://{remote}", if acc.tls { "wss" } else { "ws" }),
         },
         Now::system(),
     );

@@ -149,13 +149,29 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
         .since_ms
         .map(crate::clock::format_unix_ms)
         .unwrap_or_else(|| "-".into());
+    let over = if st.charger_link_tls() {
+        "wss:// (TLS)"
+    } else {
+        "ws://"
+    };
     f.push(ok(
         "link",
         format!(
-            "connected since {since} ({proto}, security profile {})",
+            "connected since {since} over {over} ({proto}, security profile {} configured)",
             g.profile
         ),
     ));
+    for (name, l) in &st.mirrors {
+        if l.up {
+            f.push(ok("mirror", format!("{name}: link up")));
+        } else {
+            f.push(warn(
+                "mirror",
+                format!("{name}: link down ({})", l.reason.as_deref().unwrap_or("unknown reason")),
+                format!("check [[mirror]] {name:?} (url, password) and `chargegate log --charger {id} --kind MirrorDisconnect`"),
+            ));
+        }
+    }
     if g.recent.connects > 5 {
         f.push(warn(
             "link",

@@ -36,12 +36,14 @@ fn healthy(id: &str) -> Gathered {
         since_ms: Some(0),
         reason: None,
         protocol: Some("ocpp1.6".into()),
+        remote: None,
     };
     st.cloud_link = LinkState {
         up: true,
         since_ms: Some(0),
         reason: None,
         protocol: None,
+        remote: None,
     };
     st.boot = Some(BootInfo {
         vendor: "V".into(),
@@ -176,6 +178,29 @@ fn clock_links_errors_and_silence() {
     let f = charger(&g, &s, 0);
     assert_eq!(bad(&f), vec![(Severity::Problem, "clock".into())]);
     assert!(f.iter().any(|x| x.what.contains("3600 s behind")), "{f:#?}");
+    let link = &f.iter().find(|x| x.topic == "link").unwrap().what;
+    assert!(
+        link.contains("over ws://") && link.contains("security profile 1 configured"),
+        "{link}"
+    );
+
+    // A mirror whose link is down.
+    let mut g = healthy("CP-1");
+    let st = g.state.as_mut().unwrap();
+    st.charger_link.remote = Some("wss://10.0.0.5:40000".into());
+    st.mirrors.insert(
+        "ha".into(),
+        LinkState {
+            up: false,
+            since_ms: Some(0),
+            reason: Some("connect failed: refused".into()),
+            protocol: None,
+            remote: None,
+        },
+    );
+    let f = charger(&g, &s, 0);
+    assert_eq!(bad(&f), vec![(Severity::Warning, "mirror".into())]);
+    assert!(f.iter().any(|x| x.what.contains("over wss:// (TLS)")));
 
     let mut g = healthy("CP-1");
     g.config = Err("no answer".into());

@@ -148,7 +148,12 @@ pub struct Config {
     pub allow_unknown: bool,
     pub max_message_size: usize,
     pub ping_interval: Duration,
+    /// How long a call to a charger (the gateway's or the cloud's) waits
+    /// for its answer (`[ocpp] call_timeout_secs`).
     pub call_timeout: Duration,
+    /// How long the gateway waits for the cloud's answer to a charger's
+    /// call before answering itself (`[upstream] answer_timeout_secs`).
+    pub answer_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Open charger connections at most, in total and per source address.
     pub max_connections: usize,
@@ -194,6 +199,9 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// Second backends (`[[mirror]]`).
     pub mirrors: Vec<MirrorConfig>,
+    /// Deprecated keys the file still uses, each with what to write
+    /// instead (`file: key: …`): printed by check-config and at start.
+    pub warnings: Vec<String>,
 }
 
 /// The config in force: replaced on SIGHUP by [`Config::with_live_parts`].
@@ -236,7 +244,7 @@ impl Config {
                     &self.path_prefix,
                     self.max_message_size,
                     self.ping_interval,
-                    self.call_timeout,
+                    (self.call_timeout, self.answer_timeout),
                     self.handshake_timeout,
                     (self.max_connections, self.max_connections_per_ip),
                     (self.rate_per_sec, self.rate_burst),
@@ -247,7 +255,7 @@ impl Config {
                     &new.path_prefix,
                     new.max_message_size,
                     new.ping_interval,
-                    new.call_timeout,
+                    (new.call_timeout, new.answer_timeout),
                     new.handshake_timeout,
                     (new.max_connections, new.max_connections_per_ip),
                     (new.rate_per_sec, new.rate_burst),
@@ -344,6 +352,8 @@ impl Config {
 /// Walks a TOML table, collecting problems instead of stopping at the first.
 struct Reader<'a> {
     problems: &'a mut Vec<Problem>,
+    /// Deprecated keys still honoured: (key, what to write instead).
+    warnings: Vec<Problem>,
 }
 
 impl Reader<'_> {
@@ -416,6 +426,35 @@ impl Reader<'_> {
             );
         }
         Some(path)
+    }
+
+    /// A key that moved from `[old]` to `[new]`: where to read it (the new
+    /// place wins), with a warning when only the old one is used.
+    fn moved<'t>(
+        &mut self,
+        old: Option<&'t Table>,
+        new: Option<&'t Table>,
+        old_section: &'static str,
+        new_section: &'static str,
+        key: &str,
+    ) -> (&'static str, Option<&'t Table>) {
+        let in_old = old.is_some_and(|t| t.contains_key(key));
+        let in_new = new.is_some_and(|t| t.contains_key(key));
+        if in_old {
+            self.warnings.push(Problem {
+                key: format!("{old_section}.{key}"),
+                expected: if in_new {
+                    format!("deprecated and ignored: [{new_section}] {key} is used")
+                } else {
+                    format!("deprecated: move it to [{new_section}] {key}")
+                },
+            });
+        }
+        if in_old && !in_new {
+            (old_section, old)
+        } else {
+            (new_section, new)
+        }
     }
 
     fn unknown_keys(&mut self, t: &Table, section: &str, known: &[&str]) {
@@ -520,6 +559,7 @@ const TOP: &[&str] = &[
     "schedule",
     "mqtt",
     "mirror",
+    "actions",
 ];
 
 impl Config {
@@ -533,12 +573,16 @@ impl Config {
             }],
         })?;
         let mut problems = Vec::new();
-        let cfg = Self::read(
-            &root,
-            &mut Reader {
-                problems: &mut problems,
-            },
-        );
+        let mut r = Reader {
+            problems: &mut problems,
+            warnings: Vec::new(),
+        };
+        let mut cfg = Self::read(&root, &mut r);
+        cfg.warnings = r
+            .warnings
+            .into_iter()
+            .map(|w| format!("{file}: {}: {}", w.key, w.expected))
+            .collect();
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -745,6 +789,26 @@ impl Config {
 
         let upstream = r.table(root, "upstream").and_then(|u| read_upstream(u, r));
         let mirrors = mirror::read(root, r, upstream.as_ref().map(|u| u.url.as_str()));
+        // How long the cloud may take before the gateway answers a charger
+        // itself. Before it had a key of its own, `[ocpp] call_timeout_secs`
+        // set it too: a file that sets only that keeps its meaning.
+        let up = r.table(root, "upstream");
+        let answer_timeout = match (
+            up.is_some_and(|u| u.contains_key("answer_timeout_secs")),
+            o.is_some_and(|t| t.contains_key("call_timeout_secs")) && upstream.is_some(),
+        ) {
+            (true, _) => {
+                Duration::from_secs(r.int(up, "upstream", "answer_timeout_secs", 30, 1, 3600) as u64)
+            }
+            (false, true) => {
+                r.warnings.push(Problem {
+                    key: "ocpp.call_timeout_secs".into(),
+                    expected: "also sets how long the gateway waits for the cloud before answering a charger itself; set that as [upstream] answer_timeout_secs".into(),
+                });
+                call_timeout
+            }
+            (false, false) => Duration::from_secs(30),
+        };
 
         let a = r.table(root, "api");
         if let Some(t) = a {
@@ -780,14 +844,28 @@ impl Config {
                 Vec::new()
             }
         };
+        // What staff's actions use, from the CLI, the API, the web page
+        // and MQTT alike: `[actions]` (formerly in `[api]`).
+        let act = r.table(root, "actions");
+        if let Some(t) = act {
+            r.unknown_keys(t, "actions", &["default_id_tag", "force_stop_wait_secs"]);
+        }
+        let (tag_section, tag_table) = r.moved(a, act, "api", "actions", "default_id_tag");
         let default_id_tag = r
-            .string(a, "api", "default_id_tag", Some("CHARGEGATE"))
+            .string(tag_table, tag_section, "default_id_tag", Some("CHARGEGATE"))
             .unwrap_or_default();
-        let force_stop_wait =
-            Duration::from_secs(r.int(a, "api", "force_stop_wait_secs", 30, 1, 3600) as u64);
+        let (wait_section, wait_table) = r.moved(a, act, "api", "actions", "force_stop_wait_secs");
+        let force_stop_wait = Duration::from_secs(r.int(
+            wait_table,
+            wait_section,
+            "force_stop_wait_secs",
+            30,
+            1,
+            3600,
+        ) as u64);
         if default_id_tag.is_empty() || default_id_tag.len() > 20 {
             r.problem(
-                "api.default_id_tag",
+                &format!("{tag_section}.default_id_tag"),
                 "expected an id tag of 1 to 20 characters",
             );
         }
@@ -855,6 +933,7 @@ impl Config {
             max_message_size,
             ping_interval,
             call_timeout,
+            answer_timeout,
             handshake_timeout,
             max_connections,
             max_connections_per_ip,
@@ -882,6 +961,7 @@ impl Config {
             smart,
             mqtt,
             mirrors,
+            warnings: Vec::new(),
         }
     }
 }
@@ -920,6 +1000,7 @@ fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
             "connect_timeout_secs",
             "backoff_min_secs",
             "backoff_max_secs",
+            "answer_timeout_secs",
         ],
     );
     let url = r.string(Some(u), "upstream", "url", None);
@@ -1218,5 +1299,53 @@ mod example_defaults {
             undocumented.is_empty(),
             "differs from the code's default without saying so: {undocumented:#?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod moved_keys {
+    use super::*;
+
+    #[test]
+    fn one_key_per_meaning_and_old_keys_still_work_with_a_warning() {
+        let new = "[upstream]\nurl = \"ws://c\"\nanswer_timeout_secs = 7\n[ocpp]\ncall_timeout_secs = 12\n[actions]\ndefault_id_tag = \"STAFF\"\nforce_stop_wait_secs = 9\n";
+        let c = Config::parse(new, "t.toml").unwrap();
+        assert_eq!(
+            (c.answer_timeout.as_secs(), c.call_timeout.as_secs()),
+            (7, 12)
+        );
+        assert_eq!(
+            (c.default_id_tag.as_str(), c.force_stop_wait.as_secs()),
+            ("STAFF", 9)
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        let old = "[upstream]\nurl = \"ws://c\"\n[ocpp]\ncall_timeout_secs = 12\n[api]\ndefault_id_tag = \"OLD\"\nforce_stop_wait_secs = 8\n";
+        let c = Config::parse(old, "t.toml").unwrap();
+        assert_eq!(
+            (c.answer_timeout.as_secs(), c.call_timeout.as_secs()),
+            (12, 12),
+            "the old meaning kept"
+        );
+        assert_eq!(
+            (c.default_id_tag.as_str(), c.force_stop_wait.as_secs()),
+            ("OLD", 8)
+        );
+        let w = c.warnings.join("\n");
+        for key in [
+            "t.toml: ocpp.call_timeout_secs:",
+            "t.toml: api.default_id_tag: deprecated: move it to [actions]",
+            "t.toml: api.force_stop_wait_secs:",
+        ] {
+            assert!(w.contains(key), "{key} not in {w}");
+        }
+        // Both: the new place wins, the old is said to be ignored.
+        let both = "[api]\ndefault_id_tag = \"OLD\"\n[actions]\ndefault_id_tag = \"NEW\"\n";
+        let c = Config::parse(both, "t.toml").unwrap();
+        assert_eq!(c.default_id_tag, "NEW");
+        assert!(c.warnings[0].contains("ignored"), "{:?}", c.warnings);
+        // Standalone, call_timeout_secs has one meaning: no warning.
+        let alone = Config::parse("[ocpp]\ncall_timeout_secs = 5\n", "t").unwrap();
+        assert!(alone.warnings.is_empty());
     }
 }

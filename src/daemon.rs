@@ -342,6 +342,9 @@ fn reload_and_log(path: Option<&std::path::Path>, live: &crate::config::Live) {
 /// bound addresses, which scripts and tests read.
 pub async fn run(cfg: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit();
+    for w in &cfg.warnings {
+        log::warn!("config: {w}");
+    }
     let mut running = start(cfg).await?;
     // Signal handlers first: once READY is out, systemd may signal at once.
     use tokio::signal::unix::{signal, SignalKind};

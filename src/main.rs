@@ -245,6 +245,9 @@ fn main() -> ExitCode {
         };
         return match Config::load(&file) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: OK ({} chargers, {}, {} schedule(s), load management {})",
                     file.display(),

@@ -235,7 +235,9 @@ impl<S> SessionState<S> {
 
     fn on_tick(&mut self) -> Result<(), End> {
         let now = self.now.mono;
-        let timeout = self.cfg.call_timeout;
+        // The cloud's answers wait `answer_timeout`; the charger's, below,
+        // `call_timeout`.
+        let timeout = self.cfg.answer_timeout;
         if self.proto.answered_locally() {
             self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout);
         } else {
@@ -263,6 +265,7 @@ impl<S> SessionState<S> {
             self.resync.in_flight = None;
         }
         self.pump_outbox();
+        let timeout = self.cfg.call_timeout;
         let expired: Vec<String> = self
             .pending_down
             .iter()

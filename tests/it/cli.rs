@@ -386,6 +386,16 @@ fn the_cli_says_what_it_means() {
         "{err}"
     );
 
+    // A key that moved: still read, and check-config says where it goes.
+    let moved = write_config(dir.path(), "[api]\nforce_stop_wait_secs = 5\n");
+    let (code, _, err) = cli(&["check-config", moved.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning:")
+            && err.contains("api.force_stop_wait_secs: deprecated: move it to [actions]"),
+        "{err}"
+    );
+
     let (_, help, _) = cli(&["action", "--help"]);
     for (arg, words) in [
         ("<NAME>", "The action: reboot"),

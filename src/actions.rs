@@ -183,19 +183,7 @@ pub fn to_call(
             )
         }
         "trigger" => {
-            let msg = req.message.as_deref().unwrap_or("StatusNotification");
-            if ![
-                "StatusNotification",
-                "Heartbeat",
-                "MeterValues",
-                "BootNotification",
-                "DiagnosticsStatusNotification",
-                "FirmwareStatusNotification",
-            ]
-            .contains(&msg)
-            {
-                return Err(Refusal::BadRequest(format!("cannot trigger {msg:?}")));
-            }
+            let msg = triggerable(req, TRIGGERS_16)?;
             let mut p = json!({"requestedMessage": msg});
             if let Some(c) = req.connector {
                 p["connectorId"] = c.into();
@@ -216,6 +204,36 @@ pub fn to_call(
         }
         other => return Err(Refusal::UnknownAction(other.to_string())),
     })
+}
+
+/// The messages a TriggerMessage may ask for, in 1.6 and in 2.0.1.
+const TRIGGERS_16: &[&str] = &[
+    "StatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "BootNotification",
+    "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification",
+];
+const TRIGGERS_201: &[&str] = &[
+    "StatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "BootNotification",
+    "TransactionEvent",
+    "LogStatusNotification",
+    "FirmwareStatusNotification",
+];
+
+/// The message a trigger asks for (StatusNotification when none is
+/// named), if the version can trigger it.
+fn triggerable<'r>(req: &'r ActionRequest, known: &[&str]) -> Result<&'r str, Refusal> {
+    let msg = req.message.as_deref().unwrap_or("StatusNotification");
+    if known.contains(&msg) {
+        Ok(msg)
+    } else {
+        Err(Refusal::BadRequest(format!("cannot trigger {msg:?}")))
+    }
 }
 
 /// A 2.0.1 component and variable from `Component.Variable` (or just
@@ -285,20 +303,7 @@ fn to_call_201(
             ("ChangeAvailability", p)
         }
         "trigger" => {
-            let msg = req.message.as_deref().unwrap_or("StatusNotification");
-            if ![
-                "StatusNotification",
-                "Heartbeat",
-                "MeterValues",
-                "BootNotification",
-                "TransactionEvent",
-                "LogStatusNotification",
-                "FirmwareStatusNotification",
-            ]
-            .contains(&msg)
-            {
-                return Err(Refusal::BadRequest(format!("cannot trigger {msg:?}")));
-            }
+            let msg = triggerable(req, TRIGGERS_201)?;
             let mut p = json!({"requestedMessage": msg});
             if let Some(c) = req.connector.filter(|c| *c > 0) {
                 p["evse"] = json!({"id": c});

@@ -390,30 +390,29 @@ impl Csms {
         }
     }
 
-    /// Send raw text to the (latest) connection of charger `id`.
-    pub fn send(&self, id: &str, text: &str) {
+    /// Send a message on the (latest) connection of charger `id`.
+    fn to(&self, id: &str, msg: Message) {
         let conns = self.conns.lock().unwrap();
         let (_, tx) = conns
             .iter()
             .rev()
             .find(|(i, _)| i == id)
             .expect("charger connected to CSMS");
-        tx.send(Message::text(text.to_string())).unwrap();
+        tx.send(msg).unwrap();
+    }
+
+    /// Send raw text to the (latest) connection of charger `id`.
+    pub fn send(&self, id: &str, text: &str) {
+        self.to(id, Message::text(text.to_string()));
     }
 
     /// Close the (latest) connection of charger `id` with 1000.
     pub fn close(&self, id: &str) {
-        let conns = self.conns.lock().unwrap();
-        let (_, tx) = conns
-            .iter()
-            .rev()
-            .find(|(i, _)| i == id)
-            .expect("charger connected to CSMS");
         let frame = CloseFrame {
             code: CloseCode::Normal,
             reason: "bye".into(),
         };
-        tx.send(Message::Close(Some(frame))).unwrap();
+        self.to(id, Message::Close(Some(frame)));
     }
 
     /// The close frame the gateway sent on charger `id`'s connection.

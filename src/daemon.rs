@@ -147,7 +147,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let clock = crate::clock::Clock::default();
     let smart = crate::smart::status::StatusHandle::default();
     let live = crate::config::Live::new(cfg.clone());
-    let mirrors = crate::mirror::Mirrors::new(&cfg)?;
+    let mirrors: Arc<dyn crate::hub::MirrorHub> = if cfg.mirrors.is_empty() {
+        Arc::new(crate::hub::NoMirrors)
+    } else {
+        Arc::new(crate::mirror::Mirrors::new(&cfg)?)
+    };
     let ctx = Ctx {
         mirrors,
         conns: Default::default(),

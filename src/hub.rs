@@ -45,8 +45,69 @@ pub struct Ctx {
     pub conns: crate::limits::Connections,
     /// Smart charging's view: limits, load management, the meter.
     pub smart: crate::smart::status::StatusHandle,
-    /// Second backends and their links.
-    pub mirrors: crate::mirror::Mirrors,
+    /// Second backends and their links (`crate::mirror`).
+    pub mirrors: Arc<dyn MirrorHub>,
+}
+
+/// Second backends as a session sees them: it attaches when its charger
+/// connects and feeds each mirror link what the charger does. (A trait,
+/// so that the hub does not depend on the mirror module that uses it.)
+pub trait MirrorHub: Send + Sync {
+    /// The feeds for charger `id`'s session, one per mirror that sees it.
+    fn attach(&self, ctx: &Ctx, id: &str, proto: Protocol) -> Vec<MirrorFeed>;
+}
+
+/// No mirrors.
+pub struct NoMirrors;
+
+impl MirrorHub for NoMirrors {
+    fn attach(&self, _: &Ctx, _: &str, _: Protocol) -> Vec<MirrorFeed> {
+        Vec::new()
+    }
+}
+
+/// What a session tells a mirror link.
+#[derive(Debug, Clone)]
+pub enum MirrorMsg {
+    /// A CALL the charger sent, with its payload as received.
+    Call { action: String, payload: String },
+    /// The charger was told this transaction id for its StartTransaction
+    /// on `connector`.
+    Started { connector: u32, tx: i64 },
+    /// The charger's session ended; the link closes once its backlog is
+    /// delivered.
+    SessionEnded,
+}
+
+/// A session's handle on one mirror link.
+pub struct MirrorFeed {
+    pub name: String,
+    pub tx: mpsc::Sender<MirrorMsg>,
+    dropped: u64,
+}
+
+impl MirrorFeed {
+    pub fn new(name: String, tx: mpsc::Sender<MirrorMsg>) -> MirrorFeed {
+        MirrorFeed {
+            name,
+            tx,
+            dropped: 0,
+        }
+    }
+
+    /// Hand the link a message; never waits.
+    pub fn send(&mut self, msg: MirrorMsg) {
+        if self.tx.try_send(msg).is_err() {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                log::warn!(
+                    "mirror {}: its link is not keeping up; {} message(s) dropped",
+                    self.name,
+                    self.dropped
+                );
+            }
+        }
+    }
 }
 
 /// What other parts of the gateway can ask a session to do.

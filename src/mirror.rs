@@ -25,52 +25,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::{Config, MirrorConfig};
 use crate::event::{Event, Source};
-use crate::hub::{CallOutcome, Registry};
+use crate::hub::{CallOutcome, Ctx, MirrorFeed, MirrorHub, MirrorMsg as Msg, Registry};
 use crate::journal::{Journal, Op};
 use crate::ocpp::frame::{self, Frame};
 use crate::ocpp::Protocol;
 use crate::upstream::{basic_auth, Connector, UpStream, UpstreamError};
 
-/// What a session tells a mirror link.
-#[derive(Debug, Clone)]
-pub enum Msg {
-    /// A CALL the charger sent, with its payload as received.
-    Call { action: String, payload: String },
-    /// The charger was told this transaction id for its StartTransaction
-    /// on `connector`.
-    Started { connector: u32, tx: i64 },
-    /// The charger's session ended; the link closes once its backlog is
-    /// delivered.
-    SessionEnded,
-}
-
 /// How many messages a session may have on their way to one mirror link
 /// before they are dropped (the link drains them into its backlog at
 /// once; this fills only if the link task itself is stuck).
 const FEED: usize = 1024;
-
-/// A session's handle on one mirror link.
-pub struct Feed {
-    pub name: String,
-    tx: mpsc::Sender<Msg>,
-    dropped: u64,
-}
-
-impl Feed {
-    /// Hand the link a message; never waits.
-    pub fn send(&mut self, msg: Msg) {
-        if self.tx.try_send(msg).is_err() {
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                log::warn!(
-                    "mirror {}: its link is not keeping up; {} message(s) dropped",
-                    self.name,
-                    self.dropped
-                );
-            }
-        }
-    }
-}
 
 /// The running links by (mirror, charger).
 type LinkMap = HashMap<(String, String), mpsc::Sender<Msg>>;
@@ -112,7 +76,7 @@ impl Mirrors {
 
     /// The feeds for charger `id`'s session, one per mirror that sees it,
     /// starting (or reusing) each mirror's link for it.
-    pub fn attach(&self, ctx: &LinkCtx, id: &str, proto: Protocol) -> Vec<Feed> {
+    pub fn attach_with(&self, ctx: &LinkCtx, id: &str, proto: Protocol) -> Vec<MirrorFeed> {
         let mut out = Vec::new();
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         for (cfg, connector) in self.configs.iter().filter(|(c, _)| c.applies_to(id)) {
@@ -135,13 +99,24 @@ impl Mirrors {
                     tx
                 }
             };
-            out.push(Feed {
-                name: cfg.name.clone(),
-                tx,
-                dropped: 0,
-            });
+            out.push(MirrorFeed::new(cfg.name.clone(), tx));
         }
         out
+    }
+}
+
+impl MirrorHub for Mirrors {
+    fn attach(&self, ctx: &Ctx, id: &str, proto: Protocol) -> Vec<MirrorFeed> {
+        if self.configs.is_empty() {
+            return Vec::new();
+        }
+        let link = LinkCtx {
+            journal: ctx.journal.clone(),
+            registry: ctx.registry.clone(),
+            shutdown: ctx.shutdown.clone(),
+            call_timeout: ctx.cfg.call_timeout,
+        };
+        self.attach_with(&link, id, proto)
     }
 }
 

@@ -87,7 +87,7 @@ struct Io {
     charger: ChargerWs,
     connecting: Option<Connecting>,
     /// The second backends that see this charger.
-    mirrors: Vec<crate::mirror::Feed>,
+    mirrors: Vec<crate::hub::MirrorFeed>,
 }
 
 /// Close the session a new connection replaces and wait (a few seconds at
@@ -151,13 +151,7 @@ pub async fn run(
     }
     let env = Box::new(ctx.journal.clone());
     let mut state = SessionState::new(setup, env, Now::system());
-    let link_ctx = crate::mirror::LinkCtx {
-        journal: ctx.journal.clone(),
-        registry: ctx.registry.clone(),
-        shutdown: ctx.shutdown.clone(),
-        call_timeout: ctx.cfg.call_timeout,
-    };
-    let mirrors = ctx.mirrors.attach(&link_ctx, &acc.id, acc.proto);
+    let mirrors = ctx.mirrors.attach(&ctx, &acc.id, acc.proto);
     let mut io = Io {
         id: acc.id.clone(),
         offered: acc.offered.clone(),
@@ -182,7 +176,7 @@ pub async fn run(
     // own, or a lost connection, it returns at once.)
     let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut io.charger)).await;
     for m in &mut io.mirrors {
-        m.send(crate::mirror::Msg::SessionEnded);
+        m.send(crate::hub::MirrorMsg::SessionEnded);
     }
     if let Some(c) = io.connecting.take() {
         c.abort();
@@ -404,7 +398,7 @@ impl Io {
         }) = crate::ocpp::frame::parse(t.as_str())
         {
             for m in &mut self.mirrors {
-                m.send(crate::mirror::Msg::Call {
+                m.send(crate::hub::MirrorMsg::Call {
                     action: action.clone(),
                     payload: payload.get().to_string(),
                 });
@@ -434,7 +428,7 @@ impl Io {
             } = ev
             {
                 for m in &mut self.mirrors {
-                    m.send(crate::mirror::Msg::Started {
+                    m.send(crate::hub::MirrorMsg::Started {
                         connector: *connector,
                         tx: *tx,
                     });

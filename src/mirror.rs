@@ -64,7 +64,24 @@ impl Mirrors {
             .mirrors
             .iter()
             .map(|m| {
-                let c = Connector::new(&m.link, ws, &Default::default())?;
+                // Each charger's client certificate for this mirror, as
+                // `[[charger]] upstream_cert` is for the cloud.
+                let identities = m
+                    .certs
+                    .iter()
+                    .map(|(id, (cert, key))| {
+                        let c = crate::config::ChargerConfig {
+                            id: id.clone(),
+                            password: None,
+                            upstream_password: None,
+                            upstream_identity: Some((cert.clone(), key.clone())),
+                            profile: 1,
+                            limits: Default::default(),
+                        };
+                        (id.clone(), c)
+                    })
+                    .collect();
+                let c = Connector::new(&m.link, ws, &identities)?;
                 Ok((Arc::new(m.clone()), Arc::new(c)))
             })
             .collect::<Result<Vec<_>, UpstreamError>>()?;

@@ -23,6 +23,9 @@ pub struct MirrorConfig {
     pub password: Option<String>,
     /// Per charger, a password of its own for this mirror (over `password`).
     pub passwords: std::collections::BTreeMap<String, String>,
+    /// Per charger, the client certificate and key (PEM) it presents to
+    /// this mirror (mirrors on Security Profile 3).
+    pub certs: std::collections::BTreeMap<String, (std::path::PathBuf, std::path::PathBuf)>,
     /// The most messages kept for it per charger while it is away.
     pub backlog: usize,
 }
@@ -86,6 +89,7 @@ const KEYS: &[&str] = &[
     "allow",
     "password",
     "passwords",
+    "certs",
     "ca_file",
     "connect_timeout_secs",
     "backoff_min_secs",
@@ -208,6 +212,33 @@ pub(super) fn read(root: &Table, r: &mut Reader, upstream: Option<&str>) -> Vec<
                 Default::default()
             }
         };
+        let mut certs = std::collections::BTreeMap::new();
+        match t.get("certs") {
+            None => {}
+            Some(toml::Value::Table(c)) => {
+                for (id, v) in c {
+                    let key = format!("{section}.certs.{id}");
+                    let path = |name: &str| {
+                        v.get(name)
+                            .and_then(|p| p.as_str())
+                            .map(std::path::PathBuf::from)
+                    };
+                    match (path("cert"), path("key")) {
+                        (Some(cert), Some(k)) if cert.is_file() && k.is_file() => {
+                            certs.insert(id.clone(), (cert, k));
+                        }
+                        (Some(_), Some(_)) => {
+                            r.problem(&key, "expected readable PEM files for cert and key")
+                        }
+                        _ => r.problem(&key, "expected { cert = \"…pem\", key = \"…key\" }"),
+                    }
+                }
+            }
+            Some(_) => r.problem(
+                &format!("{section}.certs"),
+                "expected a table of charger id = { cert = \"…\", key = \"…\" }",
+            ),
+        }
         let backlog = r.int(Some(t), &section, "backlog", 10_000, 10, 1_000_000) as usize;
         if out.iter().any(|m| m.name == name) {
             r.problem(
@@ -239,6 +270,7 @@ pub(super) fn read(root: &Table, r: &mut Reader, upstream: Option<&str>) -> Vec<
             allow,
             password,
             passwords,
+            certs,
             backlog,
         });
     }

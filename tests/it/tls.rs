@@ -336,5 +336,47 @@ async fn the_cloud_link_presents_the_chargers_client_certificate_and_checks_the_
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     gw.stop().await;
+
+    // A mirror on Profile 3: a standalone site mirrors CP-U to the same
+    // "cloud", presenting the charger's own certificate to it.
+    let mirrored = config_text(&dir.path().join("m"), None, "")
+        + &format!(
+            "[[mirror]]\nname = \"p3\"\nurl = {url:?}\nca_file = {ca_file:?}\nbackoff_min_secs = 0\nbackoff_max_secs = 1\n[mirror.certs]\n\"CP-U\" = {{ cert = {cp_cert:?}, key = {cp_key:?} }}\n"
+        );
+    let before = cloud
+        .journal
+        .query(&q)
+        .unwrap()
+        .iter()
+        .filter(|r| r.event.kind() == "Connect")
+        .count();
+    let gw =
+        chargegate::daemon::start(chargegate::config::Config::parse(&mirrored, "m.toml").unwrap())
+            .await
+            .unwrap();
+    let _cp = Charger::connect(&format!("ws://{}/ocpp/CP-U", gw.ocpp_addr)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cloud
+        .journal
+        .query(&q)
+        .unwrap()
+        .iter()
+        .filter(|r| r.event.kind() == "Connect")
+        .count()
+        <= before
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mirror never connected with CP-U's certificate: {:#?}",
+            gw.journal.query(&q).unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let site = gw.journal.query(&q).unwrap();
+    assert!(
+        site.iter().any(|r| r.event.kind() == "MirrorConnect"),
+        "{site:#?}"
+    );
+    gw.stop().await;
     cloud.stop().await;
 }

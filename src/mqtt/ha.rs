@@ -221,7 +221,7 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
         .or_else(|| s.connectors.values().next())
         .map_or("Unknown", |c| c.status.as_str());
     // Home Assistant's enum sensor accepts only its listed options.
-    let status = if STATUSES.contains(&status) {
+    let status = if statuses().any(|s| s == status) {
         status
     } else {
         "Unknown"
@@ -272,23 +272,19 @@ pub fn charger_state(s: &ChargerState, x: &Extra) -> Value {
     })
 }
 
-/// The connector statuses of OCPP 1.6 and 2.0.1 (connector status and
-/// charging state), the options of the Status enum sensor.
-pub const STATUSES: &[&str] = &[
-    "Available",
-    "Preparing",
-    "Charging",
-    "SuspendedEVSE",
-    "SuspendedEV",
-    "Finishing",
-    "Reserved",
-    "Unavailable",
-    "Faulted",
-    "Occupied",
-    "EVConnected",
-    "Idle",
-    "Unknown",
-];
+/// What 2.0.1 adds to 1.6's connector statuses (a connector status and
+/// charging states); with those and `Unknown`, the options of the Status
+/// enum sensor.
+const STATUSES_201: &[&str] = &["Occupied", "EVConnected", "Idle"];
+
+/// Every status the Status sensor may show.
+fn statuses() -> impl Iterator<Item = &'static str> {
+    crate::ocpp::messages::STATUSES
+        .iter()
+        .chain(STATUSES_201)
+        .chain(&["Unknown"])
+        .copied()
+}
 
 /// The buttons: (object id, name, action, extra discovery keys).
 fn buttons() -> [(&'static str, &'static str, &'static str, Value); 5] {
@@ -389,7 +385,7 @@ pub fn charger_discovery(
             "status",
             "Status",
             "{{ value_json.status }}",
-            json!({"icon": "mdi:ev-station", "device_class": "enum", "options": STATUSES}),
+            json!({"icon": "mdi:ev-station", "device_class": "enum", "options": statuses().collect::<Vec<_>>()}),
         ),
         sensor(
             "power",

@@ -115,38 +115,54 @@ pub struct MeterSummary {
     pub current_a: Option<f64>,
 }
 
+/// One sampled value as the summary reads it, in either OCPP version.
+pub struct Sample<'a> {
+    pub measurand: Option<&'a str>,
+    pub phase: Option<&'a str>,
+    /// In Wh, W or A (kilo units and multipliers applied).
+    pub value: f64,
+    /// What a current sample counts as (1.6 takes its value as sent).
+    pub current: f64,
+}
+
+impl MeterSummary {
+    /// Fold in one meter value's samples: the energy register and active
+    /// power of the last sample carrying each, and the highest phase
+    /// current (the neutral is not a phase).
+    pub fn add<'a>(&mut self, samples: impl Iterator<Item = Sample<'a>>) {
+        let mut current: Option<f64> = None;
+        for s in samples.filter(|s| s.value.is_finite()) {
+            match s.measurand.unwrap_or("Energy.Active.Import.Register") {
+                "Energy.Active.Import.Register" => self.energy_wh = Some(s.value),
+                "Power.Active.Import" => self.power_w = Some(s.value),
+                "Current.Import" if s.phase != Some("N") => {
+                    current = Some(current.map_or(s.current, |c: f64| c.max(s.current)))
+                }
+                _ => {}
+            }
+        }
+        if current.is_some() {
+            self.current_a = current;
+        }
+    }
+}
+
 impl MeterValues {
     /// Reduce to energy register (Wh), active power (W) and the highest phase
     /// current (A), from the last sample that carries each.
     pub fn summary(&self) -> MeterSummary {
         let mut s = MeterSummary::default();
         for mv in &self.meter_value {
-            let mut current: Option<f64> = None;
-            for sv in &mv.sampled_value {
-                let Ok(v) = sv.value.trim().parse::<f64>() else {
-                    continue;
-                };
-                if !v.is_finite() {
-                    continue;
-                }
+            s.add(mv.sampled_value.iter().filter_map(|sv| {
+                let v = sv.value.trim().parse::<f64>().ok()?;
                 let kilo = sv.unit.as_deref().is_some_and(|u| u.starts_with('k'));
-                let scaled = if kilo { v * 1000.0 } else { v };
-                match sv
-                    .measurand
-                    .as_deref()
-                    .unwrap_or("Energy.Active.Import.Register")
-                {
-                    "Energy.Active.Import.Register" => s.energy_wh = Some(scaled),
-                    "Power.Active.Import" => s.power_w = Some(scaled),
-                    "Current.Import" if sv.phase.as_deref() != Some("N") => {
-                        current = Some(current.map_or(v, |c: f64| c.max(v)))
-                    }
-                    _ => {}
-                }
-            }
-            if current.is_some() {
-                s.current_a = current;
-            }
+                Some(Sample {
+                    measurand: sv.measurand.as_deref(),
+                    phase: sv.phase.as_deref(),
+                    value: if kilo { v * 1000.0 } else { v },
+                    current: v,
+                })
+            }));
         }
         s
     }

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::messages::MeterSummary;
+use super::messages::{MeterSummary, Sample};
 
 /// `BootNotificationRequest`
 #[derive(Debug, Deserialize)]
@@ -133,8 +133,7 @@ pub struct UnitOfMeasure {
 pub fn summary(values: &[MeterValue]) -> MeterSummary {
     let mut s = MeterSummary::default();
     for mv in values {
-        let mut current: Option<f64> = None;
-        for sv in &mv.sampled_value {
+        s.add(mv.sampled_value.iter().map(|sv| {
             let (unit, multiplier) = sv
                 .unit_of_measure
                 .as_ref()
@@ -143,25 +142,13 @@ pub fn summary(values: &[MeterValue]) -> MeterSummary {
             // Multipliers beyond ±9 are nonsense from a meter; ignored.
             let scale = 10f64.powi(multiplier.clamp(-9, 9)) * if kilo { 1000.0 } else { 1.0 };
             let v = sv.value * scale;
-            if !v.is_finite() {
-                continue;
+            Sample {
+                measurand: sv.measurand.as_deref(),
+                phase: sv.phase.as_deref(),
+                value: v,
+                current: v,
             }
-            match sv
-                .measurand
-                .as_deref()
-                .unwrap_or("Energy.Active.Import.Register")
-            {
-                "Energy.Active.Import.Register" => s.energy_wh = Some(v),
-                "Power.Active.Import" => s.power_w = Some(v),
-                "Current.Import" if sv.phase.as_deref() != Some("N") => {
-                    current = Some(current.map_or(v, |c: f64| c.max(v)))
-                }
-                _ => {}
-            }
-        }
-        if current.is_some() {
-            s.current_a = current;
-        }
+        }));
     }
     s
 }

@@ -568,6 +568,18 @@ pub fn for_charger_call(
     answer: Option<&RawValue>,
     answered_by: Source,
 ) -> Option<Event> {
+    for_charger_call_at(action, payload, answer, answered_by, None)
+}
+
+/// [`for_charger_call`] for a call received at `now`: a MeterValues event
+/// also says how far the charger's clock is off (`clock_skew_s`).
+pub fn for_charger_call_at(
+    action: &str,
+    payload: &RawValue,
+    answer: Option<&RawValue>,
+    answered_by: Source,
+    now: Option<jiff::Timestamp>,
+) -> Option<Event> {
     if action == "Heartbeat" {
         return None; // the most frequent message: not even its answer is read
     }
@@ -638,7 +650,7 @@ pub fn for_charger_call(
                 energy_wh: s.energy_wh,
                 power_w: s.power_w,
                 current_a: s.current_a,
-                clock_skew_s: None,
+                clock_skew_s: clock_skew(m.meter_value.iter().map(|v| v.timestamp.as_str()), now),
             }
         }
         other => Event::ChargerCall {
@@ -701,6 +713,7 @@ pub fn for_charger_call_201(
     answer: Option<&RawValue>,
     answered_by: Source,
     evses: &mut TxEvses,
+    now: Option<jiff::Timestamp>,
 ) -> Vec<Event> {
     use crate::ocpp::v201;
     if action == "Heartbeat" {
@@ -752,13 +765,13 @@ pub fn for_charger_call_201(
                     energy_wh: s.energy_wh,
                     power_w: s.power_w,
                     current_a: s.current_a,
-                    clock_skew_s: None,
+                    clock_skew_s: clock_skew(v201::stamps(&m.meter_value), now),
                 }]
             }
             Err(_) => vec![other()],
         },
         "TransactionEvent" => match decode::<v201::TransactionEvent>(payload) {
-            Ok(t) => transaction_event(t, status(), answered_by, evses),
+            Ok(t) => transaction_event(t, status(), answered_by, evses, now),
             Err(_) => vec![other()],
         },
         _ => vec![other()],
@@ -770,6 +783,7 @@ fn transaction_event(
     status: Option<String>,
     answered_by: Source,
     evses: &mut TxEvses,
+    now: Option<jiff::Timestamp>,
 ) -> Vec<Event> {
     let tx = excerpt(&t.transaction_info.transaction_id, 36);
     let meter = crate::ocpp::v201::summary(&t.meter_value);
@@ -827,7 +841,7 @@ fn transaction_event(
             energy_wh: meter.energy_wh,
             power_w: meter.power_w,
             current_a: meter.current_a,
-            clock_skew_s: None,
+            clock_skew_s: clock_skew(crate::ocpp::v201::stamps(&t.meter_value), now),
         }),
         _ => {}
     }
@@ -846,35 +860,17 @@ fn transaction_event(
     out
 }
 
-/// Note on a MeterValues event how far the charger's clock is from the
-/// gateway's (`now`, when the message arrived): the newest sample's
-/// timestamp minus `now`. Reads the `meterValue` list of 1.6 MeterValues
-/// and of 2.0.1 MeterValues and TransactionEvent alike.
-pub fn note_clock_skew(ev: &mut Event, payload: &RawValue, now: jiff::Timestamp) {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Stamped {
-        #[serde(default)]
-        meter_value: Vec<Stamp>,
-    }
-    #[derive(Deserialize)]
-    struct Stamp {
-        timestamp: String,
-    }
-    let Event::MeterValues { clock_skew_s, .. } = ev else {
-        return;
-    };
-    let Ok(m) = decode::<Stamped>(payload) else {
-        return;
-    };
-    let newest = m
-        .meter_value
-        .iter()
-        .filter_map(|v| v.timestamp.parse::<jiff::Timestamp>().ok())
-        .max();
-    if let Some(t) = newest {
-        *clock_skew_s = Some(t.as_second() - now.as_second());
-    }
+/// How far the charger's clock is ahead of the gateway's (`now`, when the
+/// message arrived), from its newest sample's timestamp.
+fn clock_skew<'a>(
+    stamps: impl Iterator<Item = &'a str>,
+    now: Option<jiff::Timestamp>,
+) -> Option<i64> {
+    let now = now?;
+    let newest = stamps
+        .filter_map(|t| t.parse::<jiff::Timestamp>().ok())
+        .max()?;
+    Some(newest.as_second() - now.as_second())
 }
 
 /// Whether a charger CALL is journaled as soon as it arrives (its answer
@@ -918,7 +914,7 @@ mod tests {
     fn a_201_transaction_reads_like_a_16_one() {
         let mut mem = TxEvses::default();
         let mut ev = |action: &str, req: &str| {
-            for_charger_call_201(action, &raw(req), None, Source::Gateway, &mut mem)
+            for_charger_call_201(action, &raw(req), None, Source::Gateway, &mut mem, None)
         };
         let start = ev(
             "TransactionEvent",

@@ -101,7 +101,14 @@ pub struct MeterValues {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterValue {
+    #[serde(default)]
+    pub timestamp: Option<String>,
     pub sampled_value: Vec<SampledValue>,
+}
+
+/// The timestamps of meter values, to compare with the gateway's clock.
+pub fn stamps(values: &[MeterValue]) -> impl Iterator<Item = &str> {
+    values.iter().filter_map(|v| v.timestamp.as_deref())
 }
 
 /// `SampledValueType`: in 2.0.1 the value is a number, and the unit comes

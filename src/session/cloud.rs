@@ -164,14 +164,14 @@ impl<S> SessionState<S> {
             Protocol::Ocpp16 => event::for_charger_call(action, payload, answer, by)
                 .into_iter()
                 .collect(),
-            Protocol::Ocpp201 => {
-                let mut evs =
-                    event::for_charger_call_201(action, payload, answer, by, &mut self.tx_evses);
-                for ev in &mut evs {
-                    event::note_clock_skew(ev, payload, self.now.wall);
-                }
-                evs
-            }
+            Protocol::Ocpp201 => event::for_charger_call_201(
+                action,
+                payload,
+                answer,
+                by,
+                &mut self.tx_evses,
+                Some(self.now.wall),
+            ),
         }
     }
 

@@ -242,9 +242,7 @@ impl<S> SessionState<S> {
         answer: Option<&RawValue>,
         by: Source,
     ) -> Option<Event> {
-        let mut ev = event::for_charger_call(action, payload, answer, by)?;
-        event::note_clock_skew(&mut ev, payload, self.now.wall);
-        Some(ev)
+        event::for_charger_call_at(action, payload, answer, by, Some(self.now.wall))
     }
 
     pub(super) fn cloud_up(&self) -> bool {

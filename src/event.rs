@@ -266,7 +266,14 @@ pub enum Event {
     },
     /// The journal could not write for a while (disk full, I/O errors);
     /// written once it can again.
-    StorageAlarm { error: String, failed_commits: u64 },
+    StorageAlarm {
+        error: String,
+        failed_commits: u64,
+        /// When the first failed commit happened (ms since the epoch);
+        /// the record's own time is when writing worked again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        began_ms: Option<i64>,
+    },
     /// A charger uploaded its diagnostics file to the gateway.
     DiagnosticsUploaded { file: String, bytes: u64 },
     /// A frame that broke the protocol, from either side.
@@ -523,7 +530,14 @@ impl Event {
             Event::StorageAlarm {
                 error,
                 failed_commits,
-            } => format!("{failed_commits} journal commit(s) failed: {error}; writing again"),
+                began_ms,
+            } => {
+                let since = began_ms
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                    .map(|t| format!(" since {}", t.strftime("%Y-%m-%dT%H:%M:%SZ")))
+                    .unwrap_or_default();
+                format!("{failed_commits} journal commit(s) failed{since}: {error}; writing again")
+            }
             Event::ProtocolError {
                 from, code, detail, ..
             } => format!("from {from}: {code}: {detail}"),

@@ -72,6 +72,21 @@ impl ChargerState {
     }
 }
 
+impl ChargerState {
+    /// What must outlive a restart, without what changes with every
+    /// reading (meter, last event, error count): the journal stores a
+    /// charger's state again only when this part changed.
+    pub fn durable_part(&self) -> ChargerState {
+        ChargerState {
+            meter: Meter::default(),
+            last_event_ms: None,
+            last_event: None,
+            protocol_errors: 0,
+            ..self.clone()
+        }
+    }
+}
+
 impl Transaction {
     /// The transaction's id as a person reads it: 1.6's number or 2.0.1's
     /// string ("?" before the cloud gave one).

@@ -104,7 +104,7 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     let t = Instant::now();
     prepare(&dir.join("data"), n, journal_mb).await?;
-    let size = std::fs::metadata(journal::path_in(&dir.join("data")))?.len();
+    let size = journal::disk_bytes(&dir.join("data"));
     println!("prepared {n} queued messages and {journal_mb} MB of events in {:.1} s; journal file {:.1} MB", t.elapsed().as_secs_f64(), size as f64 / 1e6);
 
     let t = Instant::now();
@@ -147,7 +147,7 @@ pub(super) async fn run(
         t.elapsed().as_secs_f64()
     );
     drop(gw);
-    let size = std::fs::metadata(journal::path_in(&dir.join("data")))?.len();
+    let size = journal::disk_bytes(&dir.join("data"));
     println!("journal file after the replay: {:.1} MB", size as f64 / 1e6);
     let direct_rate = direct(sink, n).await.context("direct baseline")?;
     println!(

@@ -1,17 +1,24 @@
-//! The durable journal: an append-only event log in one redb database file,
-//! with a sequence number, an index by charger, group commit, retention by
-//! age and size, a live stream of committed records and the live state
-//! folded from them. All storage access of the gateway goes through here.
+//! The durable journal: an append-only event log (the history, in segment
+//! files: `history.rs`), and in one redb database file the outbox, the
+//! id map, the authorization cache and the live state of every charger
+//! (`state` table), with group commit, fair retention by age and size, a
+//! live stream of committed records and the live state folded from them.
+//! All storage access of the gateway goes through here.
 //!
 //! Why redb and not sled: sled 0.34 lost acknowledged writes in every cycle
 //! of our power-loss test (it syncs with `sync_file_range`); redb commits
 //! with fsync by default. See README "Why redb".
 //!
-//! One writer thread (`writer.rs`) owns every write transaction. Appends
-//! queue on a bounded channel; the writer takes everything queued and
-//! writes it in one transaction, so many chargers share one fsync. A
-//! durable append returns only after the commit that holds it; relayed
-//! history waits up to `commit_interval` for the next one.
+//! One writer thread (`writer.rs`) owns every write. Appends queue on a
+//! bounded channel; the writer takes everything queued and writes it in
+//! one append to the history and one redb transaction, so many chargers
+//! share one fsync. A durable append returns only after both; relayed
+//! history waits up to `commit_interval` for the next write.
+//!
+//! Start reads the state table, not the history: the state as of the
+//! last write, plus the records after it (the state is written at least
+//! every `TAIL_MAX` records), so start time does not grow with the
+//! journal.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -27,19 +34,25 @@ use crate::event::{Event, Record};
 use crate::outbox;
 use crate::state::LiveState;
 
+pub mod history;
 mod writer;
+use history::History;
 use writer::{Reopen, Shared, Writer};
 
+/// Where history was kept before it moved to segment files; read once to
+/// move it there.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const BY_CHARGER: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_charger");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// Charger id → its live state (JSON), as of `meta.state_seq`.
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
-/// Fixed cost per record in the size accounting (keys, index entry).
-const RECORD_OVERHEAD: i64 = 48;
 /// Most records written in one transaction, so one commit stays short.
 const MAX_BATCH: usize = 4096;
-/// Most records trimmed per transaction, for the same reason.
-const MAX_TRIM: usize = 4096;
+/// Most records after the stored state: past this the state is written
+/// again even if nothing in it that must survive changed, so start folds
+/// at most this many.
+const TAIL_MAX: u64 = 20_000;
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +71,8 @@ pub enum JournalError {
     Thread(std::io::Error),
     #[error("journal storage error: {0}")]
     Storage(#[from] redb::Error),
+    #[error("journal history error: {0}")]
+    History(#[from] std::io::Error),
     #[error("journal encoding error: {0}")]
     Encode(#[from] serde_json::Error),
     /// A commit that failed, as told to each writer in its batch.
@@ -164,6 +179,7 @@ fn spawn_ticker(tx: &mpsc::Sender<Msg>, interval: Duration) -> Result<(), Journa
 struct Inner {
     tx: mpsc::Sender<Msg>,
     db: Shared,
+    history: Arc<Mutex<History>>,
     stream: broadcast::Sender<Arc<Record>>,
     state: Arc<Mutex<LiveState>>,
     alarm: Arc<Mutex<Option<String>>>,
@@ -203,13 +219,18 @@ impl Journal {
             path: cfg.path.clone(),
             source,
         })?;
-        Self::start(db, cfg, reopen)
+        let dir = history_dir(&cfg.path);
+        let history = history::FsDir::new(&dir)
+            .map_err(|source| JournalError::CreateDir { path: dir, source })?;
+        Self::start(db, Arc::new(history), cfg, reopen)
     }
 
-    /// Open the journal on a storage backend of the caller's (tests use one
-    /// that forgets unsynced writes, to cut the power at any point).
+    /// Open the journal on storage of the caller's: a redb backend and a
+    /// directory for the history (tests use ones that forget unsynced
+    /// writes, to cut the power at any point).
     pub fn open_with_backend<B: redb::StorageBackend + Clone>(
         backend: B,
+        history: Arc<dyn history::Dir>,
         cfg: JournalConfig,
     ) -> Result<Journal, JournalError> {
         let reopen: Reopen =
@@ -218,16 +239,28 @@ impl Journal {
             path: cfg.path.clone(),
             source,
         })?;
-        Self::start(db, cfg, reopen)
+        Self::start(db, history, cfg, reopen)
     }
 
-    fn start(db: Database, cfg: JournalConfig, reopen: Reopen) -> Result<Journal, JournalError> {
+    fn start(
+        db: Database,
+        dir: Arc<dyn history::Dir>,
+        cfg: JournalConfig,
+        reopen: Reopen,
+    ) -> Result<Journal, JournalError> {
+        let mut db = db;
+        let mut history = History::open(dir, segment_bytes(cfg.max_bytes))?;
+        if migrate(&db, &mut history)? {
+            // Give back the space the old history took.
+            if let Err(e) = db.compact() {
+                log::warn!("journal: cannot compact the database after moving history: {e}");
+            }
+        }
         let db = Arc::new(db);
         {
             let w = db.begin_write()?;
-            w.open_table(EVENTS)?;
-            w.open_table(BY_CHARGER)?;
             w.open_table(META)?;
+            w.open_table(STATE)?;
             w.open_table(outbox::OUTBOX)?;
             w.open_table(outbox::DEAD)?;
             w.open_table(outbox::TXMAP)?;
@@ -236,17 +269,13 @@ impl Journal {
             w.open_table(auth::LIST_VERSION)?;
             w.commit()?;
         }
-        let (state, min_local_tx, outbox_key) = rebuild(&db)?;
+        let found = rebuild(&db, &history)?;
         let last = {
-            let r = db.begin_read()?;
-            let seq = r.open_table(EVENTS)?.last()?.map_or(0, |(k, _)| k.value());
-            let time = r
-                .open_table(META)?
-                .get("last_time_ms")?
-                .map_or(0, |v| v.value());
-            (seq, time)
+            let (seq, time) = history.last();
+            (seq.max(found.state.last_seq), time)
         };
-        let state = Arc::new(Mutex::new(state));
+        let state = Arc::new(Mutex::new(found.state.clone()));
+        let history = Arc::new(Mutex::new(history));
         let (tx, rx) = mpsc::channel(65_536);
         let (stream, _) = broadcast::channel(4096);
         let alarm = Arc::new(Mutex::new(None));
@@ -256,14 +285,18 @@ impl Journal {
             spawn_ticker(&tx, cfg.commit_interval)?;
         }
         let writer = Writer::new(
-            db.clone(),
-            reopen,
-            cfg,
-            stream.clone(),
-            state.clone(),
-            alarm.clone(),
-            unwritten.clone(),
+            writer::Parts {
+                db: db.clone(),
+                reopen,
+                history: history.clone(),
+                cfg,
+                stream: stream.clone(),
+                state: state.clone(),
+                alarm: alarm.clone(),
+                unwritten: unwritten.clone(),
+            },
             last,
+            &found,
         );
         std::thread::Builder::new()
             .name("journal-writer".into())
@@ -273,12 +306,13 @@ impl Journal {
             inner: Arc::new(Inner {
                 tx,
                 db,
+                history,
                 stream,
                 state,
                 alarm,
                 unwritten,
-                next_local_tx: AtomicI64::new(min_local_tx.min(0) - 1),
-                outbox_key: AtomicU64::new(outbox_key),
+                next_local_tx: AtomicI64::new(found.min_local_tx.min(0) - 1),
+                outbox_key: AtomicU64::new(found.outbox_key),
             }),
         })
     }
@@ -447,8 +481,10 @@ impl Journal {
 
     /// Records matching `q`, oldest first.
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, JournalError> {
-        let r = self.inner.db.get()?.begin_read()?;
-        let events = r.open_table(EVENTS)?;
+        let (dir, segs) = {
+            let h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+            (h.dir(), h.segments())
+        };
         let after = q.after_seq.map_or(0, |s| s + 1);
         let limit = if q.limit == 0 { usize::MAX } else { q.limit };
         let mut out = Vec::new();
@@ -465,7 +501,7 @@ impl Journal {
             }
             out.len() < limit
         };
-        // Newest first: what is not written yet, then the file.
+        // Newest first: what is not written yet, then the files.
         let unwritten: Vec<Record> = self
             .inner
             .unwritten
@@ -484,46 +520,22 @@ impl Journal {
                 return Ok(out);
             }
         }
-        match &q.charger {
-            Some(c) => {
-                let idx = r.open_table(BY_CHARGER)?;
-                for entry in idx
-                    .range((c.as_str(), after)..=(c.as_str(), u64::MAX))?
-                    .rev()
-                {
-                    let seq = entry?.0.value().1;
-                    if seq >= first_unwritten {
-                        continue; // written just now, and taken above
-                    }
-                    if let Some(v) = events.get(seq)? {
-                        if !take(decode(seq, v.value())?) {
-                            break;
-                        }
-                    }
-                }
-            }
-            None => {
-                for entry in events.range(after..)?.rev() {
-                    let (k, v) = entry?;
-                    if k.value() >= first_unwritten {
-                        continue; // written just now, and taken above
-                    }
-                    if !take(decode(k.value(), v.value())?) {
-                        break;
-                    }
-                }
-            }
-        }
+        history::scan_back(
+            &*dir,
+            &segs,
+            q.charger.as_deref(),
+            after,
+            q.since_ms,
+            |rec| rec.seq >= first_unwritten || take(rec),
+        )?;
         out.reverse();
         Ok(out)
     }
 
-    /// Number of records and the highest sequence number.
+    /// Number of records written and the highest sequence number.
     pub fn stats(&self) -> Result<(u64, u64), JournalError> {
-        let r = self.inner.db.get()?.begin_read()?;
-        let t = r.open_table(EVENTS)?;
-        let last = t.last()?.map_or(0, |(k, _)| k.value());
-        Ok((t.len()?, last))
+        let h = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((h.totals().0, h.last().0))
     }
 }
 
@@ -546,21 +558,127 @@ pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<Record, JournalError> {
     })
 }
 
-fn rebuild(db: &Database) -> Result<(LiveState, i64, u64), JournalError> {
+/// What start found on disk.
+struct Found {
+    /// The live state: the state table plus the history after it.
+    pub state: LiveState,
+    /// The state table as stored (what the writer need not write again).
+    pub stored: std::collections::HashMap<String, crate::state::ChargerState>,
+    /// The last record folded into the stored state.
+    pub state_seq: u64,
+    /// Chargers the history after the stored state changed.
+    pub touched: std::collections::HashSet<String>,
+    pub min_local_tx: i64,
+    pub outbox_key: u64,
+}
+
+fn rebuild(db: &Database, history: &History) -> Result<Found, JournalError> {
     let r = db.begin_read()?;
-    let events = r.open_table(EVENTS)?;
-    let mut state = LiveState::default();
-    for entry in events.iter()? {
+    let meta = r.open_table(META)?;
+    let state_seq = meta.get("state_seq")?.map_or(0, |v| v.value()).max(0) as u64;
+    let mut state = LiveState {
+        last_seq: state_seq,
+        ..Default::default()
+    };
+    let mut stored = std::collections::HashMap::new();
+    for entry in r.open_table(STATE)?.iter()? {
         let (k, v) = entry?;
-        match decode(k.value(), v.value()) {
-            Ok(rec) => state.apply(&rec),
-            Err(e) => log::warn!("journal record {} unreadable, skipped: {e}", k.value()),
+        match serde_json::from_slice::<crate::state::ChargerState>(v.value()) {
+            Ok(c) => {
+                stored.insert(k.value().to_string(), c.durable_part());
+                state.chargers.insert(k.value().to_string(), c);
+            }
+            Err(e) => log::warn!("stored state of {} unreadable, skipped: {e}", k.value()),
         }
     }
-    let meta = r.open_table(META)?;
-    let min_local_tx = meta.get("min_local_tx")?.map_or(0, |v| v.value());
+    let mut touched = std::collections::HashSet::new();
+    let mut min_local_tx = meta.get("min_local_tx")?.map_or(0, |v| v.value());
+    for rec in history.after(state_seq)? {
+        min_local_tx = min_local_tx.min(writer::local_tx_of(&rec.event));
+        state.apply(&rec);
+        writer::touch(&mut touched, &state, &rec);
+    }
     let outbox_key = meta.get("outbox_key")?.map_or(0, |v| v.value()).max(0) as u64;
-    Ok((state, min_local_tx, outbox_key))
+    Ok(Found {
+        state,
+        stored,
+        state_seq,
+        touched,
+        min_local_tx,
+        outbox_key,
+    })
+}
+
+/// Move history kept in redb by earlier versions into segment files, and
+/// the state folded from it into the state table. Records already moved
+/// (a crash during the move) are not moved twice.
+fn migrate(db: &Database, history: &mut History) -> Result<bool, JournalError> {
+    let w = db.begin_write()?;
+    let mut state = LiveState::default();
+    let mut moved = 0u64;
+    {
+        let events = w.open_table(EVENTS)?;
+        if events.is_empty()? {
+            drop(events);
+            w.abort()?;
+            return Ok(false);
+        }
+        let done = history.last().0;
+        let mut batch = Vec::new();
+        for entry in events.iter()? {
+            let (k, v) = entry?;
+            let Ok(rec) = decode(k.value(), v.value()) else {
+                continue;
+            };
+            state.apply(&rec);
+            if rec.seq > done {
+                batch.push(rec);
+            }
+            if batch.len() >= MAX_BATCH {
+                history.append(&batch)?;
+                moved += batch.len() as u64;
+                batch.clear();
+            }
+        }
+        moved += batch.len() as u64;
+        history.append(&batch)?;
+        let mut table = w.open_table(STATE)?;
+        for (id, c) in &state.chargers {
+            table.insert(id.as_str(), serde_json::to_vec(c)?.as_slice())?;
+        }
+        w.open_table(META)?
+            .insert("state_seq", state.last_seq as i64)?;
+    }
+    w.delete_table(EVENTS)?;
+    w.delete_table(BY_CHARGER)?;
+    w.commit()?;
+    log::info!("journal: {moved} records moved from the database to segment files");
+    Ok(true)
+}
+
+/// Segment size: small enough that retention can free space in steps
+/// of a few percent of the limit, large enough to be few files.
+fn segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 32).clamp(1024, 4 << 20)
+}
+
+/// Bytes the journal takes in a data directory: the database file and
+/// the history's segments.
+pub fn disk_bytes(data_dir: &Path) -> u64 {
+    let db = std::fs::metadata(path_in(data_dir)).map_or(0, |m| m.len());
+    let history = std::fs::read_dir(history_dir(&path_in(data_dir)))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum::<u64>()
+        })
+        .unwrap_or(0);
+    db + history
+}
+
+/// The history's directory beside the database file.
+pub fn history_dir(db_path: &Path) -> PathBuf {
+    db_path.with_file_name("history")
 }
 
 /// The journal file inside a data directory.
@@ -587,7 +705,7 @@ mod tests {
         .unwrap()
     }
 
-    /// Records in the file (not counting what is staged in memory).
+    /// Records written (not counting what is staged in memory).
     fn written(j: &Journal) -> u64 {
         j.stats().unwrap().0
     }
@@ -755,5 +873,110 @@ mod tests {
             .unwrap();
         assert_eq!(kept.len() as u64, count, "index trimmed with the records");
         assert_eq!(kept.last().unwrap().seq, 200);
+    }
+
+    fn started(id: i64) -> Event {
+        Event::StartTransaction {
+            connector: 1,
+            id_tag: "t".into(),
+            meter_start: 0,
+            transaction_id: Some(id),
+            transaction_ref: None,
+            status: None,
+            timestamp: "x".into(),
+            answered_by: Source::Cloud,
+        }
+    }
+
+    #[tokio::test]
+    async fn state_outlives_the_history_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path(), 40_000);
+        j.record(Some("A"), connect()).await;
+        j.record(Some("A"), started(42)).await;
+        j.record_durable(
+            Some("A"),
+            Event::Override {
+                mode: "pause".into(),
+                limit_a: Some(0.0),
+                until: None,
+                source: Source::Cli,
+            },
+        )
+        .await
+        .unwrap();
+        // Transactions on A's other connector, until retention drops
+        // A's oldest records, its first start among them.
+        for i in 0..2_000 {
+            let mut e = started(1_000 + i);
+            if let Event::StartTransaction { connector, .. } = &mut e {
+                *connector = 2;
+            }
+            j.record(Some("A"), e).await;
+        }
+        j.close().await;
+        drop(j);
+        let j = open(dir.path(), 40_000);
+        let kept = j
+            .query(&Query {
+                charger: Some("A".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(kept.len() < 1_000, "retention worked: {}", kept.len());
+        assert!(
+            !kept.iter().any(|r| matches!(
+                r.event,
+                Event::StartTransaction {
+                    transaction_id: Some(42),
+                    ..
+                }
+            )),
+            "the history no longer has the start"
+        );
+        let a = &j.state().chargers["A"];
+        assert_eq!(a.transactions[&1].transaction_id, Some(42), "{a:?}");
+        assert!(a.override_.as_ref().is_some_and(|o| o.pause), "{a:?}");
+    }
+
+    #[tokio::test]
+    async fn history_kept_in_the_database_by_earlier_versions_is_moved_to_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(path_in(dir.path())).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(EVENTS).unwrap();
+                let mut idx = w.open_table(BY_CHARGER).unwrap();
+                for seq in 1..=3u64 {
+                    let ev = if seq == 2 { started(7) } else { connect() };
+                    let v = serde_json::to_vec(&Stored {
+                        time_ms: 1_000 + seq as i64,
+                        charger: Some("OLD".into()),
+                        event: ev,
+                    })
+                    .unwrap();
+                    t.insert(seq, v.as_slice()).unwrap();
+                    idx.insert(("OLD", seq), ()).unwrap();
+                }
+            }
+            w.commit().unwrap();
+        }
+        for _ in 0..2 {
+            // Twice: the second open finds nothing left to move.
+            let j = open(dir.path(), 1 << 30);
+            let recs = j.query(&Query::default()).unwrap();
+            let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs[..3], [1, 2, 3], "moved once, in order");
+            assert_eq!(
+                j.state().chargers["OLD"].transactions[&1].transaction_id,
+                Some(7)
+            );
+            assert!(j.record_durable(Some("OLD"), connect()).await.unwrap() > 3);
+            j.close().await;
+        }
+        let db = Database::create(path_in(dir.path())).unwrap();
+        let r = db.begin_read().unwrap();
+        assert!(r.open_table(EVENTS).is_err(), "the old table is gone");
     }
 }

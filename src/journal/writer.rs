@@ -16,23 +16,26 @@
 //! Records wait for the write that holds them only when a durable append
 //! came before them in the same round, so the live stream keeps their order.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use redb::{Database, ReadableTable};
+use redb::Database;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::history::{History, Limits};
 use super::{
-    decode, now_ms, Append, JournalConfig, JournalError, Msg, Op, Stored, BY_CHARGER, EVENTS,
-    MAX_BATCH, MAX_TRIM, META, RECORD_OVERHEAD,
+    now_ms, Append, Found, JournalConfig, JournalError, Msg, Op, MAX_BATCH, META, STATE, TAIL_MAX,
 };
 use crate::auth;
 use crate::event::{Event, Record, Source};
 use crate::outbox;
-use crate::state::LiveState;
+use crate::state::{ChargerState, LiveState};
 
 /// Staged operations at most, before they are written whatever the time.
 const MAX_STAGED: usize = 20_000;
+/// How often chargers gone longer than the retention are forgotten.
+const FORGET_EVERY_MS: i64 = 60_000;
 
 /// The database, shared by the writer and readers, and swapped by the
 /// writer when it has to reopen it: after an I/O error (a full disk) redb
@@ -50,6 +53,31 @@ impl Shared {
 /// Opens the database again (same file or backend).
 pub(super) type Reopen = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
 
+/// What the writer shares with the journal's readers.
+pub(super) struct Parts {
+    pub db: Shared,
+    pub reopen: Reopen,
+    pub history: Arc<Mutex<History>>,
+    pub cfg: JournalConfig,
+    pub stream: broadcast::Sender<Arc<Record>>,
+    pub state: Arc<Mutex<LiveState>>,
+    pub alarm: Arc<Mutex<Option<String>>>,
+    /// Staged records not yet written, for readers of the journal.
+    pub unwritten: Arc<Mutex<Vec<Record>>>,
+}
+
+/// The lowest local transaction id an event hands out (0 if none).
+pub(super) fn local_tx_of(event: &Event) -> i64 {
+    match event {
+        Event::StartTransaction {
+            transaction_id: Some(id),
+            answered_by: Source::Gateway,
+            ..
+        } => (*id).min(0),
+        _ => 0,
+    }
+}
+
 /// One staged operation, in arrival order.
 enum Staged {
     Event(Record),
@@ -60,54 +88,58 @@ enum Staged {
 type Waiter = (oneshot::Sender<Result<Vec<u64>, JournalError>>, Vec<u64>);
 
 pub(super) struct Writer {
-    pub db: Shared,
-    pub reopen: Reopen,
-    pub cfg: JournalConfig,
-    pub stream: broadcast::Sender<Arc<Record>>,
-    pub state: Arc<Mutex<LiveState>>,
-    pub alarm: Arc<Mutex<Option<String>>>,
-    /// Staged records not yet written, for readers of the journal.
-    pub unwritten: Arc<Mutex<Vec<Record>>>,
-    /// Commits failed in a row (disk full, I/O errors).
-    pub failed_commits: u64,
+    p: Parts,
+    /// Commits failed in a row (disk full, I/O errors), and when the
+    /// first of them failed.
+    failed_commits: u64,
+    failed_since: Option<i64>,
     /// The last sequence number handed out, and the last record time.
-    pub seq: u64,
-    pub time: i64,
+    seq: u64,
+    time: i64,
     staged: Vec<Staged>,
     /// Records shown only once written (a durable append came first).
     held: Vec<Record>,
     waiters: Vec<Waiter>,
     /// When the oldest staged operation arrived.
     since: Option<Instant>,
+    /// Each charger's state as the state table holds it (its durable
+    /// part), the last record folded into it, and the chargers whose
+    /// state changed since.
+    stored: HashMap<String, ChargerState>,
+    state_seq: u64,
+    touched: HashSet<String>,
+    /// What the meta table holds.
+    min_local_tx: i64,
+    outbox_key: u64,
+    last_forget_ms: i64,
+}
+
+/// What one write puts in the database besides the operations.
+#[derive(Default)]
+struct StateWrite {
+    rows: Vec<(String, Vec<u8>, ChargerState)>,
+    removed: Vec<String>,
+    state_seq: Option<u64>,
 }
 
 impl Writer {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        db: Shared,
-        reopen: Reopen,
-        cfg: JournalConfig,
-        stream: broadcast::Sender<Arc<Record>>,
-        state: Arc<Mutex<LiveState>>,
-        alarm: Arc<Mutex<Option<String>>>,
-        unwritten: Arc<Mutex<Vec<Record>>>,
-        last: (u64, i64),
-    ) -> Writer {
+    pub(super) fn new(p: Parts, last: (u64, i64), found: &Found) -> Writer {
         Writer {
-            db,
-            reopen,
-            cfg,
-            stream,
-            state,
-            alarm,
-            unwritten,
+            p,
             failed_commits: 0,
+            failed_since: None,
             seq: last.0,
             time: last.1,
             staged: Vec::new(),
             held: Vec::new(),
             waiters: Vec::new(),
             since: None,
+            stored: found.stored.clone(),
+            state_seq: found.state_seq,
+            touched: found.touched.clone(),
+            min_local_tx: found.min_local_tx,
+            outbox_key: found.outbox_key,
+            last_forget_ms: 0,
         }
     }
 
@@ -132,7 +164,7 @@ impl Writer {
                 || self.staged.len() >= MAX_STAGED
                 || self
                     .since
-                    .is_some_and(|t| t.elapsed() >= self.cfg.commit_interval);
+                    .is_some_and(|t| t.elapsed() >= self.p.cfg.commit_interval);
             if due {
                 self.write_staged();
             }
@@ -193,22 +225,25 @@ impl Writer {
 
     /// Fold a record into the live state and stream it; `unwritten` while
     /// it is not on disk yet (readers of the journal see it meanwhile).
-    fn show(&self, rec: Record, unwritten: bool) {
+    fn show(&mut self, rec: Record, unwritten: bool) {
         if unwritten {
-            self.unwritten
+            self.p
+                .unwritten
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(rec.clone());
         }
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(&rec);
-        let _ = self.stream.send(Arc::new(rec));
+        {
+            let mut state = self.p.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.apply(&rec);
+            touch(&mut self.touched, &state, &rec);
+        }
+        let _ = self.p.stream.send(Arc::new(rec));
     }
 
-    /// Write everything staged in one transaction (fsync), then answer the
-    /// durable appends and show the records held for it.
+    /// Write everything staged (one append to the history and one redb
+    /// transaction, each with fsync), then answer the durable appends and
+    /// show the records held for it.
     fn write_staged(&mut self) {
         if self.staged.is_empty() && self.failed_commits == 0 {
             // Nothing to write (a durable append of no operations: the
@@ -219,7 +254,7 @@ impl Writer {
             self.since = None;
             return;
         }
-        if self.db.get().is_err() {
+        if self.p.db.get().is_err() {
             self.try_reopen();
         }
         if self.failed_commits > 0 {
@@ -234,6 +269,7 @@ impl Writer {
                 event: Event::StorageAlarm {
                     error: self.alarm().unwrap_or_default(),
                     failed_commits: self.failed_commits,
+                    began_ms: self.failed_since,
                 },
             };
             self.held.push(rec.clone());
@@ -244,22 +280,25 @@ impl Writer {
         let waiters = std::mem::take(&mut self.waiters);
         self.since = None;
         let result = self.write(&staged);
-        self.unwritten
+        self.p
+            .unwritten
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         match result {
             Ok(()) => {
-                if let Ok(mut a) = self.alarm.lock() {
+                if let Ok(mut a) = self.p.alarm.lock() {
                     a.take();
                 }
                 self.failed_commits = 0;
+                self.failed_since = None;
                 for rec in held {
                     self.show(rec, false);
                 }
                 for (done, res) in waiters {
                     let _ = done.send(Ok(res));
                 }
+                self.retain();
             }
             Err(e) => {
                 log::error!(
@@ -267,13 +306,16 @@ impl Writer {
                     staged.len()
                 );
                 if let (Ok(mut a), false) =
-                    (self.alarm.lock(), matches!(e, JournalError::Reopening))
+                    (self.p.alarm.lock(), matches!(e, JournalError::Reopening))
                 {
                     // Keep the root cause (the full disk), not its echo.
                     *a = Some(e.to_string());
                 }
                 self.failed_commits += 1;
+                self.failed_since.get_or_insert_with(now_ms);
                 self.try_reopen();
+                // A full disk: history is what can give space back.
+                self.retain();
                 let e = Arc::new(e);
                 for (done, _) in waiters {
                     let _ = done.send(Err(JournalError::Batch(e.clone())));
@@ -286,7 +328,7 @@ impl Writer {
     /// once storage works again. Readers holding the old handle keep it
     /// open a moment longer; then the next failure tries again.
     fn try_reopen(&mut self) {
-        let mut slot = self.db.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.p.db.0.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = slot.take() {
             match Arc::try_unwrap(old) {
                 Ok(db) => drop(db),
@@ -296,7 +338,7 @@ impl Writer {
                 }
             }
         }
-        match (self.reopen)() {
+        match (self.p.reopen)() {
             Ok(db) => {
                 log::warn!("journal reopened after a storage error");
                 *slot = Some(Arc::new(db));
@@ -306,11 +348,62 @@ impl Writer {
     }
 
     fn alarm(&self) -> Option<String> {
-        self.alarm.lock().ok().and_then(|a| a.clone())
+        self.p.alarm.lock().ok().and_then(|a| a.clone())
     }
 
-    fn write(&self, staged: &[Staged]) -> Result<(), JournalError> {
-        let w = self.db.get()?.begin_write()?;
+    /// The chargers whose state must be written again: those whose part
+    /// that outlives a restart changed, or all touched ones when the
+    /// history after the stored state grew long.
+    fn state_to_write(&self) -> StateWrite {
+        let state = self.p.state.lock().unwrap_or_else(|p| p.into_inner());
+        let long_tail = state.last_seq.saturating_sub(self.state_seq) > TAIL_MAX;
+        let mut out = StateWrite::default();
+        for id in &self.touched {
+            match state.chargers.get(id) {
+                Some(c) => {
+                    let durable = c.durable_part();
+                    if long_tail || self.stored.get(id) != Some(&durable) {
+                        match serde_json::to_vec(c) {
+                            Ok(json) => out.rows.push((id.clone(), json, durable)),
+                            Err(e) => log::warn!("state of {id} not stored: {e}"),
+                        }
+                    }
+                }
+                None if self.stored.contains_key(id) => out.removed.push(id.clone()),
+                None => {}
+            }
+        }
+        if long_tail || !out.rows.is_empty() || !out.removed.is_empty() {
+            out.state_seq = Some(state.last_seq);
+        }
+        out
+    }
+
+    fn write(&mut self, staged: &[Staged]) -> Result<(), JournalError> {
+        let records: Vec<Record> = staged
+            .iter()
+            .filter_map(|s| match s {
+                Staged::Event(rec) => Some(rec.clone()),
+                Staged::Op(_) => None,
+            })
+            .collect();
+        self.p
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&records)?;
+        let min_local_tx = records
+            .iter()
+            .map(|r| local_tx_of(&r.event))
+            .fold(self.min_local_tx, i64::min);
+        let mut outbox_key = self.outbox_key;
+        let has_ops = staged.iter().any(|s| matches!(s, Staged::Op(_)));
+        let sw = self.state_to_write();
+        let state_changed = sw.state_seq.is_some();
+        if !has_ops && !state_changed && min_local_tx == self.min_local_tx {
+            return Ok(()); // history only: redb untouched
+        }
+        let w = self.p.db.get()?.begin_write()?;
         {
             let mut ob = outbox::Tables {
                 outbox: w.open_table(outbox::OUTBOX)?,
@@ -322,87 +415,101 @@ impl Writer {
                 list: w.open_table(auth::LIST)?,
                 version: w.open_table(auth::LIST_VERSION)?,
             };
-            let mut events = w.open_table(EVENTS)?;
-            let mut idx = w.open_table(BY_CHARGER)?;
-            let mut meta = w.open_table(META)?;
-            let mut bytes = meta.get("bytes")?.map_or(0, |v| v.value());
-            let mut min_local_tx = meta.get("min_local_tx")?.map_or(0, |v| v.value());
-            let mut next_key = meta.get("outbox_key")?.map_or(0, |v| v.value()).max(0) as u64;
             for s in staged {
-                let rec = match s {
-                    Staged::Op(Op::Auth(o)) => {
-                        au.apply(o)?;
-                        continue;
-                    }
+                match s {
+                    Staged::Op(Op::Auth(o)) => au.apply(o)?,
                     Staged::Op(Op::Outbox(o)) => {
-                        ob.apply(o, &mut next_key, self.time)?;
-                        continue;
+                        ob.apply(o, &mut outbox_key, self.time)?;
                     }
-                    Staged::Op(Op::Event { .. }) => continue, // staged as records
-                    Staged::Event(rec) => rec,
-                };
-                let stored = Stored {
-                    time_ms: rec.time_ms,
-                    charger: rec.charger.clone(),
-                    event: rec.event.clone(),
-                };
-                let value = serde_json::to_vec(&stored)?;
-                events.insert(rec.seq, value.as_slice())?;
-                if let Some(c) = &rec.charger {
-                    idx.insert((c.as_str(), rec.seq), ())?;
-                }
-                bytes += value.len() as i64 + RECORD_OVERHEAD;
-                if let Event::StartTransaction {
-                    transaction_id: Some(id),
-                    answered_by: Source::Gateway,
-                    ..
-                } = rec.event
-                {
-                    min_local_tx = min_local_tx.min(id);
+                    Staged::Op(Op::Event { .. }) | Staged::Event(_) => {}
                 }
             }
-            meta.insert("outbox_key", next_key as i64)?;
-            bytes = self.trim(&mut events, &mut idx, bytes, self.time)?;
-            meta.insert("last_time_ms", self.time)?;
-            meta.insert("bytes", bytes)?;
-            meta.insert("min_local_tx", min_local_tx)?;
+            let mut table = w.open_table(STATE)?;
+            for (id, json, _) in &sw.rows {
+                table.insert(id.as_str(), json.as_slice())?;
+            }
+            for id in &sw.removed {
+                table.remove(id.as_str())?;
+            }
+            let mut meta = w.open_table(META)?;
+            if outbox_key != self.outbox_key {
+                meta.insert("outbox_key", outbox_key as i64)?;
+            }
+            if min_local_tx != self.min_local_tx {
+                meta.insert("min_local_tx", min_local_tx)?;
+            }
+            if let Some(seq) = sw.state_seq {
+                meta.insert("state_seq", seq as i64)?;
+            }
         }
         w.commit()?;
+        self.outbox_key = outbox_key;
+        self.min_local_tx = min_local_tx;
+        // Every touched charger is now stored or had nothing to store
+        // (what changes with every reading waits for the next change).
+        self.touched.clear();
+        if let Some(seq) = sw.state_seq {
+            self.state_seq = seq;
+            for (id, _, durable) in sw.rows {
+                self.stored.insert(id, durable);
+            }
+            for id in sw.removed {
+                self.stored.remove(&id);
+            }
+        }
         Ok(())
     }
 
-    /// Drop the oldest records beyond the age or size limit, in the same
-    /// transaction as the append, so the file stays bounded.
-    fn trim(
-        &self,
-        events: &mut redb::Table<u64, &[u8]>,
-        idx: &mut redb::Table<(&str, u64), ()>,
-        mut bytes: i64,
-        now: i64,
-    ) -> Result<i64, JournalError> {
-        let oldest_allowed = now - self.cfg.max_age.as_millis() as i64;
-        for _ in 0..MAX_TRIM {
-            let Some((seq, rec)) = events
-                .first()?
-                .map(|(k, v)| (k.value(), decode(k.value(), v.value())))
-            else {
-                break;
-            };
-            let too_big = bytes > self.cfg.max_bytes as i64;
-            let too_old = rec.as_ref().map_or(true, |r| r.time_ms < oldest_allowed);
-            if !too_big && !too_old {
-                break;
-            }
-            let removed = events.remove(seq)?;
-            bytes -= removed.map_or(0, |v| v.value().len() as i64) + RECORD_OVERHEAD;
-            if let Ok(Record {
-                charger: Some(c), ..
-            }) = &rec
-            {
-                idx.remove((c.as_str(), seq))?;
-            }
+    /// Retention: the history within its budget (the limit less what the
+    /// database file takes) and age, and the state of chargers gone for
+    /// longer than the age limit forgotten.
+    fn retain(&mut self) {
+        let now = self.time.max(now_ms());
+        let max_age = self.p.cfg.max_age.as_millis() as i64;
+        let db_bytes = std::fs::metadata(&self.p.cfg.path).map_or(0, |m| m.len());
+        let max = self.p.cfg.max_bytes;
+        let budget = max.saturating_sub(db_bytes).max(max / 4);
+        let res = self
+            .p
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .trim(Limits {
+                max_bytes: budget,
+                oldest_ms: now - max_age,
+            });
+        if let Err(e) = res {
+            log::error!("journal retention failed: {e}");
         }
-        Ok(bytes.max(0))
+        if now - self.last_forget_ms < FORGET_EVERY_MS {
+            return;
+        }
+        self.last_forget_ms = now;
+        let mut state = self.p.state.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = state
+            .chargers
+            .values()
+            .filter(|c| !c.charger_link.up)
+            .filter(|c| c.last_event_ms.is_none_or(|t| t < now - max_age))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in gone {
+            log::info!("journal: {id} gone for longer than the retention; its state is forgotten");
+            state.chargers.remove(&id);
+            self.touched.insert(id);
+        }
+    }
+}
+
+/// Note which chargers a record changed.
+pub(super) fn touch(touched: &mut HashSet<String>, state: &LiveState, rec: &Record) {
+    match (&rec.charger, &rec.event) {
+        (Some(c), _) => {
+            touched.insert(c.clone());
+        }
+        // A restart changes every charger's links.
+        (None, Event::GatewayStarted { .. }) => touched.extend(state.chargers.keys().cloned()),
+        (None, _) => {}
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chargegate::event::{Event, Source};
-use chargegate::journal::{Journal, JournalConfig, Op, Query};
+use chargegate::journal::{history, Journal, JournalConfig, Op, Query};
 use chargegate::outbox::{self, Entry};
 use redb::StorageBackend;
 
@@ -122,6 +122,131 @@ impl StorageBackend for PowerCutBackend {
     }
 }
 
+/// One file of the history's directory, as the disk holds it.
+#[derive(Debug, Clone, Default)]
+struct File {
+    durable: Vec<u8>,
+    live: Vec<u8>,
+    unsynced: Vec<(u64, Vec<u8>)>,
+}
+
+#[derive(Debug, Default)]
+struct Files {
+    files: std::collections::BTreeMap<String, File>,
+    dead: bool,
+    full: bool,
+}
+
+/// The history's directory on the same kind of disk: appends are lost or
+/// kept at random on a cut unless synced; creating, replacing and
+/// removing a file are durable at once (the real directory fsyncs itself).
+#[derive(Debug, Clone, Default)]
+struct PowerCutDir(Arc<Mutex<Files>>);
+
+impl PowerCutDir {
+    fn cut(&self) -> PowerCutDir {
+        let mut d = self.0.lock().unwrap();
+        d.dead = true;
+        let mut files = std::collections::BTreeMap::new();
+        for (name, f) in &d.files {
+            // Of the unsynced appends, the disk wrote some prefix, maybe
+            // ending mid-record (a torn write).
+            let mut image = f.durable.clone();
+            let kept = fastrand::usize(0..=f.live.len() - f.durable.len().min(f.live.len()));
+            image.extend_from_slice(&f.live[f.durable.len()..f.durable.len() + kept]);
+            files.insert(
+                name.clone(),
+                File {
+                    durable: image.clone(),
+                    live: image,
+                    unsynced: Vec::new(),
+                },
+            );
+        }
+        PowerCutDir(Arc::new(Mutex::new(Files {
+            files,
+            dead: false,
+            full: false,
+        })))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Files) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut d = self.0.lock().unwrap();
+        if d.dead {
+            return Err(off());
+        }
+        f(&mut d)
+    }
+}
+
+fn missing() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::NotFound)
+}
+
+impl history::Dir for PowerCutDir {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.with(|d| Ok(d.files.keys().cloned().collect()))
+    }
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.with(|d| {
+            d.files
+                .get(name)
+                .map(|f| f.live.clone())
+                .ok_or_else(missing)
+        })
+    }
+    fn append(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.with(|d| {
+            let f = d.files.entry(name.into()).or_default();
+            f.unsynced.push((f.live.len() as u64, data.to_vec()));
+            f.live.extend_from_slice(data);
+            Ok(())
+        })
+    }
+    fn sync(&self, name: &str) -> std::io::Result<()> {
+        self.with(|d| {
+            if d.full {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device",
+                ));
+            }
+            let f = d.files.get_mut(name).ok_or_else(missing)?;
+            f.durable = f.live.clone();
+            f.unsynced.clear();
+            Ok(())
+        })
+    }
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.with(|d| {
+            let f = d.files.get_mut(name).ok_or_else(missing)?;
+            f.live.truncate(len as usize);
+            f.durable = f.live.clone();
+            f.unsynced.clear();
+            Ok(())
+        })
+    }
+    fn replace(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.with(|d| {
+            d.files.insert(
+                name.into(),
+                File {
+                    durable: data.to_vec(),
+                    live: data.to_vec(),
+                    unsynced: Vec::new(),
+                },
+            );
+            Ok(())
+        })
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.with(|d| {
+            d.files.remove(name);
+            Ok(())
+        })
+    }
+}
+
 fn cfg() -> JournalConfig {
     JournalConfig {
         path: "powercut.redb".into(),
@@ -167,11 +292,12 @@ fn ops(n: u64) -> Vec<Op> {
 #[tokio::test]
 async fn acknowledged_writes_survive_60_random_power_cuts() {
     let mut disk = PowerCutBackend::default();
+    let mut dir = PowerCutDir::default();
     let mut acked: Vec<u64> = Vec::new();
     let mut n = 0u64;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for cut in 0..60 {
-        let j = Journal::open_with_backend(disk.clone(), cfg())
+        let j = Journal::open_with_backend(disk.clone(), Arc::new(dir.clone()), cfg())
             .unwrap_or_else(|e| panic!("cut {cut}: database does not open: {e}"));
         // Before anything else: everything acknowledged so far is there.
         let events = j
@@ -257,13 +383,13 @@ async fn acknowledged_writes_survive_60_random_power_cuts() {
             })
             .collect();
         tokio::time::sleep(Duration::from_micros(fastrand::u64(0..3000))).await;
-        let next = disk.cut();
+        let next = (disk.cut(), dir.cut());
         for w in writers {
             acked.extend(w.await.unwrap());
         }
         acked.sort();
         drop(j);
-        disk = next;
+        (disk, dir) = next;
     }
     assert!(
         acked.len() > 100,
@@ -280,9 +406,11 @@ fn a_disk_that_fails_gives_errors_not_acknowledgements() {
         .unwrap();
     rt.block_on(async {
         let disk = PowerCutBackend::default();
-        let j = Journal::open_with_backend(disk.clone(), cfg()).unwrap();
+        let dir = PowerCutDir::default();
+        let j = Journal::open_with_backend(disk.clone(), Arc::new(dir.clone()), cfg()).unwrap();
         j.commit(ops(1)).await.unwrap();
         let _ = disk.cut();
+        let _ = dir.cut();
         assert!(
             j.commit(ops(2)).await.is_err(),
             "a failed commit is never acknowledged"
@@ -300,14 +428,17 @@ fn a_disk_that_fails_gives_errors_not_acknowledgements() {
 #[tokio::test]
 async fn a_full_disk_raises_an_alarm_and_the_journal_says_so_once_it_can() {
     let disk = PowerCutBackend::default();
-    let j = Journal::open_with_backend(disk.clone(), cfg()).unwrap();
+    let dir = PowerCutDir::default();
+    let j = Journal::open_with_backend(disk.clone(), Arc::new(dir.clone()), cfg()).unwrap();
     j.commit(ops(1)).await.unwrap();
     disk.0.lock().unwrap().full = true;
+    dir.0.lock().unwrap().full = true;
     assert!(j.commit(ops(2)).await.is_err());
     assert!(j.commit(ops(3)).await.is_err());
     let alarm = j.alarm().expect("an alarm while the disk is full");
     assert!(alarm.contains("no space left"), "{alarm}");
     disk.0.lock().unwrap().full = false;
+    dir.0.lock().unwrap().full = false;
     j.commit(ops(4)).await.unwrap();
     assert!(j.alarm().is_none(), "cleared once writing works");
     let alarms = j

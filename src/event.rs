@@ -109,6 +109,14 @@ fn redact_url(url: &str) -> String {
     out
 }
 
+/// " (and N more like it)" for an event that stands for repeats.
+fn more(repeated: Option<u64>) -> String {
+    match repeated {
+        Some(n) if n > 0 => format!(" ({n} more like it since the last one, not journaled)"),
+        _ => String::new(),
+    }
+}
+
 /// One journal event. The `kind` tag is the name a person reads in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
@@ -142,7 +150,14 @@ pub enum Event {
     /// opened: journaled once until it changes).
     MirrorDisconnect { mirror: String, reason: String },
     /// A charger was refused at the WebSocket handshake.
-    Refused { reason: String, remote: String },
+    Refused {
+        reason: String,
+        remote: String,
+        /// Refusals like it from the same address that were not journaled
+        /// since the last one (a flood is journaled once a minute).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repeated: Option<u64>,
+    },
     BootNotification {
         vendor: String,
         model: String,
@@ -283,6 +298,10 @@ pub enum Event {
         detail: String,
         /// The start of the offending frame, for troubleshooting.
         frame: String,
+        /// Errors with the same code on this connection not journaled
+        /// since the last one (once a minute per code).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repeated: Option<u64>,
     },
     /// The gateway's limit for a charger changed: its schedule, the site's
     /// load, a pause or a cap by staff.
@@ -366,7 +385,11 @@ impl Event {
                     code.map(|c| format!(" (code {c})")).unwrap_or_default()
                 )
             }
-            Event::Refused { reason, remote } => format!("{remote}: {reason}"),
+            Event::Refused {
+                reason,
+                remote,
+                repeated,
+            } => format!("{remote}: {reason}{}", more(*repeated)),
             Event::MirrorConnect {
                 mirror,
                 remote,
@@ -539,8 +562,12 @@ impl Event {
                 format!("{failed_commits} journal commit(s) failed{since}: {error}; writing again")
             }
             Event::ProtocolError {
-                from, code, detail, ..
-            } => format!("from {from}: {code}: {detail}"),
+                from,
+                code,
+                detail,
+                repeated,
+                ..
+            } => format!("from {from}: {code}: {detail}{}", more(*repeated)),
             Event::LimitChanged { limit_a, reason } => format!("limit {limit_a} A: {reason}"),
             Event::Override {
                 mode,

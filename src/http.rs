@@ -49,7 +49,10 @@ pub async fn serve(
         let place = match conns.admit(peer.ip(), bounds.max_connections, bounds.max_per_address) {
             Ok(p) => p,
             Err(why) => {
-                if conns.report_refusal(peer.ip(), std::time::Instant::now()) {
+                if conns
+                    .report_refusal(peer.ip(), &why.to_string(), None, std::time::Instant::now())
+                    .is_some()
+                {
                     log::warn!(
                         "{what}: refused {peer}: {why} (reported once a minute per address)"
                     );

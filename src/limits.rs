@@ -17,13 +17,65 @@ pub struct Connections {
 struct ConnCount {
     total: usize,
     by_ip: HashMap<IpAddr, usize>,
-    /// Last time a refusal from an address was reported, so that a flood
-    /// of refusals does not flood the journal too.
-    reported: HashMap<IpAddr, Instant>,
+    /// Refusals reported by address, so that a flood of refusals does not
+    /// flood the journal too.
+    reported: Repeats<(IpAddr, String, Option<String>)>,
     /// Failed logins by address: (count in the window, window start).
     failed: HashMap<IpAddr, (u32, Instant)>,
-    /// Last time a failed login from an address was reported.
-    failed_reported: HashMap<IpAddr, Instant>,
+    /// Failed logins reported by address.
+    failed_reported: Repeats<IpAddr>,
+}
+
+/// Something that repeats (a refusal, a protocol error) is reported once
+/// per minute per key, and the report says how many were not. Bounded:
+/// past 10,000 keys it starts over.
+#[derive(Debug)]
+pub struct Repeats<K> {
+    seen: HashMap<K, (Instant, u64)>,
+}
+
+impl<K> Default for Repeats<K> {
+    fn default() -> Self {
+        Repeats {
+            seen: HashMap::new(),
+        }
+    }
+}
+
+/// How often one key is reported.
+pub const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+impl<K: std::hash::Hash + Eq> Repeats<K> {
+    /// What was counted and not reported yet, by key; forgotten.
+    pub fn drain(&mut self) -> Vec<(K, u64)> {
+        self.seen
+            .drain()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(k, (_, n))| (k, n))
+            .collect()
+    }
+
+    /// `Some(n)`: report it now, with `n` like it not reported since the
+    /// last report. `None`: counted, not reported.
+    pub fn report(&mut self, key: K, now: Instant) -> Option<u64> {
+        if self.seen.len() >= 10_000 && !self.seen.contains_key(&key) {
+            self.seen.clear();
+        }
+        match self.seen.get_mut(&key) {
+            Some((at, n)) if now.duration_since(*at) < REPORT_EVERY => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                *at = now;
+                Some(std::mem::take(n))
+            }
+            None => {
+                self.seen.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// Failed logins an address may have in [`LOGIN_WINDOW`] before its next
@@ -98,7 +150,6 @@ impl Connections {
         })
     }
 
-    /// Whether a refusal from `ip` should be reported now (once a minute).
     /// Whether `ip` spent its failed-login budget: refuse it before any
     /// password is checked.
     pub fn login_blocked(&self, ip: IpAddr, now: Instant) -> bool {
@@ -122,34 +173,44 @@ impl Connections {
     }
 
     /// Whether a failed login from `ip` is to be journaled (once a minute
-    /// per address; apart from other refusals, which keep their own turn).
-    pub fn report_login_failure(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut c = self.lock();
-        if c.failed_reported.len() > 10_000 {
-            c.failed_reported.clear();
-        }
-        match c.failed_reported.get(&ip) {
-            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
-            _ => {
-                c.failed_reported.insert(ip, now);
-                true
-            }
-        }
+    /// per address; apart from other refusals, which keep their own turn),
+    /// and how many were not since.
+    pub fn report_login_failure(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        self.lock().failed_reported.report(ip, now)
     }
 
-    pub fn report_refusal(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut c = self.lock();
-        if c.reported.len() > 10_000 {
-            c.reported.clear();
+    /// Whether a refusal from `ip` is to be journaled (once a minute per
+    /// address, kind of refusal and configured charger), and how many
+    /// were not since. The kind is the reason without what the peer chose
+    /// (quoted names, numbers), so a peer cannot make every refusal new.
+    pub fn report_refusal(
+        &self,
+        ip: IpAddr,
+        reason: &str,
+        charger: Option<&str>,
+        now: Instant,
+    ) -> Option<u64> {
+        let key = (ip, template(reason), charger.map(str::to_string));
+        self.lock().reported.report(key, now)
+    }
+}
+
+/// A message without what varies: quoted parts and digits dropped, and
+/// at most 64 characters.
+fn template(reason: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for ch in reason.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            _ if quoted || ch.is_ascii_digit() => {}
+            _ => out.push(ch),
         }
-        match c.reported.get(&ip) {
-            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
-            _ => {
-                c.reported.insert(ip, now);
-                true
-            }
+        if out.len() >= 64 {
+            break;
         }
     }
+    out
 }
 
 /// A token bucket: `rate` messages a second, bursts of up to `burst`.
@@ -216,9 +277,21 @@ mod tests {
             "a place freed when a connection ends"
         );
         let now = Instant::now();
-        assert!(c.report_refusal(a, now));
-        assert!(!c.report_refusal(a, now + Duration::from_secs(5)));
-        assert!(c.report_refusal(a, now + Duration::from_secs(61)));
+        let r = |ip, secs| {
+            let why = format!("unknown charge point \"CP-{secs}\"");
+            c.report_refusal(ip, &why, None, now + Duration::from_secs(secs))
+        };
+        assert_eq!(r(a, 0), Some(0));
+        assert_eq!(r(a, 5), None);
+        assert_eq!(r(a, 6), None);
+        assert_eq!(
+            r(a, 61),
+            Some(2),
+            "reported again a minute later, with the count of the others"
+        );
+        assert_eq!(r(b, 7), Some(0), "each address apart");
+        let other = c.report_refusal(a, "bad subprotocol", Some("CP-1"), now);
+        assert_eq!(other, Some(0), "each kind of refusal apart");
     }
 
     #[test]

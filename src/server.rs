@@ -211,9 +211,9 @@ pub async fn serve(listener: TcpListener, ctx: Ctx, tls: Option<tokio_rustls::Tl
                         Err(why) => {
                             // Closed before the handshake costs anything.
                             drop(stream);
-                            if ctx.conns.report_refusal(addr.ip(), std::time::Instant::now()) {
+                            if let Some(repeated) = ctx.conns.report_refusal(addr.ip(), &why.to_string(), None, std::time::Instant::now()) {
                                 log::warn!("refused {addr}: {why} (reported once a minute per address)");
-                                let ev = Event::Refused { reason: why.to_string(), remote: addr.to_string() };
+                                let ev = Event::Refused { reason: why.to_string(), remote: addr.to_string(), repeated: (repeated > 0).then_some(repeated) };
                                 ctx.journal.record(None, ev).await;
                             }
                         }
@@ -262,14 +262,17 @@ async fn handle_connection(
             Ok(Err(e)) => {
                 // Wrong CA, expired or unknown certificate, plain ws on the
                 // wss port…: reported once a minute per address.
-                if ctx
-                    .conns
-                    .report_refusal(addr.ip(), std::time::Instant::now())
-                {
+                if let Some(repeated) = ctx.conns.report_refusal(
+                    addr.ip(),
+                    "TLS handshake failed",
+                    None,
+                    std::time::Instant::now(),
+                ) {
                     log::warn!("refused {addr}: TLS handshake failed: {e}");
                     let ev = Event::Refused {
                         reason: format!("TLS handshake failed: {e}"),
                         remote: addr.to_string(),
+                        repeated: (repeated > 0).then_some(repeated),
                     };
                     ctx.journal.record(None, ev).await;
                 }
@@ -313,11 +316,12 @@ async fn handle_connection(
             crate::limits::LOGIN_WINDOW.as_secs()
         );
         let _ = write_refusal(&mut stream, StatusCode::TOO_MANY_REQUESTS, &why).await;
-        if ctx.conns.report_login_failure(addr.ip(), now) {
+        if let Some(repeated) = ctx.conns.report_login_failure(addr.ip(), now) {
             log::warn!("refused {addr}: {why} (reported once a minute per address)");
             let ev = Event::Refused {
                 reason: why,
                 remote: addr.to_string(),
+                repeated: (repeated > 0).then_some(repeated),
             };
             ctx.journal.record(None, ev).await;
         }
@@ -327,14 +331,19 @@ async fn handle_connection(
         Ok(acc) => acc,
         Err(refusal) => {
             let _ = write_refusal(&mut stream, refusal.status, &refusal.reason).await;
-            if refusal.status == StatusCode::UNAUTHORIZED {
+            // A guesser's attempts, and any other refusal, are journaled
+            // once a minute per address, not each: the journal and the log
+            // are no amplifier.
+            let reported = if refusal.status == StatusCode::UNAUTHORIZED {
                 ctx.conns.login_failed(addr.ip(), now);
-                // A guesser's attempts are journaled once a minute, not
-                // each: the journal and the log are no amplifier.
-                if !ctx.conns.report_login_failure(addr.ip(), now) {
-                    return;
-                }
-            }
+                ctx.conns.report_login_failure(addr.ip(), now)
+            } else {
+                let (why, id) = (&refusal.reason, refusal.known_id.as_deref());
+                ctx.conns.report_refusal(addr.ip(), why, id, now)
+            };
+            let Some(repeated) = reported else {
+                return;
+            };
             log::warn!(
                 "refused {addr}: {} (HTTP {})",
                 refusal.reason,
@@ -343,6 +352,7 @@ async fn handle_connection(
             let ev = Event::Refused {
                 reason: refusal.reason,
                 remote: addr.to_string(),
+                repeated: (repeated > 0).then_some(repeated),
             };
             ctx.journal.record(refusal.known_id.as_deref(), ev).await;
             return;
@@ -387,6 +397,7 @@ async fn handle_connection(
                     "cloud unreachable ({e}): closed with 1013 (Try Again Later) until it returns; further attempts are not journaled"
                 ),
                 remote: addr.to_string(),
+                repeated: None,
             };
             ctx.journal.record(Some(&acc.id), ev).await;
         }

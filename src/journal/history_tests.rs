@@ -61,6 +61,7 @@ fn noise() -> Event {
         code: "FormationViolation".into(),
         detail: "x".repeat(100),
         frame: String::new(),
+        repeated: None,
     }
 }
 

@@ -300,13 +300,21 @@ impl<S> SessionState<S> {
         Ok(())
     }
 
+    /// Journal a broken frame: the first of each code, and then one a
+    /// minute with the count of those in between, so that a charger
+    /// sending garbage cannot fill the journal or the log.
     pub(super) fn protocol_error(&mut self, from: Link, code: &str, detail: &str, text: &str) {
+        let key = (from == Link::Cloud, code.to_string());
+        let Some(repeated) = self.noise.report(key, self.now.mono) else {
+            return;
+        };
         log::warn!(charger_id = self.id.as_str(); "{}: protocol error from {from:?}: {code}: {detail}", self.id);
         self.journal(Event::ProtocolError {
             from,
             code: code.to_string(),
             detail: detail.to_string(),
             frame: event::excerpt(text, 200),
+            repeated: (repeated > 0).then_some(repeated),
         });
     }
 
@@ -314,6 +322,20 @@ impl<S> SessionState<S> {
     /// tell everyone who waits for the charger that it is gone.
     pub(super) fn finish(&mut self, end: End) {
         log::info!(charger_id = self.id.as_str(); "{}: charger disconnected: {}", self.id, end.reason);
+        // Broken frames counted since their last record: said now, so
+        // that every one is accounted for.
+        let mut counted = self.noise.drain();
+        counted.sort();
+        for ((from_cloud, code), n) in counted {
+            // This record and the `repeated` before it: the n counted.
+            self.journal(Event::ProtocolError {
+                from: if from_cloud { Link::Cloud } else { Link::Charger },
+                code,
+                detail: "the same again, counted and not journaled one by one, until the connection ended".into(),
+                frame: String::new(),
+                repeated: (n > 1).then_some(n - 1),
+            });
+        }
         // History like any other: the gateway vouches for nothing here
         // (and a clean stop writes it before the journal closes). Journaled
         // first: the close handshake may take a moment.

@@ -83,6 +83,8 @@ pub struct SessionState<S> {
     pub(super) last_ping: Instant,
     /// The charger's message rate (`ocpp.rate_limit_per_sec`).
     pub(super) rate: Option<crate::limits::Rate>,
+    /// Protocol errors journaled, by (from the cloud, code).
+    pub(super) noise: crate::limits::Repeats<(bool, String)>,
     /// The housekeeping tick: when it last ran and when it runs next.
     pub(super) last_tick: Instant,
     pub(super) tick_at: Instant,
@@ -138,6 +140,7 @@ impl<S> SessionState<S> {
             to_cloud,
             to_local,
             deauthorized: HashSet::new(),
+            noise: crate::limits::Repeats::default(),
             resync: Resync::default(),
             last_rx: t,
             last_ping: t,

@@ -353,6 +353,7 @@ impl EngineState {
                                 "reports drawing {reported:.1} A, more than the {ceiling:.1} A it may; load management counts its draw as house load"
                             ),
                             frame: String::new(),
+                            repeated: None,
                         },
                     });
                 }

@@ -88,6 +88,9 @@ pub(crate) struct Tables<'t> {
     pub outbox: Table<'t, (&'static str, u64), &'static [u8]>,
     pub dead: Table<'t, (&'static str, u64), &'static [u8]>,
     pub txmap: Table<'t, (&'static str, i64), i64>,
+    /// Bytes the operations applied added to the queue (less what they
+    /// removed).
+    pub delta: i64,
 }
 
 /// A failed read or write of one of the journal's tables, with redb's or
@@ -117,11 +120,13 @@ impl Tables<'_> {
             } => {
                 *next_key = (*next_key).max(*key);
                 let v = serde_json::to_vec(entry)?;
-                self.outbox.insert((charger.as_str(), *key), v.as_slice())?;
+                let old = self.outbox.insert((charger.as_str(), *key), v.as_slice())?;
+                self.delta += v.len() as i64 - old.map_or(0, |o| o.value().len() as i64);
                 Ok(*key)
             }
             Op::Remove { charger, key } => {
-                self.outbox.remove((charger.as_str(), *key))?;
+                let old = self.outbox.remove((charger.as_str(), *key))?;
+                self.delta -= old.map_or(0, |o| o.value().len() as i64);
                 Ok(*key)
             }
             Op::Kill {
@@ -130,7 +135,8 @@ impl Tables<'_> {
                 entry,
                 error,
             } => {
-                self.outbox.remove((charger.as_str(), *key))?;
+                let old = self.outbox.remove((charger.as_str(), *key))?;
+                self.delta -= old.map_or(0, |o| o.value().len() as i64);
                 let dl = DeadLetter {
                     key: *key,
                     entry: entry.clone(),

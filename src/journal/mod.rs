@@ -188,6 +188,9 @@ struct Inner {
     next_local_tx: AtomicI64,
     /// The last outbox key handed out.
     outbox_key: AtomicU64,
+    /// Bytes of queued outbox entries, and how many may be queued.
+    queued_bytes: Arc<AtomicI64>,
+    max_queued_bytes: u64,
 }
 
 /// Handle to the journal; cheap to clone.
@@ -275,6 +278,8 @@ impl Journal {
             (seq.max(found.state.last_seq), time)
         };
         let state = Arc::new(Mutex::new(found.state.clone()));
+        let queued_bytes = Arc::new(AtomicI64::new(found.queued_bytes));
+        let max_queued_bytes = cfg.max_bytes / 2;
         let history = Arc::new(Mutex::new(history));
         let (tx, rx) = mpsc::channel(65_536);
         let (stream, _) = broadcast::channel(4096);
@@ -294,6 +299,7 @@ impl Journal {
                 state: state.clone(),
                 alarm: alarm.clone(),
                 unwritten: unwritten.clone(),
+                queued_bytes: queued_bytes.clone(),
             },
             last,
             &found,
@@ -313,6 +319,8 @@ impl Journal {
                 unwritten,
                 next_local_tx: AtomicI64::new(found.min_local_tx.min(0) - 1),
                 outbox_key: AtomicU64::new(found.outbox_key),
+                queued_bytes,
+                max_queued_bytes,
             }),
         })
     }
@@ -472,6 +480,14 @@ impl Journal {
         self.inner.next_local_tx.fetch_sub(1, Ordering::SeqCst)
     }
 
+    /// Whether the outbox, all chargers together, holds half the
+    /// journal's `max_size_mb` already: the gateway then vouches for no
+    /// more transaction messages (the chargers keep them and retry), so
+    /// the outbox cannot push the data directory past its limit.
+    pub fn outbox_full(&self) -> bool {
+        self.inner.queued_bytes.load(Ordering::Relaxed) as u64 > self.inner.max_queued_bytes
+    }
+
     /// A fresh outbox key, for an [`outbox::Op::Push`]: known before the
     /// entry is stored, so that a session can keep an entry in memory and
     /// store it only when it has to vouch for it.
@@ -570,6 +586,8 @@ struct Found {
     pub touched: std::collections::HashSet<String>,
     pub min_local_tx: i64,
     pub outbox_key: u64,
+    /// Bytes of the queued outbox entries.
+    pub queued_bytes: i64,
 }
 
 fn rebuild(db: &Database, history: &History) -> Result<Found, JournalError> {
@@ -599,7 +617,12 @@ fn rebuild(db: &Database, history: &History) -> Result<Found, JournalError> {
         writer::touch(&mut touched, &state, &rec);
     }
     let outbox_key = meta.get("outbox_key")?.map_or(0, |v| v.value()).max(0) as u64;
+    let mut queued_bytes = 0;
+    for row in r.open_table(outbox::OUTBOX)?.iter()? {
+        queued_bytes += row?.1.value().len() as i64;
+    }
     Ok(Found {
+        queued_bytes,
         state,
         stored,
         state_seq,

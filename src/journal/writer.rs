@@ -36,6 +36,8 @@ use crate::state::{ChargerState, LiveState};
 const MAX_STAGED: usize = 20_000;
 /// How often chargers gone longer than the retention are forgotten.
 const FORGET_EVERY_MS: i64 = 60_000;
+/// A database file smaller than this is never worth compacting.
+const COMPACT_ABOVE: u64 = 8 << 20;
 
 /// The database, shared by the writer and readers, and swapped by the
 /// writer when it has to reopen it: after an I/O error (a full disk) redb
@@ -64,6 +66,8 @@ pub(super) struct Parts {
     pub alarm: Arc<Mutex<Option<String>>>,
     /// Staged records not yet written, for readers of the journal.
     pub unwritten: Arc<Mutex<Vec<Record>>>,
+    /// Bytes of queued outbox entries, all chargers together.
+    pub queued_bytes: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The lowest local transaction id an event hands out (0 if none).
@@ -347,6 +351,31 @@ impl Writer {
         }
     }
 
+    /// Give the database file's free pages back to the file system: redb
+    /// reuses them but never shrinks its file, so after an outage's queue
+    /// drained the file would keep its peak size. Done only with the queue
+    /// empty (little to copy), and skipped when a reader holds the
+    /// database.
+    fn try_compact(&mut self, before: u64) {
+        let mut slot = self.p.db.0.write().unwrap_or_else(|p| p.into_inner());
+        let Some(shared) = slot.take() else { return };
+        let mut db = match Arc::try_unwrap(shared) {
+            Ok(db) => db,
+            Err(still_shared) => {
+                *slot = Some(still_shared);
+                return;
+            }
+        };
+        match db.compact() {
+            Ok(_) => {
+                let after = std::fs::metadata(&self.p.cfg.path).map_or(0, |m| m.len());
+                log::info!("journal: database compacted from {before} to {after} bytes");
+            }
+            Err(e) => log::warn!("journal: cannot compact the database: {e}"),
+        }
+        *slot = Some(Arc::new(db));
+    }
+
     fn alarm(&self) -> Option<String> {
         self.p.alarm.lock().ok().and_then(|a| a.clone())
     }
@@ -404,11 +433,13 @@ impl Writer {
             return Ok(()); // history only: redb untouched
         }
         let w = self.p.db.get()?.begin_write()?;
+        let queued_delta;
         {
             let mut ob = outbox::Tables {
                 outbox: w.open_table(outbox::OUTBOX)?,
                 dead: w.open_table(outbox::DEAD)?,
                 txmap: w.open_table(outbox::TXMAP)?,
+                delta: 0,
             };
             let mut au = auth::Tables {
                 cache: w.open_table(auth::CACHE)?,
@@ -441,8 +472,12 @@ impl Writer {
             if let Some(seq) = sw.state_seq {
                 meta.insert("state_seq", seq as i64)?;
             }
+            queued_delta = ob.delta;
         }
         w.commit()?;
+        self.p
+            .queued_bytes
+            .fetch_add(queued_delta, std::sync::atomic::Ordering::Relaxed);
         self.outbox_key = outbox_key;
         self.min_local_tx = min_local_tx;
         // Every touched charger is now stored or had nothing to store
@@ -485,6 +520,13 @@ impl Writer {
             return;
         }
         self.last_forget_ms = now;
+        let queued = self
+            .p
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if queued == 0 && db_bytes > max / 4 && db_bytes > COMPACT_ABOVE {
+            self.try_compact(db_bytes);
+        }
         let mut state = self.p.state.lock().unwrap_or_else(|p| p.into_inner());
         let gone: Vec<String> = state
             .chargers

@@ -52,6 +52,10 @@ pub trait Env: Send {
     fn next_local_tx_id(&self) -> i64;
     /// A fresh outbox key.
     fn next_outbox_key(&self) -> u64;
+    /// Whether storage has no room for more queued messages.
+    fn outbox_full(&self) -> bool {
+        false
+    }
     /// Whether the live state has transaction `tx` running on the charger.
     fn transaction_running(&self, charger: &str, tx: i64) -> bool;
 }

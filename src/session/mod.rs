@@ -67,6 +67,10 @@ impl Env for Journal {
         Journal::next_outbox_key(self)
     }
 
+    fn outbox_full(&self) -> bool {
+        Journal::outbox_full(self)
+    }
+
     fn transaction_running(&self, charger: &str, tx: i64) -> bool {
         self.state().chargers.get(charger).is_some_and(|c| {
             c.transactions

@@ -444,13 +444,19 @@ impl<S> SessionState<S> {
             );
             return self.send_charger(reply);
         }
-        if queue == Queue::Push && self.outbox.len() >= self.cfg.max_queued {
-            // The gateway would vouch for one more than it may keep: the
-            // charger keeps it and retries (nothing queued is dropped).
-            let why = format!(
+        let full = if self.outbox.len() >= self.cfg.max_queued {
+            Some(format!(
                 "{} transaction messages already queued for the cloud (offline.max_queued_messages)",
                 self.outbox.len()
-            );
+            ))
+        } else {
+            self.env.outbox_full().then(|| {
+                "the queue for the cloud, all chargers together, holds half of journal.max_size_mb".to_string()
+            })
+        };
+        if let (Queue::Push, Some(why)) = (queue, full) {
+            // The gateway would vouch for one more than it may keep: the
+            // charger keeps it and retries (nothing queued is dropped).
             self.protocol_error(Link::Charger, "InternalError", &why, payload.get());
             let reply = frame::call_error(id, "InternalError", "gateway queue full; retry later");
             return self.send_charger(reply);

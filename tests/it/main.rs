@@ -4,6 +4,7 @@
 mod actions;
 mod cli;
 mod crash;
+mod disk;
 mod harness;
 mod hostile;
 mod interop;

@@ -450,6 +450,14 @@ async fn a_full_disk_raises_an_alarm_and_the_journal_says_so_once_it_can() {
     assert_eq!(alarms.len(), 1);
     let v = serde_json::to_value(&alarms[0]).unwrap();
     assert!(v["failed_commits"].as_u64().unwrap() >= 2, "{v}");
+    let (began, ended) = (
+        v["began_ms"].as_i64().unwrap(),
+        v["time_ms"].as_i64().unwrap(),
+    );
+    assert!(
+        began <= ended,
+        "it says when the trouble began and ended: {v}"
+    );
     assert!(
         j.outbox("CP-PL").unwrap().len() >= 2,
         "what was acknowledged is still there"

@@ -87,8 +87,10 @@ pub async fn run(
     if let Some(b) = baseline {
         gws.push(Gateway::start(b, dir, "wear-baseline", sink, args.chargers).await?);
     }
-    // Let the start-up writes settle before measuring.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the start-up writes settle before measuring: the connects and
+    // transaction starts are staged up to the commit interval (5 s), and
+    // would be counted in the window's bytes but not in its events.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let since_ms = jiff::Timestamp::now().as_millisecond();
     let before: Vec<u64> = gws.iter().map(|g| write_bytes(g.pid)).collect();
     let start = Instant::now();

@@ -53,16 +53,22 @@ pub trait Dir: Send + Sync + 'static {
 /// Segment files in a directory of the file system.
 pub struct FsDir {
     path: PathBuf,
+    /// Space reserved for a new segment, so that appends do not allocate
+    /// blocks one by one (each allocation also rewrites the file system's
+    /// bitmaps: pages written per commit that an SD card pays for).
+    reserve: u64,
     /// The file being appended to, kept open.
     open: Mutex<Option<(String, std::fs::File)>>,
 }
 
 impl FsDir {
-    /// The directory, created if missing.
-    pub fn new(path: &Path) -> io::Result<FsDir> {
+    /// The directory, created if missing; `reserve`: bytes reserved for
+    /// each new segment (its size stays what was written).
+    pub fn new(path: &Path, reserve: u64) -> io::Result<FsDir> {
         std::fs::create_dir_all(path)?;
         Ok(FsDir {
             path: path.to_path_buf(),
+            reserve,
             open: Mutex::new(None),
         })
     }
@@ -85,6 +91,12 @@ impl FsDir {
                 .append(true)
                 .open(&path)?;
             if !existed {
+                if self.reserve > 0 {
+                    // Not supported by every file system: then appends
+                    // allocate as they go.
+                    let keep = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+                    let _ = nix::fcntl::fallocate(&file, keep, 0, self.reserve as i64);
+                }
                 // The new name must survive a power cut with the data.
                 self.sync_dir()?;
             }

@@ -247,7 +247,7 @@ fn fair_share_is_max_min() {
 #[test]
 fn on_disk_segments_survive_reopen() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut h = History::open(Arc::new(FsDir::new(tmp.path()).unwrap()), 300).unwrap();
+    let mut h = History::open(Arc::new(FsDir::new(tmp.path(), 4096).unwrap()), 300).unwrap();
     for seq in 1..=20 {
         h.append(&[rec(seq, Some("A"), start())]).unwrap();
     }
@@ -257,7 +257,7 @@ fn on_disk_segments_survive_reopen() {
     })
     .unwrap();
     let kept = seqs(&h, Some("A"));
-    let h = History::open(Arc::new(FsDir::new(tmp.path()).unwrap()), 300).unwrap();
+    let h = History::open(Arc::new(FsDir::new(tmp.path(), 4096).unwrap()), 300).unwrap();
     assert_eq!(seqs(&h, Some("A")), kept);
     assert_eq!(h.last().0, 20);
     let on_disk: u64 = std::fs::read_dir(tmp.path())

@@ -223,7 +223,7 @@ impl Journal {
             source,
         })?;
         let dir = history_dir(&cfg.path);
-        let history = history::FsDir::new(&dir)
+        let history = history::FsDir::new(&dir, segment_bytes(cfg.max_bytes))
             .map_err(|source| JournalError::CreateDir { path: dir, source })?;
         Self::start(db, Arc::new(history), cfg, reopen)
     }

@@ -169,6 +169,15 @@ pub struct Override {
 /// cannot grow the gateway's memory without bound.
 pub const MAX_CONNECTOR_ID: u32 = 64;
 
+/// The longest text the live state keeps from a charger (OCPP 1.6's
+/// longest identifier strings are CiString50): a charger sending more
+/// cannot grow the state, which is kept in memory and stored.
+pub const MAX_TEXT: usize = 50;
+
+fn bounded(s: &str) -> String {
+    s.chars().take(MAX_TEXT).collect()
+}
+
 /// All chargers' state, plus the last sequence number folded in.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LiveState {
@@ -270,10 +279,10 @@ impl LiveState {
                 ..
             } => {
                 c.boot = Some(BootInfo {
-                    vendor: vendor.clone(),
-                    model: model.clone(),
-                    firmware: firmware.clone(),
-                    serial: serial.clone(),
+                    vendor: bounded(vendor),
+                    model: bounded(model),
+                    firmware: firmware.as_deref().map(bounded),
+                    serial: serial.as_deref().map(bounded),
                     time_ms: t,
                 });
             }
@@ -298,8 +307,8 @@ impl LiveState {
                 c.connectors.insert(
                     *connector,
                     ConnectorState {
-                        status: status.clone(),
-                        error_code: error_code.clone(),
+                        status: bounded(status),
+                        error_code: bounded(error_code),
                         since_ms,
                     },
                 );
@@ -600,5 +609,28 @@ mod tests {
         let c = &st.chargers["CP"];
         assert_eq!(c.connectors.len(), MAX_CONNECTOR_ID as usize);
         assert!(c.connectors.keys().all(|k| *k <= MAX_CONNECTOR_ID));
+    }
+
+    #[test]
+    fn a_charger_cannot_grow_the_state_with_long_texts_or_many_connectors() {
+        let mut st = LiveState::default();
+        for connector in 0..1_000 {
+            st.apply(&rec(
+                connector as u64 + 1,
+                Some("CP"),
+                Event::StatusNotification {
+                    connector,
+                    status: "Available".repeat(1_000),
+                    error_code: "E".repeat(100_000),
+                    info: None,
+                },
+            ));
+        }
+        let c = &st.chargers["CP"];
+        assert_eq!(c.connectors.len() as u32, MAX_CONNECTOR_ID + 1);
+        assert!(c
+            .connectors
+            .values()
+            .all(|k| k.status.len() <= MAX_TEXT && k.error_code.len() <= MAX_TEXT));
     }
 }

@@ -291,7 +291,7 @@ fn view(ctx: &Ctx) -> Status {
             connected: connected.contains(&s.id),
             known: cfg.chargers.contains_key(&s.id),
             outbox: ctx.journal.outbox_stats(&s.id).unwrap_or_default(),
-            state: s,
+            state: (*s).clone(),
         })
         .collect();
     for id in cfg.chargers.keys() {

@@ -136,7 +136,7 @@ pub async fn run(ctx: &Ctx, charger: &str, source: Source, wait: Duration) -> Re
         .state()
         .chargers
         .get(charger)
-        .cloned()
+        .map(|c| (**c).clone())
         .unwrap_or_else(|| ChargerState {
             id: charger.into(),
             ..Default::default()

@@ -141,7 +141,7 @@ pub async fn run(
             serde_json::json!({ "location": location, "retries": 1 }),
         )
     } else {
-        match crate::actions::to_call(&name, &req, charger, &ctx.cfg.default_id_tag) {
+        match crate::actions::to_call(&name, &req, charger.map(|c| &**c), &ctx.cfg.default_id_tag) {
             Ok(c) => c,
             Err(e) => return Err(Error::Refused(e.to_string())),
         }

@@ -3,6 +3,7 @@
 //! state is rebuilt on start. Pure: no IO.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +74,11 @@ impl ChargerState {
 }
 
 impl ChargerState {
+    /// Whether any of its links is up.
+    fn links_up(&self) -> bool {
+        self.charger_link.up || self.cloud_link.up || self.mirrors.values().any(|l| l.up)
+    }
+
     /// What must outlive a restart, without what changes with every
     /// reading (meter, last event, error count): the journal stores a
     /// charger's state again only when this part changed.
@@ -178,10 +184,13 @@ fn bounded(s: &str) -> String {
     s.chars().take(MAX_TEXT).collect()
 }
 
-/// All chargers' state, plus the last sequence number folded in.
+/// All chargers' state, plus the last sequence number folded in. Each
+/// charger's state is shared (`Arc`): a reader's snapshot copies the map,
+/// not every charger, and a change copies only that charger's state if
+/// a reader still holds it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LiveState {
-    pub chargers: BTreeMap<String, ChargerState>,
+    pub chargers: BTreeMap<String, Arc<ChargerState>>,
     pub last_seq: u64,
 }
 
@@ -192,6 +201,10 @@ impl LiveState {
         if let Event::GatewayStarted { .. } = rec.event {
             // Nothing survives a restart: every link starts down.
             for c in self.chargers.values_mut() {
+                if !c.links_up() {
+                    continue;
+                }
+                let c = Arc::make_mut(c);
                 for l in [&mut c.charger_link, &mut c.cloud_link]
                     .into_iter()
                     .chain(c.mirrors.values_mut())
@@ -210,13 +223,12 @@ impl LiveState {
             return;
         }
         let Some(id) = &rec.charger else { return };
-        let c = self
-            .chargers
-            .entry(id.clone())
-            .or_insert_with(|| ChargerState {
+        let c = Arc::make_mut(self.chargers.entry(id.clone()).or_insert_with(|| {
+            Arc::new(ChargerState {
                 id: id.clone(),
                 ..Default::default()
-            });
+            })
+        }));
         c.last_event_ms = Some(rec.time_ms);
         c.last_event = Some(rec.event.kind().to_string());
         let t = rec.time_ms;

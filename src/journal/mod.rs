@@ -604,7 +604,7 @@ fn rebuild(db: &Database, history: &History) -> Result<Found, JournalError> {
         match serde_json::from_slice::<crate::state::ChargerState>(v.value()) {
             Ok(c) => {
                 stored.insert(k.value().to_string(), c.durable_part());
-                state.chargers.insert(k.value().to_string(), c);
+                state.chargers.insert(k.value().to_string(), Arc::new(c));
             }
             Err(e) => log::warn!("stored state of {} unreadable, skipped: {e}", k.value()),
         }

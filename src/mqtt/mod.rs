@@ -236,7 +236,7 @@ impl Mqtt {
         let devices = self.devices();
         let empty = crate::state::ChargerState::default();
         for id in &devices {
-            let s = state.chargers.get(id).unwrap_or(&empty);
+            let s = state.chargers.get(id).map_or(&empty, |c| &**c);
             let up = connected.contains(id);
             let limit = smart
                 .chargers

@@ -77,7 +77,7 @@ pub async fn run(ctx: &Ctx, source: Source, per_charger: Duration) -> SiteReport
                 Err("not connected".into())
             };
             Gathered {
-                state: ctx.journal.state().chargers.get(&id).cloned(),
+                state: ctx.journal.state().chargers.get(&id).map(|c| (**c).clone()),
                 recent: recent(&ctx, &id),
                 outbox: ctx.journal.outbox_stats(&id).unwrap_or_default(),
                 id,

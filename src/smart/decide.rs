@@ -298,7 +298,7 @@ fn base_limits(i: &Inputs) -> BTreeMap<String, (f64, String)> {
             },
             None => (lim.max_current, "charger maximum".into()),
         };
-        if let Some(o) = active_override(i.state.chargers.get(id), i.now) {
+        if let Some(o) = active_override(i.state.chargers.get(id).map(|c| &**c), i.now) {
             if o.0 < amps {
                 amps = o.0;
                 reason = o.1;
@@ -329,7 +329,7 @@ impl EngineState {
         let mut draw = [0.0f64; 3];
         for id in i.connected {
             let lim = i.cfg.limits(id);
-            let reported = charger_draw(i.state.chargers.get(id), &lim, i.now);
+            let reported = charger_draw(i.state.chargers.get(id).map(|c| &**c), &lim, i.now);
             let told = self
                 .chargers
                 .get(id)
@@ -483,7 +483,7 @@ fn apply(
     let mut shown = BTreeMap::new();
     for id in i.connected {
         let lim = cfg.limits(id);
-        let cs = i.state.chargers.get(id);
+        let cs = i.state.chargers.get(id).map(|c| &**c);
         let overridden = active_override(cs, i.now).is_some();
         let (Some(c), Some((decided, reason))) = (st.chargers.get_mut(id), base.get(id)) else {
             continue;

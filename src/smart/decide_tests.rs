@@ -171,8 +171,12 @@ fn the_site_stays_under_its_fuse_when_two_sessions_share_it() {
     let t0 = at("2030-01-07T10:00:00Z");
     let m0 = Instant::now();
     let mut w = World::new(cfg(LOAD));
-    w.state.chargers.insert("A".into(), charging("A", 16.0, t0));
-    w.state.chargers.insert("B".into(), charging("B", 16.0, t0));
+    w.state
+        .chargers
+        .insert("A".into(), charging("A", 16.0, t0).into());
+    w.state
+        .chargers
+        .insert("B".into(), charging("B", 16.0, t0).into());
     // The meter sees 12 A of house load plus the chargers' 32 A.
     w.meter = Some(meter([44.0; 3], t0));
     let mut st = EngineState::new(m0, false);
@@ -297,7 +301,7 @@ fn a_pause_sends_a_live_zero_and_its_end_clears_it() {
         by: "api".into(),
         pause: true,
     });
-    w.state.chargers.insert("A".into(), a);
+    w.state.chargers.insert("A".into(), a.into());
     let ds = w.round(&mut st, now, m0);
     assert_eq!(limit(&ds, "A"), 0.0);
     let sent = sends(&ds);
@@ -387,8 +391,10 @@ fn a_rogue_chargers_absurd_reading_never_raises_anyone_past_the_fuse() {
     // House 10 A; A and B really draw the 10 A (safe current) they were told.
     w.state
         .chargers
-        .insert("A".into(), charging("A", 500.0, t0));
-    w.state.chargers.insert("B".into(), charging("B", 10.0, t0));
+        .insert("A".into(), charging("A", 500.0, t0).into());
+    w.state
+        .chargers
+        .insert("B".into(), charging("B", 10.0, t0).into());
     w.meter = Some(meter([30.0; 3], t0));
     let mut st = EngineState::new(m0, false);
     let ds = w.round(&mut st, t0, m0);

@@ -226,9 +226,38 @@ pub fn call_error(id: &str, code: &str, description: &str) -> String {
     serde_json::json!([4, id, code, description, {}]).to_string()
 }
 
+/// A random (version 4) UUID, as OCPP 2.0.1 message ids are written.
+/// Ids need to be unique, not secret: `fastrand` is enough.
+pub fn uuid_v4() -> String {
+    let b = (fastrand::u128(..) & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let h = format!("{b:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_2_0_1_message_ids_are_version_4_uuids() {
+        let a = uuid_v4();
+        assert_eq!(a.len(), 36, "{a}");
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "version 4: {a}");
+        assert!("89ab".contains(&parts[3][..1]), "RFC 4122 variant: {a}");
+        assert_ne!(a, uuid_v4());
+    }
 
     #[test]
     fn parses_the_three_frame_types() {

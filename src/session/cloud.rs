@@ -218,8 +218,14 @@ impl<S> SessionState<S> {
                     reply,
                 } => {
                     self.local_ids += 1;
-                    // Prefixed so they never collide with the cloud's ids.
-                    let id = format!("cg-{}-{}", self.local_ids, fastrand::u32(..));
+                    // 1.6: prefixed so they never collide with the cloud's
+                    // ids. 2.0.1 asks for UUIDs (Part 4 §4.1.3: at most 36
+                    // characters, unique), random enough not to collide.
+                    let id = if self.proto == crate::ocpp::Protocol::Ocpp201 {
+                        frame::uuid_v4()
+                    } else {
+                        format!("cg-{}-{}", self.local_ids, fastrand::u32(..))
+                    };
                     let text = frame::call(&id, &action, &payload);
                     let p = PendingDown {
                         action,

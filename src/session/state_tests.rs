@@ -381,6 +381,23 @@ fn a_silent_cloud_is_answered_locally_after_the_call_timeout_and_its_late_answer
 }
 
 #[test]
+fn the_gateways_own_calls_to_a_2_0_1_charger_carry_uuids() {
+    let mut d = Driver::speaking(
+        Protocol::Ocpp201,
+        Some("ws://cloud/CP1"),
+        vec![],
+        vec![],
+        "",
+    );
+    d.link_up();
+    let (seen, _rx) = d.call("Reset", json!({"type": "OnIdle"}));
+    let (id, action, _) = only_call(frames_to_charger(&seen));
+    assert_eq!(action, "Reset");
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(id.matches('-').count(), 4, "a UUID: {id}");
+}
+
+#[test]
 fn where_the_gateway_cannot_answer_late_answers_are_relayed_both_ways() {
     // A 2.0.1 charger's call: the gateway cannot answer it, so it waits for
     // the cloud past the call timeout, and the late answer reaches it.

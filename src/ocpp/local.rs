@@ -60,6 +60,21 @@ fn bad_payload(description: String) -> LocalError {
     }
 }
 
+/// The requests the local controller answers (each checked against its
+/// official schema first).
+pub const ANSWERED: &[&str] = &[
+    "Authorize",
+    "BootNotification",
+    "DataTransfer",
+    "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "StartTransaction",
+    "StatusNotification",
+    "StopTransaction",
+];
+
 /// Answer one OCPP 1.6 CALL from a charger. `now` is RFC 3339;
 /// `next_tx_id` is called only for StartTransaction.
 pub fn answer(
@@ -71,6 +86,13 @@ pub fn answer(
     next_tx_id: &mut dyn FnMut() -> i64,
 ) -> Result<Value, LocalError> {
     let status = |tag: &str| policy.tag_status(tag, known(tag));
+    if ANSWERED.contains(&action) {
+        // As a CSMS must: a payload that breaks its schema gets the
+        // OCPP-J error for what is wrong, not an answer.
+        let value: Value =
+            serde_json::from_str(payload.get()).map_err(|e| bad_payload(e.to_string()))?;
+        super::schema::check(action, &value)?;
+    }
     match action {
         "BootNotification" => {
             decode::<messages::BootNotification>(payload).map_err(bad_payload)?;
@@ -172,9 +194,10 @@ mod tests {
             run("Heartbeat", "{}", &p).unwrap()["currentTime"],
             "2026-01-01T00:00:00Z"
         );
+        // Required fields missing: OCPP-J's code for that, from the schema.
         assert_eq!(
             run("BootNotification", "{}", &p).unwrap_err().code,
-            "FormationViolation"
+            "OccurenceConstraintViolation"
         );
     }
 

@@ -6,6 +6,7 @@
 pub mod frame;
 pub mod local;
 pub mod messages;
+pub mod schema;
 pub mod v201;
 
 use serde::{Deserialize, Serialize};

@@ -768,3 +768,57 @@ async fn the_upload_listener_checks_the_token_first_and_caps_connections() {
     let mut cp = Charger::connect(&gw.url("CP-UP")).await;
     assert_eq!(cp.call("Heartbeat", json!({})).await[0], 3);
 }
+
+/// What the gateway answers itself is checked against the official OCPP
+/// 1.6 schemas and refused with the OCPP-J code for what is wrong; what it
+/// relays is the cloud's to judge, byte for byte.
+#[tokio::test]
+async fn payloads_the_gateway_answers_itself_are_checked_against_the_schemas() {
+    let gw = Gateway::start(None, "").await;
+    let mut cp = Charger::connect(&gw.url("CP-SCHEMA")).await;
+    let cases = [
+        ("Heartbeat", json!({"extra": true}), "FormationViolation"),
+        (
+            "DataTransfer",
+            json!({"vendorId": 42}),
+            "TypeConstraintViolation",
+        ),
+        (
+            "DataTransfer",
+            json!({"vendorId": "v", "data": []}),
+            "TypeConstraintViolation",
+        ),
+        (
+            "Authorize",
+            json!({"idTag": "x".repeat(25)}),
+            "PropertyConstraintViolation",
+        ),
+        (
+            "BootNotification",
+            json!({"chargePointVendor": "V"}),
+            "OccurenceConstraintViolation",
+        ),
+    ];
+    for (action, payload, want) in cases {
+        let a = cp.call(action, payload.clone()).await;
+        assert_eq!(
+            (a[0].as_i64(), a[2].as_str()),
+            (Some(4), Some(want)),
+            "{action} {payload}: {a}"
+        );
+    }
+    assert_eq!(
+        cp.call("Authorize", json!({"idTag": "x".repeat(20)})).await[0],
+        3
+    );
+
+    // Relayed: the cloud gets the frame as the charger sent it.
+    let mut csms = Csms::start(default_answers()).await;
+    let gw = Gateway::start(Some(&csms.url()), "").await;
+    let mut cp = Charger::connect(&gw.url("CP-RELAY")).await;
+    csms.next_connect().await;
+    let text = r#"[2,"h1","Heartbeat",{"extra":true}]"#;
+    cp.send(text).await;
+    let f = csms.next_frame("CP-RELAY").await;
+    assert_eq!(f, text, "relayed byte for byte");
+}

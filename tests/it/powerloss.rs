@@ -463,3 +463,63 @@ async fn a_full_disk_raises_an_alarm_and_the_journal_says_so_once_it_can() {
         "what was acknowledged is still there"
     );
 }
+
+/// Relayed history (the gateway vouches for nothing) is written at least
+/// every commit interval: a power cut loses at most what came in during
+/// the last one (here 100 ms; anything older than a second must be there,
+/// the margin for a busy machine's scheduling).
+#[tokio::test]
+async fn a_power_cut_loses_relayed_history_of_at_most_the_commit_interval() {
+    let cfg = JournalConfig {
+        commit_interval: Duration::from_millis(100),
+        ..cfg()
+    };
+    let (mut disk, mut dir) = (PowerCutBackend::default(), PowerCutDir::default());
+    let mut required: Vec<u64> = Vec::new();
+    let mut n = 0u64;
+    for cut in 0..6 {
+        let j = Journal::open_with_backend(disk.clone(), Arc::new(dir.clone()), cfg.clone())
+            .unwrap_or_else(|e| panic!("cut {cut}: database does not open: {e}"));
+        let stored: Vec<u64> = j
+            .query(&Query {
+                charger: Some("CP-PL".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).unwrap()["energy_wh"].as_f64())
+            .map(|v| v as u64)
+            .collect();
+        for r in &required {
+            assert!(
+                stored.contains(r),
+                "cut {cut}: relayed record {r}, older than a second, lost"
+            );
+        }
+        assert!(
+            stored.windows(2).all(|w| w[0] < w[1]),
+            "cut {cut}: out of order"
+        );
+        let mut sent = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_millis(fastrand::u64(1500..2000));
+        while std::time::Instant::now() < until {
+            n += 1;
+            let Op::Event { charger, event } = ops(n).remove(0) else {
+                unreachable!()
+            };
+            j.record(charger.as_deref(), event).await;
+            sent.push((n, std::time::Instant::now()));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let at = std::time::Instant::now();
+        let next = (disk.cut(), dir.cut());
+        required.extend(
+            sent.iter()
+                .filter(|(_, t)| at.duration_since(*t) > Duration::from_secs(1))
+                .map(|(n, _)| *n),
+        );
+        drop(j);
+        (disk, dir) = next;
+    }
+    assert!(required.len() > 500, "{} records checked", required.len());
+}

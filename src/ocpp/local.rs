@@ -91,7 +91,10 @@ pub fn answer(
         // OCPP-J error for what is wrong, not an answer.
         let value: Value =
             serde_json::from_str(payload.get()).map_err(|e| bad_payload(e.to_string()))?;
-        super::schema::check(action, &value)?;
+        super::schema::check(action, &value).map_err(|v| LocalError {
+            code: v.code,
+            description: v.description,
+        })?;
     }
     match action {
         "BootNotification" => {

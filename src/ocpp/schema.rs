@@ -12,7 +12,13 @@ use std::sync::OnceLock;
 use jsonschema::error::ValidationErrorKind as Kind;
 use serde_json::Value;
 
-use super::local::LocalError;
+/// A payload that breaks its schema: the OCPP-J error code and what is
+/// wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub code: &'static str,
+    pub description: String,
+}
 
 /// (action, schema text) for every request the local controller answers.
 pub const SCHEMAS: &[(&str, &str)] = &[
@@ -74,7 +80,7 @@ pub fn covers(action: &str) -> bool {
 
 /// Check a request payload against its action's schema; the error names
 /// the OCPP-J code and what is wrong, and where.
-pub fn check(action: &str, payload: &Value) -> Result<(), LocalError> {
+pub fn check(action: &str, payload: &Value) -> Result<(), Violation> {
     let Some(v) = validators().get(action) else {
         return Ok(());
     };
@@ -91,7 +97,7 @@ pub fn check(action: &str, payload: &Value) -> Result<(), LocalError> {
     };
     let at = e.instance_path().to_string();
     let at = if at.is_empty() { "/".into() } else { at };
-    Err(LocalError {
+    Err(Violation {
         code,
         description: crate::event::excerpt(
             &crate::text::printable(&format!("{action} at {at}: {e}")),

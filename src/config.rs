@@ -968,26 +968,41 @@ impl Config {
 
 /// What is wrong with a cloud URL, said precisely (the charger id is
 /// appended to it as a path segment).
-pub fn check_ws_url(s: &str) -> Result<(), String> {
+pub fn check_ws_url(s: &str) -> Result<(), BadUrl> {
     use tokio_tungstenite::tungstenite::http::Uri;
     match s.split_once("://") {
-        None => return Err("expected ws:// or wss:// at the start".into()),
-        Some((_, "")) => return Err("no host after the scheme".into()),
+        None => return Err(BadUrl::NoScheme),
+        Some((_, "")) => return Err(BadUrl::NoHost),
         Some(_) => {}
     }
-    let uri: Uri = s.parse().map_err(|e| format!("not a valid URL ({e})"))?;
+    let uri: Uri = s.parse().map_err(BadUrl::Invalid)?;
     match uri.scheme_str() {
         Some("ws") | Some("wss") => {}
-        Some(other) => return Err(format!("expected ws:// or wss://, not {other}://")),
-        None => return Err("expected ws:// or wss:// at the start".into()),
+        Some(other) => return Err(BadUrl::Scheme(other.to_string())),
+        None => return Err(BadUrl::NoScheme),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err("no host after ws:// or wss://".into());
+        return Err(BadUrl::NoHost);
     }
     if uri.query().is_some() || s.contains('#') {
-        return Err("a query or fragment cannot be followed by the charger id".into());
+        return Err(BadUrl::QueryOrFragment);
     }
     Ok(())
+}
+
+/// What is wrong with a cloud URL.
+#[derive(Debug, thiserror::Error)]
+pub enum BadUrl {
+    #[error("expected ws:// or wss:// at the start")]
+    NoScheme,
+    #[error("no host after ws:// or wss://")]
+    NoHost,
+    #[error("not a valid URL ({0})")]
+    Invalid(tokio_tungstenite::tungstenite::http::uri::InvalidUri),
+    #[error("expected ws:// or wss://, not {0}://")]
+    Scheme(String),
+    #[error("a query or fragment cannot be followed by the charger id")]
+    QueryOrFragment,
 }
 
 fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig> {
@@ -1062,7 +1077,7 @@ fn read_chargers(
             continue;
         };
         if let Err(why) = check_charger_id(&id) {
-            r.problem(&format!("{section}.id"), why);
+            r.problem(&format!("{section}.id"), why.to_string());
         }
         let password = r
             .string(Some(t), &section, "password", None)
@@ -1076,7 +1091,7 @@ fn read_chargers(
                     );
                 }
             } else if let Err(why) = crate::password::check_strength(p) {
-                r.problem(&format!("{section}.password"), why);
+                r.problem(&format!("{section}.password"), why.to_string());
             }
         }
         let profile = r.int(Some(t), &section, "security_profile", 1, 1, 3) as u8;
@@ -1148,31 +1163,53 @@ fn is_format_char(c: char) -> bool {
         | '\u{FFF9}'..='\u{FFFB}')
 }
 
-pub fn check_charger_id(id: &str) -> Result<(), String> {
+pub fn check_charger_id(id: &str) -> Result<(), BadChargerId> {
+    let bad = |why| {
+        Err(BadChargerId {
+            id: id.to_string(),
+            why,
+        })
+    };
     if id.is_empty() || id.len() > 48 {
-        return Err(format!(
-            "expected 1 to 48 characters, found {} in {id:?}",
-            id.len()
-        ));
+        return bad(IdProblem::Length(id.len()));
     }
     if id
         .chars()
         .any(|c| c == '/' || c == '\\' || c.is_control() || c.is_whitespace())
     {
-        return Err(format!(
-            "expected no '/', '\\', spaces or control characters in {id:?}"
-        ));
+        return bad(IdProblem::Separator);
     }
     if id == "." || id == ".." {
         // They name directories: the diagnostics folder, the cloud's URL.
-        return Err(format!("expected a name, not {id:?}"));
+        return bad(IdProblem::Dots);
     }
     if id.chars().any(is_format_char) {
-        return Err(format!(
-            "expected no invisible or direction-changing characters in {id:?} (they make look-alike ids)"
-        ));
+        return bad(IdProblem::Invisible);
     }
     Ok(())
+}
+
+/// A charge point id the gateway refuses, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why} {id:?}")]
+pub struct BadChargerId {
+    pub id: String,
+    pub why: IdProblem,
+}
+
+/// What is wrong with a charge point id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdProblem {
+    #[error("expected 1 to 48 characters, found {0} in")]
+    Length(usize),
+    #[error("expected no '/', '\\', spaces or control characters in")]
+    Separator,
+    #[error("expected a name, not")]
+    Dots,
+    #[error(
+        "expected no invisible or direction-changing characters (they make look-alike ids) in"
+    )]
+    Invisible,
 }
 
 #[cfg(test)]

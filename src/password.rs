@@ -13,24 +13,33 @@ const ITERATIONS: u32 = 100_000;
 /// `a-z A-Z 0-9 * - _ = : + | @ .`. Both are accepted; anything shorter,
 /// longer, outside that set or with fewer than 6 different characters is
 /// refused.
-pub fn check_strength(pw: &str) -> Result<(), String> {
+pub fn check_strength(pw: &str) -> Result<(), WeakPassword> {
     let n = pw.len();
     if !(16..=40).contains(&n) {
-        return Err(format!("expected 16 to 40 characters (OCPP), found {n}"));
+        return Err(WeakPassword::Length(n));
     }
     if let Some(c) = pw
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "*-_=:+|@.".contains(*c)))
     {
-        return Err(format!(
-            "expected only a-z A-Z 0-9 * - _ = : + | @ . (OCPP 2.0.1's set), found {c:?}"
-        ));
+        return Err(WeakPassword::Character(c));
     }
     let distinct = pw.chars().collect::<std::collections::BTreeSet<_>>().len();
     if distinct < 6 {
-        return Err(format!("too weak: only {distinct} different characters"));
+        return Err(WeakPassword::Distinct(distinct));
     }
     Ok(())
+}
+
+/// Why a charger password is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeakPassword {
+    #[error("expected 16 to 40 characters (OCPP), found {0}")]
+    Length(usize),
+    #[error("expected only a-z A-Z 0-9 * - _ = : + | @ . (OCPP 2.0.1's set), found {0:?}")]
+    Character(char),
+    #[error("too weak: only {0} different characters")]
+    Distinct(usize),
 }
 
 /// The operating system's random generator failed (it does not on Linux

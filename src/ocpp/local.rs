@@ -53,10 +53,10 @@ pub struct LocalError {
     pub description: String,
 }
 
-fn bad_payload(description: String) -> LocalError {
+fn bad_payload(e: impl std::fmt::Display) -> LocalError {
     LocalError {
         code: "FormationViolation",
-        description,
+        description: e.to_string(),
     }
 }
 
@@ -89,8 +89,7 @@ pub fn answer(
     if ANSWERED.contains(&action) {
         // As a CSMS must: a payload that breaks its schema gets the
         // OCPP-J error for what is wrong, not an answer.
-        let value: Value =
-            serde_json::from_str(payload.get()).map_err(|e| bad_payload(e.to_string()))?;
+        let value: Value = serde_json::from_str(payload.get()).map_err(bad_payload)?;
         super::schema::check(action, &value).map_err(|v| LocalError {
             code: v.code,
             description: v.description,

@@ -428,14 +428,22 @@ async fn dead_letters(State(ctx): State<Ctx>, Path(id): Path<String>) -> Respons
     }
 }
 
-fn to_query(p: &EventParams) -> Result<Query, String> {
+/// A query parameter that does not parse, and which one.
+#[derive(Debug, thiserror::Error)]
+#[error("{param}: {source}")]
+struct BadParam {
+    param: &'static str,
+    source: BadTime,
+}
+
+fn to_query(p: &EventParams) -> Result<Query, BadParam> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let time = |s: &Option<String>, name: &str| -> Result<Option<i64>, String> {
+    let time = |s: &Option<String>, param: &'static str| -> Result<Option<i64>, BadParam> {
         s.as_deref()
-            .map(|s| parse_time(s, now).map_err(|e| format!("{name}: {e}")))
+            .map(|s| parse_time(s, now).map_err(|source| BadParam { param, source }))
             .transpose()
     };
     Ok(Query {
@@ -461,7 +469,7 @@ fn to_query(p: &EventParams) -> Result<Query, String> {
 async fn events(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> Response {
     let q = match to_query(&p) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     // Up to 100,000 records: read and rendered on a blocking thread, off
     // the runtime that relays the chargers.
@@ -490,7 +498,7 @@ async fn events(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> R
 async fn stream(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> Response {
     let q = match to_query(&p) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let rx = ctx.journal.subscribe();
     let s = futures_util::stream::unfold((rx, q), |(mut rx, q)| async move {
@@ -522,7 +530,7 @@ async fn stream(State(ctx): State<Ctx>, UrlQuery(p): UrlQuery<EventParams>) -> R
 
 /// Parse `2h` / `30m` / `45s` / `7d` (that long ago), an RFC 3339 time, or
 /// milliseconds since the epoch.
-pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, BadTime> {
     let s = s.trim();
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
@@ -544,10 +552,13 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
     }
     s.parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
-        .map_err(|_| {
-            format!("expected 2h, 30m, 1d, an RFC 3339 time or epoch milliseconds, found {s:?}")
-        })
+        .map_err(|_| BadTime(s.to_string()))
 }
+
+/// A time `parse_time` cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected 2h, 30m, 1d, an RFC 3339 time or epoch milliseconds, found {0:?}")]
+pub struct BadTime(pub String);
 
 #[cfg(test)]
 mod tests {

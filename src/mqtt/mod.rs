@@ -400,7 +400,7 @@ impl Mqtt {
                 }
                 Err(why) => {
                     log::warn!("mqtt: ignored command on {topic}: {why}");
-                    let out = json!({"charger": id, "action": action, "outcome": "rejected", "error": why});
+                    let out = json!({"charger": id, "action": action, "outcome": "rejected", "error": why.to_string()});
                     self.publish(self.layout.result(&id), out.to_string(), false);
                 }
             }
@@ -411,21 +411,18 @@ impl Mqtt {
 /// A command topic's action and payload as a remote action. Buttons send
 /// `PRESS` (or nothing, or a JSON object of parameters); the pause switch
 /// `ON`/`OFF`; the current cap a number.
-pub fn command(action: &str, payload: &[u8]) -> Result<(String, ActionRequest), String> {
+pub fn command(action: &str, payload: &[u8]) -> Result<(String, ActionRequest), BadCommand> {
     let text = std::str::from_utf8(payload)
-        .map_err(|_| "payload is not UTF-8".to_string())?
+        .map_err(|_| BadCommand::NotUtf8)?
         .trim();
-    let json_req = |t: &str| -> Result<ActionRequest, String> {
+    let short = |t: &str| t.chars().take(60).collect::<String>();
+    let json_req = |t: &str| -> Result<ActionRequest, BadCommand> {
         if t.is_empty() || t == "PRESS" {
             return Ok(ActionRequest::default());
         }
         match serde_json::from_str::<Value>(t) {
-            Ok(v @ Value::Object(_)) => serde_json::from_value(v)
-                .map_err(|e| format!("bad parameter in the JSON object: {e}")),
-            Ok(_) | Err(_) => Err(format!(
-                "expected PRESS or a JSON object of parameters, found {:?}",
-                t.chars().take(60).collect::<String>()
-            )),
+            Ok(v @ Value::Object(_)) => serde_json::from_value(v).map_err(BadCommand::Parameter),
+            Ok(_) | Err(_) => Err(BadCommand::NotPress(short(t))),
         }
     };
     match action {
@@ -433,7 +430,7 @@ pub fn command(action: &str, payload: &[u8]) -> Result<(String, ActionRequest), 
             "ON" => Ok(("pause".into(), ActionRequest::default())),
             "OFF" => Ok(("resume".into(), ActionRequest::default())),
             t if t.starts_with('{') => Ok(("pause".into(), json_req(t)?)),
-            t => Err(format!("pause: expected ON or OFF, found {t:?}")),
+            t => Err(BadCommand::NotOnOff(short(t))),
         },
         "limit" => match text.parse::<f64>() {
             Ok(a) if (0.0..=1000.0).contains(&a) => Ok((
@@ -444,16 +441,28 @@ pub fn command(action: &str, payload: &[u8]) -> Result<(String, ActionRequest), 
                 },
             )),
             _ if text.starts_with('{') => Ok(("limit".into(), json_req(text)?)),
-            _ => Err(format!(
-                "limit: expected a current in amperes (0 to 1000), found {text:?}"
-            )),
+            _ => Err(BadCommand::NotAmps(short(text))),
         },
         a if crate::actions::NAMES.contains(&a) => Ok((a.to_string(), json_req(text)?)),
-        a => Err(format!(
-            "unknown action {a:?} (known: {})",
-            crate::actions::NAMES.join(", ")
-        )),
+        a => Err(BadCommand::UnknownAction(short(a))),
     }
+}
+
+/// Why a command topic's message was rejected (said on the result topic).
+#[derive(Debug, thiserror::Error)]
+pub enum BadCommand {
+    #[error("payload is not UTF-8")]
+    NotUtf8,
+    #[error("bad parameter in the JSON object: {0}")]
+    Parameter(serde_json::Error),
+    #[error("expected PRESS or a JSON object of parameters, found {0:?}")]
+    NotPress(String),
+    #[error("pause: expected ON or OFF, found {0:?}")]
+    NotOnOff(String),
+    #[error("limit: expected a current in amperes (0 to 1000), found {0:?}")]
+    NotAmps(String),
+    #[error("unknown action {0:?} (known: {known})", known = crate::actions::NAMES.join(", "))]
+    UnknownAction(String),
 }
 
 #[cfg(test)]

@@ -226,19 +226,24 @@ pub struct Summary {
 
 impl Summary {
     fn add(&mut self, r: &Raw<'_>) {
+        self.count(r.seq, r.time_ms, r.charger, r.class, r.len);
+    }
+
+    /// Count one record of `len` encoded bytes.
+    fn count(&mut self, seq: u64, time_ms: i64, charger: Option<&str>, class: Class, len: usize) {
         if self.records == 0 {
-            self.first_seq = r.seq;
-            self.first_ms = r.time_ms;
+            self.first_seq = seq;
+            self.first_ms = time_ms;
         }
-        self.last_seq = r.seq;
-        self.last_ms = r.time_ms;
-        self.bytes += r.len as u64;
+        self.last_seq = seq;
+        self.last_ms = time_ms;
+        self.bytes += len as u64;
         self.records += 1;
         let u = self
             .streams
-            .entry(r.charger.unwrap_or("").to_string())
+            .entry(charger.unwrap_or("").to_string())
             .or_default();
-        u.0[r.class as usize] += r.len as u64;
+        u.0[class as usize] += len as u64;
     }
 }
 
@@ -268,8 +273,8 @@ impl Raw<'_> {
 const HEADER: usize = 8;
 const NO_CHARGER: u16 = u16::MAX;
 
-/// Encode one record onto `out`.
-pub fn encode(rec: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+/// Encode one record onto `out`; returns its encoded length.
+pub fn encode(rec: &Record, out: &mut Vec<u8>) -> Result<usize, serde_json::Error> {
     let json = serde_json::to_vec(&rec.event)?;
     let charger = rec
         .charger
@@ -290,7 +295,7 @@ pub fn encode(rec: &Record, out: &mut Vec<u8>) -> Result<(), serde_json::Error> 
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     out.extend_from_slice(&body);
-    Ok(())
+    Ok(HEADER + body.len())
 }
 
 /// The records of a segment's bytes, in order, up to the first that is
@@ -456,10 +461,7 @@ impl History {
     /// Append records (in sequence order) and make them durable. A
     /// segment that fills up on the way is sealed and the rest goes to a
     /// new one.
-    pub fn append(&mut self, recs: &[Record]) -> io::Result<()> {
-        if recs.is_empty() {
-            return Ok(());
-        }
+    pub fn append<'r>(&mut self, recs: impl IntoIterator<Item = &'r Record>) -> io::Result<()> {
         if self.dirty {
             if let Some(s) = self.segs.last() {
                 match self.dir.truncate(&log_name(s.id), s.sum.bytes) {
@@ -470,26 +472,29 @@ impl History {
             self.dirty = false;
         }
         let mut buf = Vec::new();
+        // What `buf` holds, counted in the summary once it is on disk.
+        let mut held: Vec<(&Record, usize)> = Vec::new();
         for r in recs {
             let full = self
                 .segs
                 .last()
                 .is_none_or(|s| s.sum.bytes + buf.len() as u64 >= self.seg_bytes);
             if full {
-                self.flush(&mut buf)?;
+                self.flush(&mut buf, &mut held)?;
                 self.seal()?;
                 self.segs.push(Segment {
                     id: r.seq,
                     sum: Arc::default(),
                 });
             }
-            encode(r, &mut buf).map_err(io::Error::other)?;
+            let len = encode(r, &mut buf).map_err(io::Error::other)?;
+            held.push((r, len));
         }
-        self.flush(&mut buf)
+        self.flush(&mut buf, &mut held)
     }
 
-    /// Append `buf` to the last segment, durably, and count it.
-    fn flush(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+    /// Append `buf` to the last segment, durably, and count what it holds.
+    fn flush(&mut self, buf: &mut Vec<u8>, held: &mut Vec<(&Record, usize)>) -> io::Result<()> {
         let Some(seg) = self.segs.last_mut() else {
             return Ok(());
         };
@@ -505,9 +510,16 @@ impl History {
             self.dirty = true;
             return Err(e);
         }
-        let (raws, _) = parse(buf);
         let sum = Arc::make_mut(&mut seg.sum);
-        raws.iter().for_each(|r| sum.add(r));
+        for (r, len) in held.drain(..) {
+            sum.count(
+                r.seq,
+                r.time_ms,
+                r.charger.as_deref(),
+                Class::of(&r.event),
+                len,
+            );
+        }
         buf.clear();
         Ok(())
     }

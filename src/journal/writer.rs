@@ -409,20 +409,18 @@ impl Writer {
     }
 
     fn write(&mut self, staged: &[Staged]) -> Result<(), JournalError> {
-        let records: Vec<Record> = staged
-            .iter()
-            .filter_map(|s| match s {
-                Staged::Event(rec) => Some(rec.clone()),
+        let records = || {
+            staged.iter().filter_map(|s| match s {
+                Staged::Event(rec) => Some(rec),
                 Staged::Op(_) => None,
             })
-            .collect();
+        };
         self.p
             .history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .append(&records)?;
-        let min_local_tx = records
-            .iter()
+            .append(records())?;
+        let min_local_tx = records()
             .map(|r| local_tx_of(&r.event))
             .fold(self.min_local_tx, i64::min);
         let mut outbox_key = self.outbox_key;

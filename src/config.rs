@@ -172,6 +172,9 @@ pub struct Config {
     /// OCPP 1.6 TransactionMessageRetryInterval (× attempts so far).
     pub tx_retry_interval: Duration,
     pub offline_mode: OfflineMode,
+    /// The same choice for OCPP 2.0.1 chargers (`[offline] mode_ocpp201`):
+    /// `disconnect` by default, as 2.0.1 Part 4 §6.3 asks.
+    pub offline_mode_201: OfflineMode,
     /// OCPP 1.6 StopTransactionOnInvalidId, applied by the gateway to
     /// transactions it let start offline.
     pub stop_on_invalid_id: bool,
@@ -269,7 +272,7 @@ impl Config {
                     self.tx_attempts,
                     self.max_queued,
                     self.tx_retry_interval,
-                    self.offline_mode,
+                    (self.offline_mode, self.offline_mode_201),
                     self.stop_on_invalid_id,
                 )),
                 d(&(
@@ -277,7 +280,7 @@ impl Config {
                     new.tx_attempts,
                     new.max_queued,
                     new.tx_retry_interval,
-                    new.offline_mode,
+                    (new.offline_mode, new.offline_mode_201),
                     new.stop_on_invalid_id,
                 )),
             ),
@@ -338,6 +341,24 @@ impl Config {
         c.smart = new.smart.clone();
         c.smart.meter = meter;
         c
+    }
+
+    /// The offline mode for chargers speaking `proto`.
+    pub fn offline_mode_for(&self, proto: crate::ocpp::Protocol) -> OfflineMode {
+        match proto {
+            crate::ocpp::Protocol::Ocpp16 => self.offline_mode,
+            crate::ocpp::Protocol::Ocpp201 => self.offline_mode_201,
+        }
+    }
+
+    /// Whether the gateway answers a charger speaking `proto` itself when
+    /// it has to (standalone, cloud away or silent): always for 1.6; for
+    /// 2.0.1 standalone, and with a cloud only in `hold` mode (else the
+    /// charger's calls wait for the cloud, however late).
+    pub fn answers_itself(&self, proto: crate::ocpp::Protocol, standalone: bool) -> bool {
+        proto == crate::ocpp::Protocol::Ocpp16
+            || standalone
+            || self.offline_mode_201 == OfflineMode::Hold
     }
 
     /// A charger's electrical limits (defaults for one not in the config).
@@ -711,6 +732,7 @@ impl Config {
                     "transaction_message_attempts",
                     "transaction_message_retry_interval_secs",
                     "mode",
+                    "mode_ocpp201",
                     "stop_transaction_on_invalid_id",
                     "max_queued_messages",
                 ],
@@ -766,20 +788,8 @@ impl Config {
             0,
             86_400,
         ) as u64);
-        let mode = r
-            .string(off, "offline", "mode", Some("hold"))
-            .unwrap_or_default();
-        let offline_mode = match mode.as_str() {
-            "hold" => OfflineMode::Hold,
-            "disconnect" => OfflineMode::Disconnect,
-            other => {
-                r.problem(
-                    "offline.mode",
-                    format!("expected \"hold\" or \"disconnect\", found {other:?}"),
-                );
-                OfflineMode::Hold
-            }
-        };
+        let offline_mode = read_offline_mode(r, off, "mode", "hold");
+        let offline_mode_201 = read_offline_mode(r, off, "mode_ocpp201", "disconnect");
         let stop_on_invalid_id = r.boolean(off, "offline", "stop_transaction_on_invalid_id", true);
         let policy = Policy {
             authorize,
@@ -945,6 +955,7 @@ impl Config {
             max_queued,
             tx_retry_interval,
             offline_mode,
+            offline_mode_201,
             stop_on_invalid_id,
             upstream,
             api_listen,
@@ -962,6 +973,28 @@ impl Config {
             mqtt,
             mirrors,
             warnings: Vec::new(),
+        }
+    }
+}
+
+/// `[offline] {key}`: `hold` or `disconnect`.
+fn read_offline_mode(r: &mut Reader, off: Option<&Table>, key: &str, default: &str) -> OfflineMode {
+    let mode = r
+        .string(off, "offline", key, Some(default))
+        .unwrap_or_default();
+    match mode.as_str() {
+        "hold" => OfflineMode::Hold,
+        "disconnect" => OfflineMode::Disconnect,
+        other => {
+            r.problem(
+                &format!("offline.{key}"),
+                format!("expected \"hold\" or \"disconnect\", found {other:?}"),
+            );
+            if default == "hold" {
+                OfflineMode::Hold
+            } else {
+                OfflineMode::Disconnect
+            }
         }
     }
 }
@@ -1220,6 +1253,12 @@ mod tests {
     fn embedded_config_is_valid_and_standalone() {
         let c = Config::embedded();
         assert!(c.upstream.is_none());
+        use crate::ocpp::Protocol::*;
+        assert_eq!(
+            (c.offline_mode_for(Ocpp16), c.offline_mode_for(Ocpp201)),
+            (OfflineMode::Hold, OfflineMode::Disconnect),
+            "2.0.1's default is what its Part 4 §6.3 asks"
+        );
         assert!(c.api_listen.ip().is_loopback());
     }
 
@@ -1232,6 +1271,7 @@ mod tests {
             max_message_size = 5
             [offline]
             authorize = "maybe"
+            mode_ocpp201 = "keep"
             [upstream]
             url = "http://cloud"
             [api]
@@ -1248,6 +1288,7 @@ mod tests {
             "ocpp.listen",
             "ocpp.max_message_size",
             "offline.authorize",
+            "offline.mode_ocpp201",
             "upstream.url",
             "api.token",
             "charger[0].id",

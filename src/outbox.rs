@@ -205,10 +205,11 @@ pub(crate) fn load_map(
     Ok(out)
 }
 
-/// Whether a charger message belongs in the outbox.
+/// Whether a charger message belongs in the outbox (1.6's three
+/// transaction messages, 2.0.1's TransactionEvent).
 pub fn is_transaction_message(action: &str, payload: &str) -> bool {
     match action {
-        "StartTransaction" | "StopTransaction" => true,
+        "StartTransaction" | "StopTransaction" | "TransactionEvent" => true,
         "MeterValues" => serde_json::from_str::<serde_json::Value>(payload)
             .is_ok_and(|v| v.get("transactionId").is_some_and(|t| !t.is_null())),
         _ => false,
@@ -226,6 +227,22 @@ pub fn rewrite_up(action: &str, payload: &str, map: impl Fn(i64) -> Option<i64>)
     let local = v.get("transactionId")?.as_i64()?;
     let cloud = map(local)?;
     v["transactionId"] = cloud.into();
+    Some(v.to_string())
+}
+
+/// A 2.0.1 TransactionEvent the gateway answered, as replayed to the
+/// cloud: with `offline: true` (2.0.1 E04: the event happened while the
+/// CSMS could not answer it). `None`: send the original bytes.
+pub fn mark_offline(action: &str, payload: &str) -> Option<String> {
+    if action != "TransactionEvent" {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("offline") == Some(&serde_json::Value::Bool(true)) {
+        return None;
+    }
+    obj.insert("offline".into(), true.into());
     Some(v.to_string())
 }
 
@@ -251,6 +268,19 @@ pub fn rewrite_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replayed_201_transaction_events_are_marked_offline() {
+        let ev = r#"{"eventType":"Updated","seqNo":3,"transactionInfo":{"transactionId":"t"}}"#;
+        let out: serde_json::Value =
+            serde_json::from_str(&mark_offline("TransactionEvent", ev).unwrap()).unwrap();
+        assert_eq!(out["offline"], true);
+        assert_eq!(out["seqNo"], 3, "the rest as the charger sent it");
+        let already = r#"{"offline":true,"seqNo":3}"#;
+        assert_eq!(mark_offline("TransactionEvent", already), None);
+        assert_eq!(mark_offline("StopTransaction", ev), None);
+        assert!(is_transaction_message("TransactionEvent", ev));
+    }
 
     #[test]
     fn transaction_messages_are_recognised() {

@@ -112,7 +112,8 @@ pub fn check_request(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let offered_list = Protocol::offered(offered);
-    let proto = Protocol::choose_alone(&offered_list).ok_or_else(|| {
+    let holds = |p| cfg.answers_itself(p, false);
+    let proto = Protocol::choose_alone(&offered_list, holds).ok_or_else(|| {
         refuse(
             StatusCode::BAD_REQUEST,
             format!("no supported subprotocol offered ({offered:?}); offer ocpp1.6 or ocpp2.0.1"),
@@ -385,8 +386,8 @@ async fn handle_connection(
     }
     let cfg = ws_config(ctx.cfg.max_message_size);
     let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg)).await;
-    let offline_disconnect = !acc.proto.answered_locally()
-        || ctx.cfg.offline_mode == crate::config::OfflineMode::Disconnect;
+    let offline_disconnect =
+        ctx.cfg.offline_mode_for(acc.proto) == crate::config::OfflineMode::Disconnect;
     if let (Some(e), true) = (failed, offline_disconnect) {
         // Offline mode `disconnect` and the cloud still away: closed at
         // once (1013, Try Again Later) without a session. Journaled once

@@ -1,6 +1,7 @@
 //! The gateway as a local controller: the answers it gives a charger when no
-//! cloud is configured or the cloud link is down, so chargers keep charging.
-//! Pure: the caller supplies the clock, the policy and transaction ids.
+//! cloud is configured or the cloud link is down, so chargers keep charging
+//! (OCPP 1.6 in [`answer`], 2.0.1 in [`answer_201`]). Pure: the caller
+//! supplies the clock, the policy and transaction ids.
 
 use std::collections::HashMap;
 
@@ -90,7 +91,7 @@ pub fn answer(
         // As a CSMS must: a payload that breaks its schema gets the
         // OCPP-J error for what is wrong, not an answer.
         let value: Value = serde_json::from_str(payload.get()).map_err(bad_payload)?;
-        super::schema::check(action, &value).map_err(|v| LocalError {
+        super::schema::check(super::Protocol::Ocpp16, action, &value).map_err(|v| LocalError {
             code: v.code,
             description: v.description,
         })?;
@@ -139,6 +140,96 @@ pub fn answer(
         | "SignCertificate"
         | "LogStatusNotification"
         | "SignedFirmwareStatusNotification" => Err(LocalError {
+            code: "NotSupported",
+            description: format!("{action} is not supported while the gateway answers offline"),
+        }),
+        other => Err(LocalError {
+            code: "NotImplemented",
+            description: format!("unknown action {other}"),
+        }),
+    }
+}
+
+/// The OCPP 2.0.1 requests the local controller answers (each checked
+/// against its official schema first).
+pub const ANSWERED_201: &[&str] = &[
+    "Authorize",
+    "BootNotification",
+    "DataTransfer",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "LogStatusNotification",
+    "MeterValues",
+    "NotifyEvent",
+    "NotifyReport",
+    "SecurityEventNotification",
+    "StatusNotification",
+    "TransactionEvent",
+];
+
+/// Answer one OCPP 2.0.1 CALL from a charger (`now` is RFC 3339). 2.0.1
+/// transaction ids are the charger's own, so nothing is handed out; an
+/// id token is answered by the same policy as a 1.6 id tag (its statuses
+/// are 2.0.1 `AuthorizationStatusEnumType` values too).
+pub fn answer_201(
+    action: &str,
+    payload: &RawValue,
+    now: &str,
+    policy: &Policy,
+    known: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, LocalError> {
+    use super::v201;
+    let bad = |e: serde_json::Error| LocalError {
+        code: "FormatViolation",
+        description: e.to_string(),
+    };
+    if ANSWERED_201.contains(&action) {
+        let value: Value = serde_json::from_str(payload.get()).map_err(bad)?;
+        super::schema::check(super::Protocol::Ocpp201, action, &value).map_err(|v| LocalError {
+            code: v.code,
+            description: v.description,
+        })?;
+    }
+    let token_info = |token: &str| json!({"status": policy.tag_status(token, known(token))});
+    match action {
+        "BootNotification" => Ok(
+            json!({"currentTime": now, "interval": policy.heartbeat_interval, "status": "Accepted"}),
+        ),
+        "Heartbeat" => Ok(json!({ "currentTime": now })),
+        "Authorize" => {
+            let a: v201::Authorize = decode(payload).map_err(bad)?;
+            Ok(json!({"idTokenInfo": token_info(&a.id_token.id_token)}))
+        }
+        "TransactionEvent" => {
+            // idTokenInfo is required in the answer when the request has
+            // an idToken, and only then.
+            let t: v201::TransactionEvent = decode(payload).map_err(bad)?;
+            Ok(match t.id_token {
+                Some(i) => json!({"idTokenInfo": token_info(&i.id_token)}),
+                None => json!({}),
+            })
+        }
+        "DataTransfer" => Ok(json!({"status": "UnknownVendorId"})),
+        "StatusNotification"
+        | "MeterValues"
+        | "NotifyEvent"
+        | "NotifyReport"
+        | "SecurityEventNotification"
+        | "FirmwareStatusNotification"
+        | "LogStatusNotification" => Ok(json!({})),
+        "SignCertificate"
+        | "Get15118EVCertificate"
+        | "GetCertificateStatus"
+        | "NotifyEVChargingNeeds"
+        | "NotifyEVChargingSchedule"
+        | "ReportChargingProfiles"
+        | "NotifyChargingLimit"
+        | "ClearedChargingLimit"
+        | "ReservationStatusUpdate"
+        | "NotifyCustomerInformation"
+        | "NotifyDisplayMessages"
+        | "NotifyMonitoringReport"
+        | "PublishFirmwareStatusNotification" => Err(LocalError {
             code: "NotSupported",
             description: format!("{action} is not supported while the gateway answers offline"),
         }),
@@ -276,6 +367,75 @@ mod tests {
         );
         assert_eq!(
             run("SignCertificate", "{}", &p).unwrap_err().code,
+            "NotSupported"
+        );
+    }
+
+    fn run_201(action: &str, payload: &str, p: &Policy) -> Result<Value, LocalError> {
+        let raw = RawValue::from_string(payload.to_string()).unwrap();
+        let cloud_knows = |tag: &str| (tag == "CLOUDBLOCKED").then(|| "Blocked".to_string());
+        answer_201(action, &raw, "2026-01-01T00:00:00Z", p, &cloud_knows)
+    }
+
+    #[test]
+    fn a_201_charger_is_answered_in_201() {
+        let p = policy(AuthPolicy::RejectUnknown);
+        let boot = run_201(
+            "BootNotification",
+            r#"{"reason":"PowerUp","chargingStation":{"model":"M","vendorName":"V"}}"#,
+            &p,
+        )
+        .unwrap();
+        assert_eq!(
+            boot,
+            json!({"currentTime": "2026-01-01T00:00:00Z", "interval": 300, "status": "Accepted"})
+        );
+        let auth = |tag: &str| {
+            let req = format!(r#"{{"idToken":{{"idToken":"{tag}","type":"ISO14443"}}}}"#);
+            run_201("Authorize", &req, &p).unwrap()["idTokenInfo"]["status"].clone()
+        };
+        assert_eq!(auth("GOOD"), "Accepted");
+        assert_eq!(auth("NOBODY"), "Invalid");
+        assert_eq!(auth("CLOUDBLOCKED"), "Blocked");
+        let started = r#"{"eventType":"Started","timestamp":"2026-01-01T00:00:00Z","triggerReason":"Authorized","seqNo":0,
+            "transactionInfo":{"transactionId":"t1"},"idToken":{"idToken":"GOOD","type":"ISO14443"},"evse":{"id":1,"connectorId":1}}"#;
+        assert_eq!(
+            run_201("TransactionEvent", started, &p).unwrap(),
+            json!({"idTokenInfo": {"status": "Accepted"}})
+        );
+        let updated = r#"{"eventType":"Updated","timestamp":"2026-01-01T00:00:00Z","triggerReason":"MeterValuePeriodic","seqNo":1,
+            "transactionInfo":{"transactionId":"t1"}}"#;
+        assert_eq!(
+            run_201("TransactionEvent", updated, &p).unwrap(),
+            json!({}),
+            "no idToken, no idTokenInfo"
+        );
+        let status = r#"{"timestamp":"2026-01-01T00:00:00Z","connectorStatus":"Occupied","evseId":1,"connectorId":1}"#;
+        assert_eq!(
+            run_201("StatusNotification", status, &p).unwrap(),
+            json!({})
+        );
+    }
+
+    #[test]
+    fn a_201_payload_that_breaks_its_schema_gets_the_201_code() {
+        let p = policy(AuthPolicy::AcceptAll);
+        assert_eq!(
+            run_201("BootNotification", "{}", &p).unwrap_err().code,
+            "OccurrenceConstraintViolation"
+        );
+        assert_eq!(
+            run_201("Heartbeat", "[1]", &p).unwrap_err().code,
+            "TypeConstraintViolation"
+        );
+        assert_eq!(
+            run_201("Frobnicate", "{}", &p).unwrap_err().code,
+            "NotImplemented"
+        );
+        assert_eq!(
+            run_201("SignCertificate", r#"{"csr":"x"}"#, &p)
+                .unwrap_err()
+                .code,
             "NotSupported"
         );
     }

@@ -50,21 +50,18 @@ impl Protocol {
         out
     }
 
-    /// Whether the gateway can answer a charger speaking this protocol by
-    /// itself (standalone, or while the cloud is away); 2.0.1 is relayed.
-    pub fn answered_locally(self) -> bool {
-        self == Protocol::Ocpp16
-    }
-
     /// The protocol the gateway picks when the cloud does not choose (no
     /// cloud configured, or it did not answer in time): the charger's first
-    /// choice among those the gateway can answer itself, else its first
-    /// choice.
-    pub fn choose_alone(offered: &[Protocol]) -> Option<Protocol> {
+    /// choice among those the gateway holds by itself (`holds`: 1.6, and
+    /// 2.0.1 in offline mode `hold`), else its first choice.
+    pub fn choose_alone(
+        offered: &[Protocol],
+        holds: impl Fn(Protocol) -> bool,
+    ) -> Option<Protocol> {
         offered
             .iter()
             .copied()
-            .find(|p| p.answered_locally())
+            .find(|p| holds(*p))
             .or_else(|| offered.first().copied())
     }
 
@@ -95,9 +92,18 @@ mod tests {
         assert_eq!(Protocol::offered("ocpp2.1, ocpp2.0.1"), vec![Ocpp201]);
         assert_eq!(Protocol::offered("ocpp1.5, ocpp2.0"), vec![]);
         assert_eq!(Protocol::offered(""), vec![]);
-        assert_eq!(Protocol::choose_alone(&[Ocpp201, Ocpp16]), Some(Ocpp16));
-        assert_eq!(Protocol::choose_alone(&[Ocpp201]), Some(Ocpp201));
-        assert_eq!(Protocol::choose_alone(&[]), None);
+        let only_16 = |p| p == Ocpp16;
+        assert_eq!(
+            Protocol::choose_alone(&[Ocpp201, Ocpp16], only_16),
+            Some(Ocpp16)
+        );
+        assert_eq!(Protocol::choose_alone(&[Ocpp201], only_16), Some(Ocpp201));
+        assert_eq!(Protocol::choose_alone(&[], only_16), None);
+        let both = |_| true;
+        assert_eq!(
+            Protocol::choose_alone(&[Ocpp201, Ocpp16], both),
+            Some(Ocpp201)
+        );
         assert_eq!(Protocol::header(&[Ocpp201, Ocpp16]), "ocpp2.0.1, ocpp1.6");
     }
 }

@@ -153,7 +153,7 @@ impl<S> SessionState<S> {
 
     /// What to journal for a charger's call and its answer, in the
     /// operator's vocabulary whichever protocol the charger speaks.
-    fn events_for(
+    pub(super) fn events_for(
         &mut self,
         action: &str,
         payload: &RawValue,

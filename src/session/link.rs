@@ -95,12 +95,20 @@ impl<S> SessionState<S> {
         }
     }
 
-    /// Offline mode `disconnect` (always for OCPP 2.0.1, as its Part 4 §6.3
-    /// requires of a local controller): without a cloud link the charger is
-    /// closed, so it queues by itself.
+    /// Offline mode `disconnect` (`[offline] mode`, `mode_ocpp201`: the
+    /// default for 2.0.1, as its Part 4 §6.3 asks of a local controller):
+    /// without a cloud link the charger is closed, so it queues by itself.
     pub(super) fn disconnect_mode(&self) -> bool {
-        self.proto == Protocol::Ocpp201
-            || self.cfg.offline_mode == crate::config::OfflineMode::Disconnect
+        self.cfg.offline_mode_for(self.proto) == crate::config::OfflineMode::Disconnect
+    }
+
+    /// Whether the gateway answers this charger itself when the cloud is
+    /// away or silent (see [`Config::answers_itself`]).
+    ///
+    /// [`Config::answers_itself`]: crate::config::Config::answers_itself
+    pub(super) fn answers_itself(&self) -> bool {
+        self.cfg
+            .answers_itself(self.proto, self.cloud_url.is_none())
     }
 
     /// The link is down until the next attempt; returns what it was.
@@ -238,7 +246,7 @@ impl<S> SessionState<S> {
         // The cloud's answers wait `answer_timeout`; the charger's, below,
         // `call_timeout`.
         let timeout = self.cfg.answer_timeout;
-        if self.proto.answered_locally() {
+        if self.answers_itself() {
             self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout);
         } else {
             // Relayed only: the charger's call waits for the cloud's answer

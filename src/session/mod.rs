@@ -141,8 +141,10 @@ pub async fn run(
         outbox: Vec::new(),
         tx_map: Vec::new(),
     };
-    if setup.cloud_url.is_some() && acc.proto == crate::ocpp::Protocol::Ocpp16 {
-        // What a previous session (or run) left queued for this charger.
+    if setup.cloud_url.is_some() {
+        // What a previous session (or run) left queued for this charger
+        // (for 2.0.1 too: a switch from `hold` to `disconnect` still
+        // delivers what was queued).
         match (ctx.journal.outbox(&acc.id), ctx.journal.tx_map(&acc.id)) {
             (Ok(q), Ok(map)) => {
                 setup.outbox = q;

@@ -6,7 +6,8 @@
 //! vouches for it (answers the charger itself), before that answer; one
 //! relayed directly stays in memory, since the charger holds it until the
 //! cloud's answer reaches it. Local transaction ids are mapped to the
-//! cloud's in both directions.
+//! cloud's in both directions (1.6; a 2.0.1 charger names its own
+//! transactions, and its replayed TransactionEvents say `offline: true`).
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -15,14 +16,15 @@ use super::inout::{Action, InFlight, Queue, Queued, Then};
 use super::state::SessionState;
 use crate::event::{self, Event, Source};
 use crate::journal::{JournalError, Op};
-use crate::ocpp::frame;
+use crate::ocpp::{frame, Protocol};
 use crate::outbox::{self, Entry};
 
 impl<S> SessionState<S> {
-    /// Whether transaction messages go through the outbox (only when there
-    /// is a cloud to deliver them to, and only for OCPP 1.6).
+    /// Whether transaction messages go through the outbox: when there is a
+    /// cloud to deliver them to and the gateway answers for the charger
+    /// when it must (1.6; 2.0.1 in offline mode `hold`).
     pub(super) fn uses_outbox(&self) -> bool {
-        self.cloud_url.is_some() && self.proto == crate::ocpp::Protocol::Ocpp16
+        self.cloud_url.is_some() && self.answers_itself()
     }
 
     /// The outbox operation for a locally answered message.
@@ -195,6 +197,12 @@ impl<S> SessionState<S> {
         .unwrap_or(entry.payload.clone());
         let payload = self.mark_deauthorized(&entry, payload);
         let direct = charger_id.is_some();
+        // 2.0.1: a TransactionEvent the gateway answered reaches the cloud
+        // marked as one that happened while it was offline.
+        let payload = match direct {
+            false => outbox::mark_offline(&entry.action, &payload).unwrap_or(payload),
+            true => payload,
+        };
         let msg_id = charger_id.unwrap_or_else(|| format!("cg-r{key}-{}", fastrand::u32(..)));
         let text = frame::call_raw(&msg_id, &entry.action, &payload);
         self.in_flight = Some(InFlight {
@@ -305,29 +313,28 @@ impl<S> SessionState<S> {
             self.to_local.insert(cloud, local);
         }
         let status = crate::ocpp::messages::AnswerFields::read(payload).status();
-        let ev = if f.direct {
-            RawValue::from_string(entry.payload.clone())
-                .ok()
-                .and_then(|p| {
-                    if event::journal_on_request(&entry.action) {
-                        None
-                    } else {
-                        event::for_charger_call(&entry.action, &p, Some(payload), Source::Cloud)
-                    }
-                })
+        let evs = if f.direct {
+            let journaled =
+                self.proto == Protocol::Ocpp16 && event::journal_on_request(&entry.action);
+            match RawValue::from_string(entry.payload.clone()) {
+                Ok(p) if !journaled => {
+                    self.events_for(&entry.action, &p, Some(payload), Source::Cloud)
+                }
+                _ => Vec::new(),
+            }
         } else {
-            Some(Event::Replayed {
+            vec![Event::Replayed {
                 action: entry.action.clone(),
                 queued_ms: entry.queued_ms,
                 local_transaction_id: entry.local_tx,
                 cloud_transaction_id: cloud_tx,
                 status: status.clone(),
-            })
+            }]
         };
-        if let Some(ev) = ev {
+        for event in evs {
             ops.push(Op::Event {
                 charger: Some(self.id.clone()),
-                event: ev,
+                event,
             });
         }
         if f.direct {

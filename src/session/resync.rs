@@ -12,11 +12,15 @@ use super::state::SessionState;
 use crate::event::Event;
 use crate::ocpp::frame;
 
+/// The connector a StatusNotification is about: 1.6's `connectorId`, or
+/// 2.0.1's EVSE and connector together (one key per pair).
 fn connector(payload: &str) -> Option<u64> {
-    serde_json::from_str::<Value>(payload)
-        .ok()?
-        .get("connectorId")?
-        .as_u64()
+    let v = serde_json::from_str::<Value>(payload).ok()?;
+    let c = v.get("connectorId")?.as_u64()?;
+    Some(match v.get("evseId").and_then(Value::as_u64) {
+        Some(evse) => (evse << 16) | c,
+        None => c,
+    })
 }
 
 impl<S> SessionState<S> {

@@ -436,49 +436,33 @@ impl<S> SessionState<S> {
         payload: &RawValue,
         queue: Queue,
     ) {
-        if self.proto != Protocol::Ocpp16 {
+        if !self.answers_itself() {
             let reply = frame::call_error(
                 id,
                 "InternalError",
-                "cloud unreachable; ocpp2.0.1 is relayed only",
+                "cloud unreachable; ocpp2.0.1 is relayed only (offline mode disconnect)",
             );
             return self.send_charger(reply);
         }
-        let full = if self.outbox.len() >= self.cfg.max_queued {
-            Some(format!(
-                "{} transaction messages already queued for the cloud (offline.max_queued_messages)",
-                self.outbox.len()
-            ))
-        } else {
-            self.env.outbox_full().then(|| {
-                "the queue for the cloud, all chargers together, holds half of journal.max_size_mb".to_string()
-            })
-        };
-        if let (Queue::Push, Some(why)) = (queue, full) {
+        if let (Queue::Push, Some(why)) = (queue, self.queue_full()) {
             // The gateway would vouch for one more than it may keep: the
             // charger keeps it and retries (nothing queued is dropped).
             self.protocol_error(Link::Charger, "InternalError", &why, payload.get());
             let reply = frame::call_error(id, "InternalError", "gateway queue full; retry later");
             return self.send_charger(reply);
         }
-        let now = self.now_rfc3339();
-        let (env, charger, wall) = (&self.env, &self.id, self.now.wall);
-        let known = |tag: &str| env.tag_status(charger, tag, wall);
-        let answer = local::answer(action, payload, &now, &self.cfg.policy, &known, &mut || {
-            env.next_local_tx_id()
-        });
-        match answer {
+        match self.local_answer(action, payload) {
             Ok(ans) => {
                 let raw = RawValue::from_string(ans.to_string())
                     .expect("serde_json output is valid JSON");
-                let mut ops = Vec::new();
-                if let Some(ev) = self.received_event(action, payload, Some(&raw), Source::Gateway)
-                {
-                    ops.push(Op::Event {
+                let mut ops: Vec<Op> = self
+                    .local_events(action, payload, &raw)
+                    .into_iter()
+                    .map(|event| Op::Event {
                         charger: Some(self.id.clone()),
-                        event: ev,
-                    });
-                }
+                        event,
+                    })
+                    .collect();
                 let local_tx = if action == "StartTransaction" {
                     ans["transactionId"].as_i64()
                 } else {
@@ -506,6 +490,46 @@ impl<S> SessionState<S> {
                 );
                 self.send_charger(frame::call_error(id, le.code, &le.description));
             }
+        }
+    }
+
+    /// Why the outbox cannot take one more message, if it cannot.
+    fn queue_full(&self) -> Option<String> {
+        if self.outbox.len() >= self.cfg.max_queued {
+            return Some(format!(
+                "{} transaction messages already queued for the cloud (offline.max_queued_messages)",
+                self.outbox.len()
+            ));
+        }
+        self.env.outbox_full().then(|| {
+            "the queue for the cloud, all chargers together, holds half of journal.max_size_mb"
+                .to_string()
+        })
+    }
+
+    /// The local controller's answer, in the charger's protocol.
+    fn local_answer(&self, action: &str, payload: &RawValue) -> Result<Value, local::LocalError> {
+        let now = self.now_rfc3339();
+        let (env, charger, wall) = (&self.env, &self.id, self.now.wall);
+        let known = |tag: &str| env.tag_status(charger, tag, wall);
+        match self.proto {
+            Protocol::Ocpp16 => {
+                local::answer(action, payload, &now, &self.cfg.policy, &known, &mut || {
+                    env.next_local_tx_id()
+                })
+            }
+            Protocol::Ocpp201 => local::answer_201(action, payload, &now, &self.cfg.policy, &known),
+        }
+    }
+
+    /// What to journal for a call the gateway answered with `answer`.
+    fn local_events(&mut self, action: &str, payload: &RawValue, answer: &RawValue) -> Vec<Event> {
+        match self.proto {
+            Protocol::Ocpp16 => self
+                .received_event(action, payload, Some(answer), Source::Gateway)
+                .into_iter()
+                .collect(),
+            Protocol::Ocpp201 => self.events_for(action, payload, Some(answer), Source::Gateway),
         }
     }
 

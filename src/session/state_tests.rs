@@ -836,3 +836,145 @@ fn a_full_outbox_refuses_new_transaction_messages_and_keeps_the_queued_ones() {
     assert_eq!(frames_to_charger(&seen)[0][0], 3, "{seen:?}");
     assert_eq!(d.s.outbox.len(), 1);
 }
+
+fn tx_event(seq: i64, kind: &str, extra: Value) -> Value {
+    let mut v = json!({"eventType": kind, "timestamp": "2030-01-07T09:00:00Z",
+        "triggerReason": "MeterValuePeriodic", "seqNo": seq,
+        "transactionInfo": {"transactionId": "tx-1"}, "evse": {"id": 1, "connectorId": 1}});
+    for (k, x) in extra.as_object().expect("an object") {
+        v[k] = x.clone();
+    }
+    v
+}
+
+#[test]
+fn a_201_charger_held_offline_is_answered_in_201_and_its_events_replayed_in_order() {
+    let mut d = Driver::speaking(
+        Protocol::Ocpp201,
+        Some("ws://cloud/CP1"),
+        vec![],
+        vec![],
+        "mode_ocpp201 = \"hold\"",
+    );
+    d.link_up();
+    let seen = d.feed(Input::Cloud(CloudMsg::Closed(Some((
+        1001,
+        "going away".into(),
+    )))));
+    assert!(
+        !seen.iter().any(|s| matches!(s, Seen::CloseCharger(..))),
+        "held, not closed: {seen:?}"
+    );
+    let seen = d.charger(json!([2, "b1", "BootNotification",
+        {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}]));
+    let answer = frames_to_charger(&seen)[0];
+    assert_eq!(
+        (answer[0].clone(), answer[2]["status"].clone()),
+        (json!(3), json!("Accepted"))
+    );
+    let seen = d.charger(json!([2, "s1", "StatusNotification",
+        {"timestamp": "2030-01-07T09:00:00Z", "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1}]));
+    assert_eq!(frames_to_charger(&seen)[0], &json!([3, "s1", {}]));
+    // The transaction: each event stored before it is answered.
+    let events = [
+        tx_event(
+            0,
+            "Started",
+            json!({"triggerReason": "Authorized",
+            "idToken": {"idToken": "TAG", "type": "ISO14443"},
+            "transactionInfo": {"transactionId": "tx-1", "chargingState": "Charging"}}),
+        ),
+        tx_event(
+            1,
+            "Updated",
+            json!({"meterValue": [{"timestamp": "2030-01-07T09:01:00Z",
+            "sampledValue": [{"value": 150.0}]}]}),
+        ),
+        tx_event(
+            2,
+            "Ended",
+            json!({"triggerReason": "StopAuthorized",
+            "transactionInfo": {"transactionId": "tx-1", "stoppedReason": "Local"}}),
+        ),
+    ];
+    for (k, ev) in events.iter().enumerate() {
+        let seen = d.charger(json!([2, format!("t{k}"), "TransactionEvent", ev]));
+        let commit = seen
+            .iter()
+            .position(|s| matches!(s, Seen::Commit(ops) if ops.contains(&"push:TransactionEvent".to_string())))
+            .unwrap_or_else(|| panic!("queued durably: {seen:?}"));
+        let answered = seen
+            .iter()
+            .position(|s| matches!(s, Seen::Charger(_)))
+            .expect("answered");
+        assert!(commit < answered, "stored, then answered: {seen:?}");
+        let a = frames_to_charger(&seen)[0];
+        assert_eq!(a[0], 3, "{a}");
+        if k == 0 {
+            assert_eq!(a[2]["idTokenInfo"]["status"], "Accepted", "{a}");
+        } else {
+            assert_eq!(a[2], json!({}), "no idToken, no idTokenInfo");
+        }
+    }
+    assert!(d.s.outbox.len() == 3);
+    // The link returns: the missed boot, the events in order and marked
+    // offline, then the latest status.
+    d.advance(1.0);
+    let seen = d.link_up();
+    let (id, action, _) = only_call(frames_to_cloud(&seen));
+    assert_eq!(action, "BootNotification");
+    let mut seen = d.cloud(json!([3, id, {"status": "Accepted", "currentTime": "2030-01-07T10:00:01Z", "interval": 300}]));
+    for (k, ev) in events.iter().enumerate() {
+        let (id, action, payload) = only_call(frames_to_cloud(&seen));
+        assert_eq!(action, "TransactionEvent");
+        let mut want = ev.clone();
+        want["offline"] = json!(true);
+        assert_eq!(payload, want, "event {k}: as sent, in order, offline");
+        seen = d.cloud(json!([3, id, {}]));
+    }
+    let (id, action, payload) = only_call(frames_to_cloud(&seen));
+    assert_eq!(
+        (action.as_str(), &payload["connectorStatus"]),
+        ("StatusNotification", &json!("Occupied"))
+    );
+    let seen = d.cloud(json!([3, id, {}]));
+    assert!(frames_to_cloud(&seen).is_empty(), "nothing more: {seen:?}");
+    assert!(d.s.outbox.is_empty());
+}
+
+#[test]
+fn a_201_charger_in_disconnect_mode_is_closed_when_the_cloud_goes() {
+    let mut d = Driver::speaking(
+        Protocol::Ocpp201,
+        Some("ws://cloud/CP1"),
+        vec![],
+        vec![],
+        "",
+    );
+    d.link_up();
+    let seen = d.feed(Input::Cloud(CloudMsg::Closed(Some((
+        1001,
+        "going away".into(),
+    )))));
+    assert!(
+        seen.iter()
+            .any(|s| matches!(s, Seen::CloseCharger(1013, _))),
+        "the default for 2.0.1: {seen:?}"
+    );
+}
+
+#[test]
+fn a_201_charger_standalone_is_answered_by_the_gateway() {
+    let mut d = Driver::speaking(Protocol::Ocpp201, None, vec![], vec![], "");
+    let seen = d.charger(json!([2, "h1", "Heartbeat", {}]));
+    let a = frames_to_charger(&seen)[0];
+    assert_eq!((a[0].clone(), a[1].clone()), (json!(3), json!("h1")), "{a}");
+    assert!(a[2]["currentTime"].is_string());
+    let seen = d.charger(json!([2, "x1", "TransactionEvent", {"seqNo": "zero"}]));
+    let a = frames_to_charger(&seen)[0];
+    assert_eq!(a[0], 4, "{a}");
+    assert!(
+        a[2] == "TypeConstraintViolation" || a[2] == "OccurrenceConstraintViolation",
+        "the 2.0.1 code from its schema: {a}"
+    );
+}

@@ -479,3 +479,122 @@ async fn the_simulator_speaks_201_as_the_official_schemas_say() {
     );
     sim.abort();
 }
+
+/// A 2.0.1 TransactionEvent of transaction `h-tx` on EVSE 1.
+fn tx_event_201(seq: i64, kind: &str, trigger: &str, wh: f64) -> Value {
+    let mut v = serde_json::json!({
+        "eventType": kind, "timestamp": format!("2026-01-01T10:{seq:02}:00Z"),
+        "triggerReason": trigger, "seqNo": seq,
+        "transactionInfo": {"transactionId": "h-tx"},
+        "evse": {"id": 1, "connectorId": 1},
+        "meterValue": [{"timestamp": format!("2026-01-01T10:{seq:02}:00Z"),
+            "sampledValue": [{"value": wh, "measurand": "Energy.Active.Import.Register"}]}],
+    });
+    match kind {
+        "Started" => {
+            v["idToken"] = serde_json::json!({"idToken": "HTAG", "type": "ISO14443"});
+            v["transactionInfo"]["chargingState"] = "Charging".into();
+        }
+        "Ended" => v["transactionInfo"]["stoppedReason"] = "Local".into(),
+        _ => {}
+    }
+    v
+}
+
+#[tokio::test]
+async fn a_201_charger_held_through_an_outage_reaches_a_201_cloud_in_order_marked_offline() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start(
+        Some(&format!("ws://127.0.0.1:{port}/ocpp")),
+        "[offline]\nmode_ocpp201 = \"hold\"\n",
+    )
+    .await;
+    let mut cp = connect_status(&gw.url("CP-H201"), Some("ocpp2.0.1, ocpp1.6"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        cp.protocol.as_deref(),
+        Some("ocpp2.0.1"),
+        "held offline in 2.0.1 too: the charger's first choice"
+    );
+    let boot = serde_json::json!({"reason": "PowerUp",
+        "chargingStation": {"model": "HoldModel", "vendorName": "HoldVendor"}});
+    let a = cp.call("BootNotification", boot).await;
+    assert_eq!(a[2]["status"], "Accepted", "answered by the gateway: {a}");
+    let status = serde_json::json!({"timestamp": "2026-01-01T10:00:00Z",
+        "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1});
+    assert_eq!(
+        cp.call("StatusNotification", status).await[2],
+        serde_json::json!({})
+    );
+    let a = cp
+        .call(
+            "Authorize",
+            serde_json::json!({"idToken": {"idToken": "HTAG", "type": "ISO14443"}}),
+        )
+        .await;
+    assert_eq!(a[2]["idTokenInfo"]["status"], "Accepted", "{a}");
+    let mut sent = vec![tx_event_201(0, "Started", "Authorized", 100.0)];
+    for seq in 1..=3 {
+        sent.push(tx_event_201(
+            seq,
+            "Updated",
+            "MeterValuePeriodic",
+            100.0 + 50.0 * seq as f64,
+        ));
+    }
+    sent.push(tx_event_201(4, "Ended", "StopAuthorized", 300.0));
+    for (k, ev) in sent.iter().enumerate() {
+        let a = cp.call("TransactionEvent", ev.clone()).await;
+        assert_eq!(a[0], 3, "the charger never sees an error: {a}");
+        if k == 0 {
+            assert_eq!(a[2]["idTokenInfo"]["status"], "Accepted", "{a}");
+        }
+    }
+    assert_eq!(
+        gw.journal().outbox("CP-H201").unwrap().len(),
+        5,
+        "queued durably"
+    );
+    // The journal reads as for a 1.6 charger, answered by the gateway.
+    let ev = gw.wait_event("CP-H201", "StopTransaction", |_| true).await;
+    assert_eq!(ev["transaction_ref"], "h-tx");
+    assert_eq!(ev["answered_by"], "gateway", "{ev}");
+
+    // The cloud comes up (2.0.1 only, checking every message against the
+    // official schemas): the missed boot first, the events in order with
+    // their seqNo and `offline: true`, then the latest status.
+    let mut cloud = PyCsms::start("ocpp2.0.1", port).await;
+    let c = cloud.expect("csms_connected", "CP-H201").await;
+    assert_eq!(c["subprotocol"], "ocpp2.0.1");
+    let b = cloud.expect("csms_got", "BootNotification").await;
+    assert_eq!(b["vendor"], "HoldVendor");
+    for seq in 0..=4 {
+        let ev = cloud.expect("csms_got", "TransactionEvent").await;
+        assert_eq!(
+            (ev["seq_no"].as_i64(), ev["offline"].as_bool()),
+            (Some(seq), Some(true)),
+            "{ev}"
+        );
+    }
+    let s = cloud.expect("csms_got", "StatusNotification").await;
+    assert_eq!(s["status"], "Occupied");
+    for _ in 0..100 {
+        if gw.journal().outbox("CP-H201").unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.journal().outbox("CP-H201").unwrap().is_empty(),
+        "all delivered"
+    );
+    assert!(
+        gw.wait_count("CP-H201", "Replayed", 7).await >= 7,
+        "boot, five events, status"
+    );
+}

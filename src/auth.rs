@@ -133,35 +133,60 @@ pub(crate) fn lookup(
     serde_json::from_slice(v.value()).ok()
 }
 
-/// The cache update an answer to a charger's call carries, if any.
+/// The cache update an answer to a charger's call carries, if any: 1.6's
+/// `idTagInfo` for the request's `idTag`, or 2.0.1's `idTokenInfo` for
+/// its `idToken` (Authorize, TransactionEvent). One cache for both: a
+/// card's id is the same whichever protocol its charger speaks.
 pub fn cache_update(action: &str, request: &str, answer: &str) -> Option<Op> {
-    if !matches!(action, "Authorize" | "StartTransaction" | "StopTransaction") {
+    if !matches!(
+        action,
+        "Authorize" | "StartTransaction" | "StopTransaction" | "TransactionEvent"
+    ) {
         return None;
     }
     let req: Value = serde_json::from_str(request).ok()?;
     let ans: Value = serde_json::from_str(answer).ok()?;
-    let id_tag = req.get("idTag")?.as_str()?.to_string();
-    let info = TagInfo::from_id_tag_info(ans.get("idTagInfo")?)?;
+    let (id_tag, info) = tag_and_info(&req).map(|(tag, _)| tag).zip(info_of(&ans))?;
     Some(Op::Cache { id_tag, info })
 }
 
-/// The local list update of a SendLocalList request.
+/// The id tag of a 1.6 request or list entry (`idTag`), or the token of a
+/// 2.0.1 one (`idToken.idToken`), with the entry's own info if it has one.
+fn tag_and_info(v: &Value) -> Option<(String, Option<TagInfo>)> {
+    let tag = match v.get("idToken") {
+        Some(t) => t.get("idToken")?.as_str()?,
+        None => v.get("idTag")?.as_str()?,
+    };
+    Some((tag.to_string(), info_of(v)))
+}
+
+/// 1.6's `idTagInfo` or 2.0.1's `idTokenInfo` (whose expiry is
+/// `cacheExpiryDateTime`).
+fn info_of(v: &Value) -> Option<TagInfo> {
+    if let Some(i) = v.get("idTokenInfo") {
+        return Some(TagInfo {
+            status: i.get("status")?.as_str()?.to_string(),
+            expiry: i
+                .get("cacheExpiryDateTime")
+                .and_then(|e| e.as_str())
+                .map(str::to_string),
+        });
+    }
+    TagInfo::from_id_tag_info(v.get("idTagInfo")?)
+}
+
+/// The local list update of a SendLocalList request (1.6 `listVersion`,
+/// 2.0.1 `versionNumber`).
 pub fn local_list_update(charger: &str, request: &Value) -> Option<Op> {
-    let version = request.get("listVersion")?.as_i64()?;
+    let version = request
+        .get("listVersion")
+        .or_else(|| request.get("versionNumber"))?
+        .as_i64()?;
     let full = request.get("updateType")?.as_str()? == "Full";
     let entries = request
         .get("localAuthorizationList")
         .and_then(|l| l.as_array())
-        .map(|l| {
-            l.iter()
-                .filter_map(|e| {
-                    Some((
-                        e.get("idTag")?.as_str()?.to_string(),
-                        e.get("idTagInfo").and_then(TagInfo::from_id_tag_info),
-                    ))
-                })
-                .collect()
-        })
+        .map(|l| l.iter().filter_map(tag_and_info).collect())
         .unwrap_or_default();
     Some(Op::LocalList {
         charger: charger.to_string(),
@@ -193,6 +218,23 @@ mod tests {
         )
         .is_none());
         assert!(cache_update("Heartbeat", "{}", "{}").is_none());
+        // 2.0.1: the token's id, and its cache expiry.
+        let op = cache_update(
+            "TransactionEvent",
+            r#"{"eventType":"Started","idToken":{"idToken":"T2","type":"ISO14443"}}"#,
+            r#"{"idTokenInfo":{"status":"Invalid","cacheExpiryDateTime":"2030-01-01T00:00:00Z"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&op, Op::Cache { id_tag, info } if id_tag == "T2" && info.status == "Invalid" && info.expiry.as_deref() == Some("2030-01-01T00:00:00Z")),
+            "{op:?}"
+        );
+        assert!(cache_update(
+            "TransactionEvent",
+            r#"{"eventType":"Updated"}"#,
+            r#"{"idTokenInfo":{"status":"Accepted"}}"#
+        )
+        .is_none());
     }
 
     #[test]
@@ -225,5 +267,15 @@ mod tests {
         assert_eq!((version, full), (3, false));
         assert_eq!(entries[0].1.as_ref().unwrap().status, "Accepted");
         assert!(entries[1].1.is_none(), "no idTagInfo: remove the tag");
+        let req = serde_json::json!({"versionNumber": 4, "updateType": "Full", "localAuthorizationList": [
+            {"idToken": {"idToken": "C", "type": "ISO14443"}, "idTokenInfo": {"status": "Blocked"}}]});
+        let Some(Op::LocalList {
+            version, entries, ..
+        }) = local_list_update("CP", &req)
+        else {
+            panic!("a 2.0.1 list is read")
+        };
+        assert_eq!((version, entries[0].0.as_str()), (4, "C"));
+        assert_eq!(entries[0].1.as_ref().unwrap().status, "Blocked");
     }
 }

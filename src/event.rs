@@ -736,6 +736,13 @@ impl TxEvses {
         }
     }
 
+    /// Whether transaction `tx` has started and not ended, as far as the
+    /// journal has seen.
+    pub fn running(&self, tx: &str) -> bool {
+        let tx = excerpt(tx, 36);
+        self.0.iter().any(|s| s.tx == tx)
+    }
+
     fn forget(&mut self, tx: &str) {
         self.0.retain(|s| s.tx != tx);
     }

@@ -351,13 +351,43 @@ impl<S> SessionState<S> {
             ops,
             then: Then::Replayed,
         });
-        if entry.action == "StartTransaction" {
-            if let (Some(local), Some(s)) = (entry.local_tx, status) {
-                if s != "Accepted" {
+        match (entry.action.as_str(), status) {
+            ("StartTransaction", Some(s)) if s != "Accepted" => {
+                if let Some(local) = entry.local_tx {
                     self.deauthorize(local, &s);
                 }
             }
+            ("TransactionEvent", Some(s)) if s != "Accepted" => {
+                self.deauthorize_201(&entry.payload, &s)
+            }
+            _ => {}
         }
+    }
+
+    /// 2.0.1: the cloud answered a replayed TransactionEvent's idToken with
+    /// something other than Accepted. If its transaction still runs, the
+    /// gateway stops it as a CSMS would (RequestStopTransaction), under
+    /// `stop_transaction_on_invalid_id`.
+    fn deauthorize_201(&mut self, payload: &str, status: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(payload) else {
+            return;
+        };
+        let Some(tx) = v["transactionInfo"]["transactionId"].as_str() else {
+            return;
+        };
+        if !self.cfg.stop_on_invalid_id || !self.tx_evses.running(tx) {
+            return;
+        }
+        log::warn!(charger_id = self.id.as_str(); "{}: the cloud answered {status} for offline transaction {tx}: stopping it", self.id);
+        let (reply, _) = tokio::sync::oneshot::channel();
+        self.queue_down.push_back(Queued::Local {
+            action: "RequestStopTransaction".into(),
+            payload: serde_json::json!({ "transactionId": tx }),
+            source: Source::Gateway,
+            part_of: None,
+            reply,
+        });
+        self.pump_down()
     }
 
     /// The cloud did not accept the id tag of a transaction the gateway let

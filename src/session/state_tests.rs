@@ -978,3 +978,36 @@ fn a_201_charger_standalone_is_answered_by_the_gateway() {
         "the 2.0.1 code from its schema: {a}"
     );
 }
+
+#[test]
+fn a_201_offline_transaction_whose_token_the_cloud_refuses_is_stopped() {
+    let mut d = Driver::speaking(
+        Protocol::Ocpp201,
+        Some("ws://cloud/CP1"),
+        vec![],
+        vec![],
+        "mode_ocpp201 = \"hold\"",
+    );
+    d.link_up();
+    d.feed(Input::Cloud(CloudMsg::Closed(None)));
+    let started = tx_event(
+        0,
+        "Started",
+        json!({"idToken": {"idToken": "STOLEN", "type": "ISO14443"}}),
+    );
+    let seen = d.charger(json!([2, "t0", "TransactionEvent", started]));
+    assert_eq!(
+        frames_to_charger(&seen)[0][2]["idTokenInfo"]["status"],
+        "Accepted"
+    );
+    d.advance(1.0);
+    let seen = d.link_up();
+    let (id, action, _) = only_call(frames_to_cloud(&seen));
+    assert_eq!(action, "TransactionEvent");
+    let seen = d.cloud(json!([3, id, {"idTokenInfo": {"status": "Blocked"}}]));
+    let (_, action, payload) = only_call(frames_to_charger(&seen));
+    assert_eq!(
+        (action.as_str(), payload),
+        ("RequestStopTransaction", json!({"transactionId": "tx-1"}))
+    );
+}

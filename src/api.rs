@@ -176,7 +176,7 @@ async fn known_host_only(State(ctx): State<Ctx>, mut req: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if !host.is_empty() && !known_host(&host, &ctx.cfg.api_host_names) {
+    if !host.is_empty() && !known_host(&host, &ctx.cfg.api.host_names) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,
             "unknown host name: the API answers to its IP addresses, localhost, this machine's name and [api] host_names",
@@ -253,7 +253,7 @@ fn source_of(
 }
 
 async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let Some(token) = ctx.cfg.api_token.as_deref() else {
+    let Some(token) = ctx.cfg.api.token.as_deref() else {
         return next.run(req).await;
     };
     let bearer = req
@@ -310,7 +310,7 @@ fn view(ctx: &Ctx) -> Status {
     chargers.sort_by(|a, b| a.state.id.cmp(&b.state.id));
     let (records, last) = ctx.journal.stats().unwrap_or((0, 0));
     Status {
-        gateway: ctx.cfg.gateway_id.clone(),
+        gateway: ctx.cfg.gateway.id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         upstream: ctx.cfg.upstream.as_ref().map(|u| u.url.clone()),
         journal_records: records,
@@ -392,7 +392,7 @@ async fn action(
 }
 
 async fn diagnostics_list(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
-    Json(crate::diagnostics::list(&ctx.cfg.data_dir, &id)).into_response()
+    Json(crate::diagnostics::list(&ctx.cfg.gateway.data_dir, &id)).into_response()
 }
 
 async fn diagnostics_file(
@@ -402,7 +402,9 @@ async fn diagnostics_file(
     let Some(name) = crate::diagnostics::safe_name(&file).filter(|n| *n == file) else {
         return error(StatusCode::BAD_REQUEST, "bad file name");
     };
-    match tokio::fs::read(crate::diagnostics::dir_of(&ctx.cfg.data_dir, &id).join(&name)).await {
+    match tokio::fs::read(crate::diagnostics::dir_of(&ctx.cfg.gateway.data_dir, &id).join(&name))
+        .await
+    {
         Ok(bytes) => (
             [
                 ("content-type", "application/octet-stream".to_string()),

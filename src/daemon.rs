@@ -115,22 +115,22 @@ async fn bind(
 pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let cfg = Arc::new(cfg);
     let journal = Journal::open(JournalConfig {
-        path: journal::path_in(&cfg.data_dir),
-        max_age: cfg.journal_max_age,
-        max_bytes: cfg.journal_max_bytes,
-        commit_interval: cfg.journal_commit_interval,
+        path: journal::path_in(&cfg.gateway.data_dir),
+        max_age: cfg.journal.max_age,
+        max_bytes: cfg.journal.max_bytes,
+        commit_interval: cfg.journal.commit_interval,
     })?;
     let connector = match &cfg.upstream {
         Some(u) => Some(Arc::new(Connector::new(
             u,
-            server::ws_config(cfg.max_message_size),
+            server::ws_config(cfg.ocpp.max_message_size),
             &cfg.chargers,
         )?)),
         None => None,
     };
-    let (ocpp, ocpp_addr) = bind(cfg.listen, "ocpp.listen").await?;
-    let (api, api_addr) = bind(cfg.api_listen, "api.listen").await?;
-    let (upload, upload_addr) = bind(cfg.upload_listen, "diagnostics.listen").await?;
+    let (ocpp, ocpp_addr) = bind(cfg.ocpp.listen, "ocpp.listen").await?;
+    let (api, api_addr) = bind(cfg.api.listen, "api.listen").await?;
+    let (upload, upload_addr) = bind(cfg.diagnostics.listen, "diagnostics.listen").await?;
     journal
         .record_durable(
             None,
@@ -170,7 +170,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let mut core = Core::default();
     core.spawn("the OCPP listener", server::serve(ocpp, ctx.clone(), None));
     let mut tls_addr = None;
-    if let Some(t) = &cfg.tls {
+    if let Some(t) = &cfg.ocpp.tls {
         let server = crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
             .map_err(StartError::Tls)?;
         let (listener, addr) = bind(t.listen, "ocpp.tls_listen").await?;
@@ -182,7 +182,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         );
         log::info!(
             "ocpp on wss://{addr}{}/{{id}} (security profiles 2 and 3)",
-            cfg.path_prefix
+            cfg.ocpp.path_prefix
         );
     }
     let plain: Vec<&str> = cfg
@@ -191,11 +191,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         .filter(|c| c.profile == 1)
         .map(|c| c.id.as_str())
         .collect();
-    if !plain.is_empty() || cfg.allow_unknown {
+    if !plain.is_empty() || cfg.ocpp.allow_unknown {
         log::warn!(
             "security profile 1 (plain ws://, Basic auth at most) for {}{}: for trusted networks only",
             if plain.is_empty() { "no listed charger".to_string() } else { format!("{} charger(s): {}", plain.len(), plain.iter().take(10).copied().collect::<Vec<_>>().join(", ")) },
-            if cfg.allow_unknown { ", and any unknown charger (allow_unknown_chargers)" } else { "" }
+            if cfg.ocpp.allow_unknown { ", and any unknown charger (allow_unknown_chargers)" } else { "" }
         );
     }
     let meter = cfg.smart.meter.clone().map(|m| {
@@ -219,21 +219,21 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         crate::diagnostics::serve(
             upload,
             uploads,
-            cfg.data_dir.clone(),
+            cfg.gateway.data_dir.clone(),
             journal.clone(),
-            cfg.upload_max_bytes,
+            cfg.diagnostics.max_bytes,
             shutdown.clone(),
         ),
     );
     match &cfg.upstream {
         Some(u) => log::info!(
             "ocpp on ws://{ocpp_addr}{}/{{id}}, cloud {}",
-            cfg.path_prefix,
+            cfg.ocpp.path_prefix,
             u.url
         ),
         None => log::info!(
             "ocpp on ws://{ocpp_addr}{}/{{id}}, standalone (no [upstream])",
-            cfg.path_prefix
+            cfg.ocpp.path_prefix
         ),
     }
     log::info!("api on http://{api_addr}");

@@ -84,7 +84,7 @@ pub async fn run(
         {
             return Err(Error::UnknownCharger(id));
         }
-        let report = crate::check::run(ctx, &id, source, ctx.cfg.call_timeout).await;
+        let report = crate::check::run(ctx, &id, source, ctx.cfg.ocpp.call_timeout).await;
         return Ok(ActionResult {
             charger: id,
             action: name,
@@ -100,8 +100,14 @@ pub async fn run(
             return Err(Error::UnknownCharger(id));
         }
         let connector = req.connector.unwrap_or(1);
-        return match crate::force_stop::run(ctx, &id, connector, source, ctx.cfg.force_stop_wait)
-            .await
+        return match crate::force_stop::run(
+            ctx,
+            &id,
+            connector,
+            source,
+            ctx.cfg.actions.force_stop_wait,
+        )
+        .await
         {
             Ok(report) => Ok(ActionResult {
                 charger: id,
@@ -141,7 +147,12 @@ pub async fn run(
             serde_json::json!({ "location": location, "retries": 1 }),
         )
     } else {
-        match crate::actions::to_call(&name, &req, charger.map(|c| &**c), &ctx.cfg.default_id_tag) {
+        match crate::actions::to_call(
+            &name,
+            &req,
+            charger.map(|c| &**c),
+            &ctx.cfg.actions.default_id_tag,
+        ) {
             Ok(c) => c,
             Err(e) => return Err(Error::Refused(e.to_string())),
         }
@@ -150,7 +161,7 @@ pub async fn run(
         return Err(Error::Offline(id));
     }
     // The session times the call out itself (call_timeout); this is a backstop.
-    let wait = ctx.cfg.call_timeout * 3 + std::time::Duration::from_secs(5);
+    let wait = ctx.cfg.ocpp.call_timeout * 3 + std::time::Duration::from_secs(5);
     let Some(outcome) = ctx
         .registry
         .call(&id, call, payload.clone(), source, wait)

@@ -278,13 +278,13 @@ fn main() -> ExitCode {
     };
     // The CLI commands talk to the running daemon's API.
     let api = ApiClient {
-        addr: cfg.api_listen,
-        token: cfg.api_token.clone(),
+        addr: cfg.api.listen,
+        token: cfg.api.token.clone(),
     };
     let result = rt.block_on(async move {
         match command {
             Cmd::Run => {
-                chargegate::logging::init(cfg.log_level);
+                chargegate::logging::init(cfg.gateway.log_level);
                 chargegate::daemon::run(cfg, config_path(cli.config.as_ref())).await
             }
             Cmd::CheckConfig { .. } | Cmd::HashPassword => Ok(()),

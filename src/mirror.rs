@@ -59,7 +59,7 @@ pub struct LinkCtx {
 impl Mirrors {
     /// The configured mirrors, their TLS set up.
     pub fn new(cfg: &Config) -> Result<Mirrors, UpstreamError> {
-        let ws = crate::server::ws_config(cfg.max_message_size);
+        let ws = crate::server::ws_config(cfg.ocpp.max_message_size);
         let configs = cfg
             .mirrors
             .iter()
@@ -131,7 +131,7 @@ impl MirrorHub for Mirrors {
             journal: ctx.journal.clone(),
             registry: ctx.registry.clone(),
             shutdown: ctx.shutdown.clone(),
-            call_timeout: ctx.cfg.call_timeout,
+            call_timeout: ctx.cfg.ocpp.call_timeout,
         };
         self.attach_with(&link, id, proto)
     }

@@ -72,12 +72,12 @@ pub fn check_request(
 ) -> Result<Accepted, Refusal> {
     let path = req.uri().path();
     let rest = path
-        .strip_prefix(cfg.path_prefix.as_str())
+        .strip_prefix(cfg.ocpp.path_prefix.as_str())
         .and_then(|r| r.strip_prefix('/'))
         .ok_or_else(|| {
             refuse(
                 StatusCode::NOT_FOUND,
-                format!("path {path:?} is not under {}/", cfg.path_prefix),
+                format!("path {path:?} is not under {}/", cfg.ocpp.path_prefix),
                 None,
             )
         })?;
@@ -99,7 +99,7 @@ pub fn check_request(
         )
     })?;
     let known = cfg.chargers.get(&id);
-    if known.is_none() && !cfg.allow_unknown {
+    if known.is_none() && !cfg.ocpp.allow_unknown {
         return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("unknown charge point {id:?}"),
@@ -205,7 +205,7 @@ pub async fn serve(listener: TcpListener, ctx: Ctx, tls: Option<tokio_rustls::Tl
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    match ctx.conns.admit(addr.ip(), ctx.cfg.max_connections, ctx.cfg.max_connections_per_ip) {
+                    match ctx.conns.admit(addr.ip(), ctx.cfg.ocpp.max_connections, ctx.cfg.ocpp.max_connections_per_ip) {
                         Ok(place) => {
                             ctx.sessions.spawn(handle_connection(stream, addr, ctx.clone(), place, tls.clone()));
                         }
@@ -243,7 +243,7 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
     // TLS and WebSocket handshakes together within the handshake timeout.
-    let deadline = tokio::time::Instant::now() + ctx.cfg.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + ctx.cfg.ocpp.handshake_timeout;
     let (stream, transport) = match tls {
         None => (ChargerStream::Plain(stream), Transport::default()),
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
@@ -384,7 +384,7 @@ async fn handle_connection(
         let _ = done.send(true);
         return;
     }
-    let cfg = ws_config(ctx.cfg.max_message_size);
+    let cfg = ws_config(ctx.cfg.ocpp.max_message_size);
     let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg)).await;
     let offline_disconnect =
         ctx.cfg.offline_mode_for(acc.proto) == crate::config::OfflineMode::Disconnect;
@@ -450,7 +450,7 @@ async fn negotiate(
     let (id, offered) = (acc.id.clone(), acc.offered.clone());
     let mut attempt =
         tokio::spawn(async move { connector.connect(&id, &offered, auth.as_deref()).await });
-    let wait = CLOUD_WAIT.min(ctx.cfg.handshake_timeout);
+    let wait = CLOUD_WAIT.min(ctx.cfg.ocpp.handshake_timeout);
     match tokio::time::timeout(wait, &mut attempt).await {
         Ok(res) => {
             let res = res.unwrap_or_else(|e| Err(ConnectError::Task(e.to_string())));

@@ -33,7 +33,7 @@ enum Incoming {
 
 /// Run the MQTT side until shutdown.
 pub async fn run(ctx: Ctx, cfg: MqttConfig) {
-    let layout = Layout::new(&cfg.prefix, &ctx.cfg.gateway_id, &cfg.discovery_prefix);
+    let layout = Layout::new(&cfg.prefix, &ctx.cfg.gateway.id, &cfg.discovery_prefix);
     let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
     opts.set_keep_alive(cfg.keepalive);
     opts.set_clean_session(true);
@@ -213,7 +213,7 @@ impl Mqtt {
     fn devices(&self) -> BTreeSet<String> {
         let cfg = self.ctx.live.get();
         let mut ids: BTreeSet<String> = cfg.chargers.keys().cloned().collect();
-        if cfg.allow_unknown {
+        if cfg.ocpp.allow_unknown {
             ids.extend(self.ctx.journal.state().chargers.keys().cloned());
         }
         ids

@@ -24,7 +24,7 @@ pub enum AuthPolicy {
 }
 
 /// What the local controller needs to know to answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub authorize: AuthPolicy,
     /// Local authorization list: id tag → status (`Accepted`, `Blocked`, …).

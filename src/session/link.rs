@@ -213,7 +213,7 @@ impl<S> SessionState<S> {
         if busy {
             return soonest;
         }
-        let ping = self.cfg.ping_interval;
+        let ping = self.cfg.ocpp.ping_interval;
         if ping.is_zero() {
             return last_tick + IDLE_TICK;
         }
@@ -245,7 +245,7 @@ impl<S> SessionState<S> {
         let now = self.now.mono;
         // The cloud's answers wait `answer_timeout`; the charger's, below,
         // `call_timeout`.
-        let timeout = self.cfg.answer_timeout;
+        let timeout = self.cfg.ocpp.answer_timeout;
         if self.answers_itself() {
             self.answer_pending_locally(|p| now.duration_since(p.sent) >= timeout);
         } else {
@@ -262,7 +262,7 @@ impl<S> SessionState<S> {
         {
             // The cloud is silent: try again after the retry interval.
             self.abandon_in_flight();
-            self.outbox_retry_at = Some(now + self.cfg.tx_retry_interval);
+            self.outbox_retry_at = Some(now + self.cfg.offline.tx_retry_interval);
         }
         if self
             .resync
@@ -273,7 +273,7 @@ impl<S> SessionState<S> {
             self.resync.in_flight = None;
         }
         self.pump_outbox();
-        let timeout = self.cfg.call_timeout;
+        let timeout = self.cfg.ocpp.call_timeout;
         let expired: Vec<String> = self
             .pending_down
             .iter()
@@ -295,7 +295,7 @@ impl<S> SessionState<S> {
             }
         }
         self.pump_down();
-        let interval = self.cfg.ping_interval;
+        let interval = self.cfg.ocpp.ping_interval;
         if !interval.is_zero() {
             if now.duration_since(self.last_rx) > interval * 2 + PING_GRACE {
                 return Err(End::silent("no answer to pings", CloseCode::Away));

@@ -375,7 +375,7 @@ impl<S> SessionState<S> {
         let Some(tx) = v["transactionInfo"]["transactionId"].as_str() else {
             return;
         };
-        if !self.cfg.stop_on_invalid_id || !self.tx_evses.running(tx) {
+        if !self.cfg.offline.stop_on_invalid_id || !self.tx_evses.running(tx) {
             return;
         }
         log::warn!(charger_id = self.id.as_str(); "{}: the cloud answered {status} for offline transaction {tx}: stopping it", self.id);
@@ -395,7 +395,7 @@ impl<S> SessionState<S> {
     /// running, the gateway stops it, and its StopTransaction goes to the
     /// cloud with reason DeAuthorized.
     fn deauthorize(&mut self, local: i64, status: &str) {
-        if !self.cfg.stop_on_invalid_id || !self.env.transaction_running(&self.id, local) {
+        if !self.cfg.offline.stop_on_invalid_id || !self.env.transaction_running(&self.id, local) {
             return;
         }
         log::warn!(charger_id = self.id.as_str(); "{}: the cloud answered {status} for offline transaction {local}: stopping it", self.id);
@@ -446,7 +446,7 @@ impl<S> SessionState<S> {
             return self.pump_outbox();
         }
         let attempts = entry.attempts + 1;
-        if attempts >= self.cfg.tx_attempts {
+        if attempts >= self.cfg.offline.tx_attempts {
             self.kill(key, &Entry { attempts, ..entry }, error);
         } else {
             let updated = Entry {
@@ -475,7 +475,8 @@ impl<S> SessionState<S> {
             });
             self.queued(Some(update));
             // OCPP 1.6 TransactionMessageRetryInterval: interval × attempts so far.
-            self.outbox_retry_at = Some(self.now.mono + self.cfg.tx_retry_interval * attempts);
+            self.outbox_retry_at =
+                Some(self.now.mono + self.cfg.offline.tx_retry_interval * attempts);
         }
         self.pump_outbox()
     }

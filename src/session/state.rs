@@ -144,8 +144,8 @@ impl<S> SessionState<S> {
             resync: Resync::default(),
             last_rx: t,
             last_ping: t,
-            rate: (cfg.rate_per_sec > 0)
-                .then(|| crate::limits::Rate::new(cfg.rate_per_sec, cfg.rate_burst, t)),
+            rate: (cfg.ocpp.rate_per_sec > 0)
+                .then(|| crate::limits::Rate::new(cfg.ocpp.rate_per_sec, cfg.ocpp.rate_burst, t)),
             last_tick: t,
             tick_at: t + TICK,
             cfg,
@@ -336,7 +336,7 @@ impl<S> SessionState<S> {
                 Some((CloseCode::Policy, "message rate limit exceeded")),
             ));
         }
-        let limit = self.cfg.rate_per_sec;
+        let limit = self.cfg.ocpp.rate_per_sec;
         if refused == 1 {
             self.protocol_error(
                 Link::Charger,
@@ -495,7 +495,7 @@ impl<S> SessionState<S> {
 
     /// Why the outbox cannot take one more message, if it cannot.
     fn queue_full(&self) -> Option<String> {
-        if self.outbox.len() >= self.cfg.max_queued {
+        if self.outbox.len() >= self.cfg.offline.max_queued {
             return Some(format!(
                 "{} transaction messages already queued for the cloud (offline.max_queued_messages)",
                 self.outbox.len()
@@ -513,12 +513,17 @@ impl<S> SessionState<S> {
         let (env, charger, wall) = (&self.env, &self.id, self.now.wall);
         let known = |tag: &str| env.tag_status(charger, tag, wall);
         match self.proto {
-            Protocol::Ocpp16 => {
-                local::answer(action, payload, &now, &self.cfg.policy, &known, &mut || {
-                    env.next_local_tx_id()
-                })
+            Protocol::Ocpp16 => local::answer(
+                action,
+                payload,
+                &now,
+                &self.cfg.offline.policy,
+                &known,
+                &mut || env.next_local_tx_id(),
+            ),
+            Protocol::Ocpp201 => {
+                local::answer_201(action, payload, &now, &self.cfg.offline.policy, &known)
             }
-            Protocol::Ocpp201 => local::answer_201(action, payload, &now, &self.cfg.policy, &known),
         }
     }
 

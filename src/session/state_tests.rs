@@ -680,7 +680,7 @@ fn a_cloud_that_chooses_another_offered_protocol_has_the_charger_reconnect() {
 #[test]
 fn a_flood_over_the_rate_is_refused_and_then_closed() {
     let mut d = Driver::new(None, vec![], vec![]);
-    let burst = d.s.cfg.rate_burst as usize;
+    let burst = d.s.cfg.ocpp.rate_burst as usize;
     for i in 0..burst {
         d.charger(json!([2, format!("h{i}"), "Heartbeat", {}]));
     }

@@ -111,7 +111,7 @@ pub async fn run(ctx: &Ctx, source: Source, per_charger: Duration) -> SiteReport
             .count()
     };
     SiteReport {
-        gateway_id: cfg.gateway_id.clone(),
+        gateway_id: cfg.gateway.id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         generated: crate::clock::now_rfc3339(),
         took_ms: started.elapsed().as_millis() as u64,
@@ -385,7 +385,7 @@ async fn site_facts(ctx: &Ctx, cfg: &crate::config::Config, gathered: &[Gathered
         })
         .collect();
     let (records, _) = ctx.journal.stats().unwrap_or((0, 0));
-    let db = cfg.data_dir.join("journal.redb");
+    let db = cfg.gateway.data_dir.join("journal.redb");
     SiteFacts {
         cloud_url: cfg.upstream.as_ref().map(|u| u.url.clone()),
         connected: connected.len(),
@@ -405,7 +405,7 @@ async fn site_facts(ctx: &Ctx, cfg: &crate::config::Config, gathered: &[Gathered
         journal_records: records,
         journal_bytes: std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0),
         journal_alarm: ctx.journal.alarm(),
-        disk_free_bytes: disk_free(&cfg.data_dir),
+        disk_free_bytes: disk_free(&cfg.gateway.data_dir),
         clock_synchronised: clock_synchronised().await,
     }
 }

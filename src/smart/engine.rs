@@ -85,7 +85,7 @@ pub async fn run(
                     payload,
                 } => {
                     let reg = ctx.registry.clone();
-                    let wait = ctx.cfg.call_timeout + Duration::from_secs(5);
+                    let wait = ctx.cfg.ocpp.call_timeout + Duration::from_secs(5);
                     tokio::spawn(async move {
                         reg.call(&charger, action, payload, Source::Smart, wait)
                             .await;
@@ -117,7 +117,7 @@ async fn send(ctx: Ctx, id: String, plan: Plan, done: mpsc::Sender<Sent>) {
         } else {
             ("ClearChargingProfile", call)
         };
-        let wait = ctx.cfg.call_timeout + Duration::from_secs(5);
+        let wait = ctx.cfg.ocpp.call_timeout + Duration::from_secs(5);
         let out = ctx
             .registry
             .call(&id, action, call, Source::Smart, wait)

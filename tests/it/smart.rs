@@ -513,7 +513,7 @@ async fn sighup_applies_new_chargers_and_schedules_without_dropping_anyone() {
         }
     );
     assert_eq!(
-        running.live.get().api_listen.port(),
+        running.live.get().api.listen.port(),
         0,
         "restart-only parts stay as they run"
     );

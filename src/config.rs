@@ -315,7 +315,8 @@ mod tests {
         let same = |text: &str| old.restart_needed(&Config::parse(text, "b.toml").unwrap());
         assert!(same(base).is_empty());
         assert!(
-            same("[ocpp]\nallow_unknown_chargers = true\n[api]\nhost_names = [\"a.example\"]\n").is_empty(),
+            same("[ocpp]\nallow_unknown_chargers = true\n[api]\nhost_names = [\"a.example\"]\n")
+                .is_empty(),
             "applies live"
         );
         assert_eq!(
@@ -325,7 +326,9 @@ mod tests {
         );
         assert_eq!(same("[api]\nhost_names = [\"b.example\"]\n"), vec!["[api]"]);
         assert_eq!(
-            same("[ocpp]\n[api]\nhost_names = [\"a.example\"]\n[offline]\nmode_ocpp201 = \"hold\"\n"),
+            same(
+                "[ocpp]\n[api]\nhost_names = [\"a.example\"]\n[offline]\nmode_ocpp201 = \"hold\"\n"
+            ),
             vec!["[offline]"]
         );
     }

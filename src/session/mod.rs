@@ -24,6 +24,7 @@ use crate::journal::Journal;
 use crate::ocpp::Protocol;
 use crate::upstream::{basic_auth, ConnectError, UpStream};
 
+mod answer;
 mod cloud;
 pub mod inout;
 mod link;

@@ -199,28 +199,7 @@ impl LiveState {
     pub fn apply(&mut self, rec: &Record) {
         self.last_seq = rec.seq;
         if let Event::GatewayStarted { .. } = rec.event {
-            // Nothing survives a restart: every link starts down.
-            for c in self.chargers.values_mut() {
-                if !c.links_up() {
-                    continue;
-                }
-                let c = Arc::make_mut(c);
-                for l in [&mut c.charger_link, &mut c.cloud_link]
-                    .into_iter()
-                    .chain(c.mirrors.values_mut())
-                {
-                    if l.up {
-                        *l = LinkState {
-                            up: false,
-                            since_ms: Some(rec.time_ms),
-                            reason: Some("gateway restarted".into()),
-                            protocol: l.protocol.take(),
-                            remote: None,
-                        };
-                    }
-                }
-            }
-            return;
+            return self.all_links_down(rec.time_ms);
         }
         let Some(id) = &rec.charger else { return };
         let c = Arc::make_mut(self.chargers.entry(id.clone()).or_insert_with(|| {
@@ -231,8 +210,155 @@ impl LiveState {
         }));
         c.last_event_ms = Some(rec.time_ms);
         c.last_event = Some(rec.event.kind().to_string());
-        let t = rec.time_ms;
-        match &rec.event {
+        c.fold(&rec.event, rec.time_ms);
+    }
+
+    /// The gateway restarted: nothing survives a restart, every link
+    /// starts down.
+    fn all_links_down(&mut self, time_ms: i64) {
+        for c in self.chargers.values_mut() {
+            if !c.links_up() {
+                continue;
+            }
+            let c = Arc::make_mut(c);
+            for l in [&mut c.charger_link, &mut c.cloud_link]
+                .into_iter()
+                .chain(c.mirrors.values_mut())
+            {
+                if l.up {
+                    *l = LinkState {
+                        up: false,
+                        since_ms: Some(time_ms),
+                        reason: Some("gateway restarted".into()),
+                        protocol: l.protocol.take(),
+                        remote: None,
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl ChargerState {
+    /// Fold one of this charger's events (at `t`) into its state.
+    fn fold(&mut self, ev: &Event, t: i64) {
+        let c = self;
+        match ev {
+            Event::Connect { .. }
+            | Event::MirrorConnect { .. }
+            | Event::MirrorDisconnect { .. }
+            | Event::Disconnect { .. } => c.fold_link(ev, t),
+            Event::StatusNotification { .. }
+            | Event::StartTransaction { .. }
+            | Event::StopTransaction { .. } => c.fold_connector(ev, t),
+            Event::BootNotification {
+                vendor,
+                model,
+                firmware,
+                serial,
+                ..
+            } => {
+                c.boot = Some(BootInfo {
+                    vendor: bounded(vendor),
+                    model: bounded(model),
+                    firmware: firmware.as_deref().map(bounded),
+                    serial: serial.as_deref().map(bounded),
+                    time_ms: t,
+                });
+            }
+            Event::MeterValues {
+                energy_wh,
+                power_w,
+                current_a,
+                clock_skew_s,
+                ..
+            } => {
+                let m = &mut c.meter;
+                m.energy_wh = energy_wh.or(m.energy_wh);
+                m.power_w = power_w.or(m.power_w);
+                m.current_a = current_a.or(m.current_a);
+                m.time_ms = Some(t);
+                if clock_skew_s.is_some() {
+                    m.clock_skew_s = *clock_skew_s;
+                }
+            }
+            Event::ProtocolError { .. } => c.protocol_errors += 1,
+            Event::LimitChanged { limit_a, reason } => {
+                c.limit = Some(Limit {
+                    amps: *limit_a,
+                    reason: reason.clone(),
+                    since_ms: t,
+                });
+            }
+            Event::Override {
+                mode,
+                limit_a,
+                until,
+                source,
+            } => c.fold_override(mode, *limit_a, until, &source.to_string()),
+            Event::RemoteAction {
+                action,
+                source: crate::event::Source::Smart,
+                result,
+                error,
+                ..
+            } if action == "SetChargingProfile" => {
+                c.profile_answer = Some(match (result, error) {
+                    (_, Some(e)) => e.clone(),
+                    (Some(r), None) => r
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("?")
+                        .to_string(),
+                    (None, None) => "?".into(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A pause, a cap or a resume from staff or a schedule.
+    fn fold_override(
+        &mut self,
+        mode: &str,
+        limit_a: Option<f64>,
+        until: &Option<String>,
+        by: &str,
+    ) {
+        let c = self;
+        let o = Override {
+            limit_a: if mode == "pause" {
+                0.0
+            } else {
+                limit_a.unwrap_or(0.0)
+            },
+            until: until.clone(),
+            by: by.to_string(),
+            pause: mode == "pause",
+        };
+        match mode {
+            // Out of a pause, back to the cap; out of a cap, free.
+            "resume" if c.override_.as_ref().is_some_and(|o| o.pause) => {
+                c.override_ = c.cap.clone();
+            }
+            "resume" => {
+                c.override_ = None;
+                c.cap = None;
+            }
+            "pause" => c.override_ = Some(o),
+            _ => {
+                c.cap = Some(o.clone());
+                if !c.override_.as_ref().is_some_and(|p| p.pause) {
+                    c.override_ = Some(o);
+                }
+            }
+        }
+    }
+
+    /// The links: the charger's, the cloud's, each mirror's.
+    fn fold_link(&mut self, ev: &Event, t: i64) {
+        let c = self;
+        match ev {
             Event::Connect {
                 link,
                 protocol,
@@ -283,21 +409,14 @@ impl LiveState {
                     l.reason = Some(reason.clone());
                 }
             }
-            Event::BootNotification {
-                vendor,
-                model,
-                firmware,
-                serial,
-                ..
-            } => {
-                c.boot = Some(BootInfo {
-                    vendor: bounded(vendor),
-                    model: bounded(model),
-                    firmware: firmware.as_deref().map(bounded),
-                    serial: serial.as_deref().map(bounded),
-                    time_ms: t,
-                });
-            }
+            _ => {}
+        }
+    }
+
+    /// Connector statuses and running transactions.
+    fn fold_connector(&mut self, ev: &Event, t: i64) {
+        let c = self;
+        match ev {
             Event::StatusNotification { connector, .. }
             | Event::StartTransaction { connector, .. }
                 if *connector > MAX_CONNECTOR_ID => {}
@@ -354,81 +473,6 @@ impl LiveState {
                 c.transactions.retain(|_, tx| match transaction_id {
                     Some(id) => tx.transaction_id != Some(*id),
                     None => transaction_ref.is_none() || tx.transaction_ref != *transaction_ref,
-                });
-            }
-            Event::MeterValues {
-                energy_wh,
-                power_w,
-                current_a,
-                clock_skew_s,
-                ..
-            } => {
-                let m = &mut c.meter;
-                m.energy_wh = energy_wh.or(m.energy_wh);
-                m.power_w = power_w.or(m.power_w);
-                m.current_a = current_a.or(m.current_a);
-                m.time_ms = Some(t);
-                if clock_skew_s.is_some() {
-                    m.clock_skew_s = *clock_skew_s;
-                }
-            }
-            Event::ProtocolError { .. } => c.protocol_errors += 1,
-            Event::LimitChanged { limit_a, reason } => {
-                c.limit = Some(Limit {
-                    amps: *limit_a,
-                    reason: reason.clone(),
-                    since_ms: t,
-                });
-            }
-            Event::Override {
-                mode,
-                limit_a,
-                until,
-                source,
-            } => {
-                let o = Override {
-                    limit_a: if mode == "pause" {
-                        0.0
-                    } else {
-                        limit_a.unwrap_or(0.0)
-                    },
-                    until: until.clone(),
-                    by: source.to_string(),
-                    pause: mode == "pause",
-                };
-                match mode.as_str() {
-                    // Out of a pause, back to the cap; out of a cap, free.
-                    "resume" if c.override_.as_ref().is_some_and(|o| o.pause) => {
-                        c.override_ = c.cap.clone();
-                    }
-                    "resume" => {
-                        c.override_ = None;
-                        c.cap = None;
-                    }
-                    "pause" => c.override_ = Some(o),
-                    _ => {
-                        c.cap = Some(o.clone());
-                        if !c.override_.as_ref().is_some_and(|p| p.pause) {
-                            c.override_ = Some(o);
-                        }
-                    }
-                }
-            }
-            Event::RemoteAction {
-                action,
-                source: crate::event::Source::Smart,
-                result,
-                error,
-                ..
-            } if action == "SetChargingProfile" => {
-                c.profile_answer = Some(match (result, error) {
-                    (_, Some(e)) => e.clone(),
-                    (Some(r), None) => r
-                        .get("status")
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("?")
-                        .to_string(),
-                    (None, None) => "?".into(),
                 });
             }
             _ => {}

@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::machine::TryParse;
-use tokio_tungstenite::tungstenite::handshake::server::{create_response, write_response, Request};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    create_response, write_response, Request, Response,
+};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -70,6 +72,46 @@ pub fn check_request(
     cfg: &Config,
     transport: &Transport,
 ) -> Result<Accepted, Refusal> {
+    let id = charger_id_of(req, cfg)?;
+    let known = cfg.chargers.get(&id);
+    if known.is_none() && !cfg.ocpp.allow_unknown {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("unknown charge point {id:?}"),
+            None,
+        ));
+    }
+    let offered = req
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let offered_list = Protocol::offered(offered);
+    let holds = |p| cfg.answers_itself(p, false);
+    let proto = Protocol::choose_alone(&offered_list, holds).ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("no supported subprotocol offered ({offered:?}); offer ocpp1.6 or ocpp2.0.1"),
+            known.map(|c| c.id.as_str()),
+        )
+    })?;
+    let authorization = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    check_security(known, &id, authorization.as_deref(), transport)?;
+    Ok(Accepted {
+        id,
+        proto,
+        offered: offered_list,
+        authorization,
+        tls: transport.tls,
+    })
+}
+
+/// The charge point id the request's path names, under the path prefix.
+fn charger_id_of(req: &Request, cfg: &Config) -> Result<String, Refusal> {
     let path = req.uri().path();
     let rest = path
         .strip_prefix(cfg.ocpp.path_prefix.as_str())
@@ -98,53 +140,36 @@ pub fn check_request(
             None,
         )
     })?;
-    let known = cfg.chargers.get(&id);
-    if known.is_none() && !cfg.ocpp.allow_unknown {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            format!("unknown charge point {id:?}"),
-            None,
-        ));
-    }
-    let offered = req
-        .headers()
-        .get("Sec-WebSocket-Protocol")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let offered_list = Protocol::offered(offered);
-    let holds = |p| cfg.answers_itself(p, false);
-    let proto = Protocol::choose_alone(&offered_list, holds).ok_or_else(|| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            format!("no supported subprotocol offered ({offered:?}); offer ocpp1.6 or ocpp2.0.1"),
-            known.map(|c| c.id.as_str()),
-        )
-    })?;
-    let authorization = req
-        .headers()
-        .get("Authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    Ok(id)
+}
+
+/// The charger's security profile: wss:// for 2 and 3, the client
+/// certificate for 3, the Basic auth password when it has one.
+fn check_security(
+    known: Option<&crate::config::ChargerConfig>,
+    id: &str,
+    authorization: Option<&str>,
+    transport: &Transport,
+) -> Result<(), Refusal> {
     let profile = known.map_or(1, |c| c.profile);
     if profile >= 2 && !transport.tls {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!("security profile {profile}: this charger must connect with wss://, not ws://"),
-            Some(&id),
+            Some(id),
         ));
     }
-    if profile == 3 && transport.client_cn.as_deref() != Some(id.as_str()) {
+    if profile == 3 && transport.client_cn.as_deref() != Some(id) {
         let why = match &transport.client_cn {
             None => "security profile 3: no client certificate".to_string(),
             Some(cn) => {
                 format!("security profile 3: the client certificate is for {cn:?}, not {id:?}")
             }
         };
-        return Err(refuse(StatusCode::FORBIDDEN, why, Some(&id)));
+        return Err(refuse(StatusCode::FORBIDDEN, why, Some(id)));
     }
     if let Some(expected) = known.and_then(|c| c.password.as_deref()) {
         let ok = authorization
-            .as_deref()
             .and_then(parse_basic)
             .is_some_and(|(user, pass)| {
                 // Both compared in full, so timing does not tell which was wrong.
@@ -156,17 +181,11 @@ pub fn check_request(
             return Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong Basic auth credentials",
-                Some(&id),
+                Some(id),
             ));
         }
     }
-    Ok(Accepted {
-        id,
-        proto,
-        offered: offered_list,
-        authorization,
-        tls: transport.tls,
-    })
+    Ok(())
 }
 
 /// Check a password against its stored form. A stored hash costs 100,000
@@ -244,69 +263,11 @@ async fn handle_connection(
     let local = stream.local_addr().ok();
     // TLS and WebSocket handshakes together within the handshake timeout.
     let deadline = tokio::time::Instant::now() + ctx.cfg.ocpp.handshake_timeout;
-    let (stream, transport) = match tls {
-        None => (ChargerStream::Plain(stream), Transport::default()),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => {
-                let client_cn = s
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| crate::tls::common_name(c));
-                let t = Transport {
-                    tls: true,
-                    client_cn,
-                };
-                (ChargerStream::Tls(Box::new(s)), t)
-            }
-            Ok(Err(e)) => {
-                // Wrong CA, expired or unknown certificate, plain ws on the
-                // wss port…: reported once a minute per address.
-                if let Some(repeated) = ctx.conns.report_refusal(
-                    addr.ip(),
-                    "TLS handshake failed",
-                    None,
-                    std::time::Instant::now(),
-                ) {
-                    log::warn!("refused {addr}: TLS handshake failed: {e}");
-                    let ev = Event::Refused {
-                        reason: format!("TLS handshake failed: {e}"),
-                        remote: addr.to_string(),
-                        repeated: (repeated > 0).then_some(repeated),
-                    };
-                    ctx.journal.record(None, ev).await;
-                }
-                return;
-            }
-            Err(_) => {
-                log::debug!("{addr}: TLS handshake not finished in time, closed");
-                return;
-            }
-        },
+    let Some((mut stream, transport)) = accept_tls(stream, addr, &ctx, tls, deadline).await else {
+        return;
     };
-    let mut stream = stream;
-    let (req, rest) = match tokio::time::timeout_at(deadline, read_request(&mut stream)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            log::debug!("{addr}: WebSocket handshake failed: {e}");
-            let _ = write_refusal(&mut stream, StatusCode::BAD_REQUEST, &e).await;
-            return;
-        }
-        Err(_) => {
-            log::debug!("{addr}: WebSocket handshake not finished in time, closed");
-            return;
-        }
-    };
-    // A request that is no WebSocket upgrade gets tungstenite's own answer
-    // before any of ours, as tungstenite's handshake does.
-    let mut resp = match create_response(&req) {
-        Ok(r) => r,
-        Err(e) => {
-            log::debug!("{addr}: not a WebSocket handshake: {e}");
-            let _ = write_refusal(&mut stream, StatusCode::BAD_REQUEST, &e.to_string()).await;
-            return;
-        }
+    let Some((req, rest, mut resp)) = read_upgrade(&mut stream, addr, deadline).await else {
+        return;
     };
     let now = std::time::Instant::now();
     // An address guessing passwords is refused before any is checked.
@@ -317,16 +278,8 @@ async fn handle_connection(
             crate::limits::LOGIN_WINDOW.as_secs()
         );
         let _ = write_refusal(&mut stream, StatusCode::TOO_MANY_REQUESTS, &why).await;
-        if let Some(repeated) = ctx.conns.report_login_failure(addr.ip(), now) {
-            log::warn!("refused {addr}: {why} (reported once a minute per address)");
-            let ev = Event::Refused {
-                reason: why,
-                remote: addr.to_string(),
-                repeated: (repeated > 0).then_some(repeated),
-            };
-            ctx.journal.record(None, ev).await;
-        }
-        return;
+        let reported = ctx.conns.report_login_failure(addr.ip(), now);
+        return journal_refusal(&ctx, addr, why, None, reported).await;
     }
     let mut acc = match check_request(&req, &ctx.cfg, &transport) {
         Ok(acc) => acc,
@@ -342,21 +295,9 @@ async fn handle_connection(
                 let (why, id) = (&refusal.reason, refusal.known_id.as_deref());
                 ctx.conns.report_refusal(addr.ip(), why, id, now)
             };
-            let Some(repeated) = reported else {
-                return;
-            };
-            log::warn!(
-                "refused {addr}: {} (HTTP {})",
-                refusal.reason,
-                refusal.status.as_u16()
-            );
-            let ev = Event::Refused {
-                reason: refusal.reason,
-                remote: addr.to_string(),
-                repeated: (repeated > 0).then_some(repeated),
-            };
-            ctx.journal.record(refusal.known_id.as_deref(), ev).await;
-            return;
+            let why = format!("{} (HTTP {})", refusal.reason, refusal.status.as_u16());
+            let id = refusal.known_id.as_deref();
+            return journal_refusal_as(&ctx, addr, why, refusal.reason.clone(), id, reported).await;
         }
     };
     let (conn, cmd_rx, done, old) = ctx.registry.register(&acc.id, local);
@@ -367,15 +308,7 @@ async fn handle_connection(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(acc.proto.as_str()),
     );
-    let mut head = Vec::new();
-    let written = match write_response(&mut head, &resp) {
-        Ok(()) => tokio::time::timeout(CLOUD_WAIT, stream.write_all(&head))
-            .await
-            .map_err(|_| "timed out".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string())),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = written {
+    if let Err(e) = write_upgrade(&mut stream, &resp).await {
         log::debug!("{addr}: WebSocket handshake failed: {e}");
         if let Some(c) = connecting {
             c.abort();
@@ -385,43 +318,167 @@ async fn handle_connection(
         return;
     }
     let cfg = ws_config(ctx.cfg.ocpp.max_message_size);
-    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg)).await;
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg)).await;
     let offline_disconnect =
         ctx.cfg.offline_mode_for(acc.proto) == crate::config::OfflineMode::Disconnect;
     if let (Some(e), true) = (failed, offline_disconnect) {
-        // Offline mode `disconnect` and the cloud still away: closed at
-        // once (1013, Try Again Later) without a session. Journaled once
-        // per outage, not three events at every attempt.
-        if ctx.registry.cloud_away(&acc.id) {
-            let ev = Event::Refused {
-                reason: format!(
-                    "cloud unreachable ({e}): closed with 1013 (Try Again Later) until it returns; further attempts are not journaled"
-                ),
-                remote: addr.to_string(),
-                repeated: None,
-            };
-            ctx.journal.record(Some(&acc.id), ev).await;
-        }
-        log::debug!(
-            "{addr}: {}: cloud unreachable, closed (offline mode disconnect)",
-            acc.id
-        );
-        let frame = CloseFrame {
-            code: CloseCode::Again,
-            reason: "cloud unreachable".into(),
-        };
-        let close = async {
-            if ws.close(Some(frame)).await.is_ok() {
-                while let Some(Ok(_)) = ws.next().await {}
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        close_while_cloud_away(&ctx, addr, &acc.id, &e, ws).await;
         ctx.registry.unregister(&acc.id, conn);
         let _ = done.send(true);
         return;
     }
     log::info!(target: "chargegate::session", charger_id = acc.id.as_str(); "charger {} connected from {addr} ({})", acc.id, acc.proto.as_str());
     session::run(ctx, acc, addr, ws, conn, cmd_rx, done, connecting).await;
+}
+
+/// The TLS handshake on the wss:// listener (none on ws://), and the
+/// client certificate's common name. `None`: closed.
+async fn accept_tls(
+    stream: TcpStream,
+    addr: SocketAddr,
+    ctx: &Ctx,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    deadline: tokio::time::Instant,
+) -> Option<(ChargerStream, Transport)> {
+    let Some(acceptor) = tls else {
+        return Some((ChargerStream::Plain(stream), Transport::default()));
+    };
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            let client_cn = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::tls::common_name(c));
+            let t = Transport {
+                tls: true,
+                client_cn,
+            };
+            Some((ChargerStream::Tls(Box::new(s)), t))
+        }
+        Ok(Err(e)) => {
+            // Wrong CA, expired or unknown certificate, plain ws on the
+            // wss port…: reported once a minute per address.
+            let why = "TLS handshake failed";
+            let now = std::time::Instant::now();
+            let reported = ctx.conns.report_refusal(addr.ip(), why, None, now);
+            journal_refusal(ctx, addr, format!("{why}: {e}"), None, reported).await;
+            None
+        }
+        Err(_) => {
+            log::debug!("{addr}: TLS handshake not finished in time, closed");
+            None
+        }
+    }
+}
+
+/// The WebSocket upgrade request, what came after it, and the response
+/// to it. A request that is no upgrade gets tungstenite's own answer
+/// before any of ours, as tungstenite's handshake does. `None`: answered
+/// and closed.
+async fn read_upgrade(
+    stream: &mut ChargerStream,
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Option<(Request, Vec<u8>, Response)> {
+    let (req, rest) = match tokio::time::timeout_at(deadline, read_request(stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            log::debug!("{addr}: WebSocket handshake failed: {e}");
+            let _ = write_refusal(stream, StatusCode::BAD_REQUEST, &e).await;
+            return None;
+        }
+        Err(_) => {
+            log::debug!("{addr}: WebSocket handshake not finished in time, closed");
+            return None;
+        }
+    };
+    match create_response(&req) {
+        Ok(resp) => Some((req, rest, resp)),
+        Err(e) => {
+            log::debug!("{addr}: not a WebSocket handshake: {e}");
+            let _ = write_refusal(stream, StatusCode::BAD_REQUEST, &e.to_string()).await;
+            None
+        }
+    }
+}
+
+/// Send the 101 Switching Protocols response.
+async fn write_upgrade(stream: &mut ChargerStream, resp: &Response) -> Result<(), String> {
+    let mut head = Vec::new();
+    write_response(&mut head, resp).map_err(|e| e.to_string())?;
+    tokio::time::timeout(CLOUD_WAIT, stream.write_all(&head))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Log and journal a refusal when its once-a-minute report is due
+/// (`reported`: how many like it were not journaled since).
+async fn journal_refusal(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    why: String,
+    known_id: Option<&str>,
+    reported: Option<u64>,
+) {
+    journal_refusal_as(ctx, addr, why.clone(), why, known_id, reported).await
+}
+
+/// [`journal_refusal`] with a log line (`logged`) that says more than the
+/// journal's reason.
+async fn journal_refusal_as(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    logged: String,
+    reason: String,
+    known_id: Option<&str>,
+    reported: Option<u64>,
+) {
+    let Some(repeated) = reported else {
+        return;
+    };
+    log::warn!("refused {addr}: {logged}");
+    let ev = Event::Refused {
+        reason,
+        remote: addr.to_string(),
+        repeated: (repeated > 0).then_some(repeated),
+    };
+    ctx.journal.record(known_id, ev).await;
+}
+
+/// Offline mode `disconnect` and the cloud still away: closed at once
+/// (1013, Try Again Later) without a session. Journaled once per outage,
+/// not three events at every attempt.
+async fn close_while_cloud_away(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    id: &str,
+    e: &ConnectError,
+    mut ws: WebSocketStream<ChargerStream>,
+) {
+    if ctx.registry.cloud_away(id) {
+        let ev = Event::Refused {
+            reason: format!(
+                "cloud unreachable ({e}): closed with 1013 (Try Again Later) until it returns; further attempts are not journaled"
+            ),
+            remote: addr.to_string(),
+            repeated: None,
+        };
+        ctx.journal.record(Some(id), ev).await;
+    }
+    log::debug!("{addr}: {id}: cloud unreachable, closed (offline mode disconnect)");
+    let frame = CloseFrame {
+        code: CloseCode::Again,
+        reason: "cloud unreachable".into(),
+    };
+    let close = async {
+        if ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
 }
 
 /// How long a charger's handshake waits for the cloud to choose the

@@ -107,30 +107,7 @@ async fn escalate(
         stopped_by_charger: false,
         closed_by_gateway: false,
     };
-    let steps: [(&str, Value); 4] = match &key {
-        TxKey::V16(tx_id) => [
-            ("RemoteStopTransaction", json!({"transactionId": tx_id})),
-            (
-                "ChangeAvailability",
-                json!({"connectorId": connector, "type": "Inoperative"}),
-            ),
-            ("UnlockConnector", json!({"connectorId": connector})),
-            ("Reset", json!({"type": "Hard"})),
-        ],
-        TxKey::V201(r) => [
-            ("RequestStopTransaction", json!({"transactionId": r})),
-            (
-                "ChangeAvailability",
-                json!({"operationalStatus": "Inoperative", "evse": {"id": connector}}),
-            ),
-            (
-                "UnlockConnector",
-                json!({"evseId": connector, "connectorId": 1}),
-            ),
-            ("Reset", json!({"type": "Immediate"})),
-        ],
-    };
-    for (call, request) in steps {
+    for (call, request) in steps(&key, connector) {
         let outcome = match ctx
             .registry
             .call_step(
@@ -172,25 +149,45 @@ async fn escalate(
         .map(|wh| wh as i64)
         .unwrap_or(tx.meter_start);
     let timestamp = crate::clock::now_rfc3339();
-    let tx_id = match key {
-        TxKey::V16(id) => id,
-        TxKey::V201(r) => {
-            let ev = Event::StopTransaction {
-                transaction_id: None,
-                transaction_ref: Some(r.clone()),
-                meter_stop,
-                reason: Some("Other".into()),
-                timestamp,
-                answered_by: Source::Gateway,
-                forced: true,
-            };
-            if let Err(e) = ctx.journal.record_durable(Some(charger), ev).await {
-                log::error!(charger_id = charger; "cannot close force-stopped transaction {r}: {e}");
-            }
-            report.closed_by_gateway = true;
-            return Ok(report);
-        }
-    };
+    match key {
+        TxKey::V16(id) => close_16(ctx, charger, id, meter_stop, timestamp).await,
+        TxKey::V201(r) => close_201(ctx, charger, &r, meter_stop, timestamp).await,
+    }
+    report.closed_by_gateway = true;
+    Ok(report)
+}
+
+/// The escalation's four calls, in the charger's protocol.
+fn steps(key: &TxKey, connector: u32) -> [(&'static str, Value); 4] {
+    match &key {
+        TxKey::V16(tx_id) => [
+            ("RemoteStopTransaction", json!({"transactionId": tx_id})),
+            (
+                "ChangeAvailability",
+                json!({"connectorId": connector, "type": "Inoperative"}),
+            ),
+            ("UnlockConnector", json!({"connectorId": connector})),
+            ("Reset", json!({"type": "Hard"})),
+        ],
+        TxKey::V201(r) => [
+            ("RequestStopTransaction", json!({"transactionId": r})),
+            (
+                "ChangeAvailability",
+                json!({"operationalStatus": "Inoperative", "evse": {"id": connector}}),
+            ),
+            (
+                "UnlockConnector",
+                json!({"evseId": connector, "connectorId": 1}),
+            ),
+            ("Reset", json!({"type": "Immediate"})),
+        ],
+    }
+}
+
+/// Close a 1.6 transaction the charger never closed: journaled, and its
+/// StopTransaction queued for the cloud (by the session, or directly when
+/// the charger is gone).
+async fn close_16(ctx: &Ctx, charger: &str, tx_id: i64, meter_stop: i64, timestamp: String) {
     let payload = json!({"transactionId": tx_id, "meterStop": meter_stop, "timestamp": timestamp, "reason": "Other"});
     let ev = Event::StopTransaction {
         transaction_id: Some(tx_id),
@@ -241,8 +238,23 @@ async fn escalate(
             log::error!(charger_id = charger; "cannot close force-stopped transaction {tx_id}: {e}");
         }
     }
-    report.closed_by_gateway = true;
-    Ok(report)
+}
+
+/// Close a 2.0.1 transaction in the journal only (its TransactionEvents
+/// are numbered by the charger).
+async fn close_201(ctx: &Ctx, charger: &str, r: &str, meter_stop: i64, timestamp: String) {
+    let ev = Event::StopTransaction {
+        transaction_id: None,
+        transaction_ref: Some(r.to_string()),
+        meter_stop,
+        reason: Some("Other".into()),
+        timestamp,
+        answered_by: Source::Gateway,
+        forced: true,
+    };
+    if let Err(e) = ctx.journal.record_durable(Some(charger), ev).await {
+        log::error!(charger_id = charger; "cannot close force-stopped transaction {r}: {e}");
+    }
 }
 
 /// The transaction being force-stopped.

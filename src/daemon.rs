@@ -169,22 +169,96 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
     let mut core = Core::default();
     core.spawn("the OCPP listener", server::serve(ocpp, ctx.clone(), None));
-    let mut tls_addr = None;
-    if let Some(t) = &cfg.ocpp.tls {
-        let server = crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
-            .map_err(StartError::Tls)?;
-        let (listener, addr) = bind(t.listen, "ocpp.tls_listen").await?;
-        tls_addr = Some(addr);
-        let acceptor = tokio_rustls::TlsAcceptor::from(server);
-        core.spawn(
-            "the wss:// OCPP listener",
-            server::serve(listener, ctx.clone(), Some(acceptor)),
-        );
-        log::info!(
-            "ocpp on wss://{addr}{}/{{id}} (security profiles 2 and 3)",
+    let tls_addr = spawn_tls_listener(&mut core, &ctx).await?;
+    warn_plain_chargers(&cfg);
+    spawn_parts(&mut core, ctx, api, upload);
+    log_listening(&cfg, ocpp_addr, api_addr);
+    Ok(Running {
+        ocpp_addr,
+        api_addr,
+        journal,
+        registry,
+        tls_addr,
+        clock,
+        live,
+        shutdown,
+        sessions,
+        core,
+    })
+}
+
+/// Where the gateway listens, and for which cloud.
+fn log_listening(cfg: &Config, ocpp_addr: SocketAddr, api_addr: SocketAddr) {
+    match &cfg.upstream {
+        Some(u) => log::info!(
+            "ocpp on ws://{ocpp_addr}{}/{{id}}, cloud {}",
+            cfg.ocpp.path_prefix,
+            u.url
+        ),
+        None => log::info!(
+            "ocpp on ws://{ocpp_addr}{}/{{id}}, standalone (no [upstream])",
             cfg.ocpp.path_prefix
-        );
+        ),
     }
+    log::info!("api on http://{api_addr}");
+}
+
+/// The core tasks beside the listeners: the meter, MQTT, the smart
+/// engine, the diagnostics uploads and the API.
+fn spawn_parts(core: &mut Core, ctx: Ctx, api: TcpListener, upload: TcpListener) {
+    let cfg = ctx.cfg.clone();
+    let meter = cfg.smart.meter.clone().map(|m| {
+        let (tx, rx) = watch::channel(crate::meter::MeterStatus::default());
+        core.spawn(
+            "the meter reader",
+            crate::meter::run(m, ctx.clock.clone(), tx, ctx.shutdown.clone()),
+        );
+        rx
+    });
+    if let Some(m) = cfg.mqtt.clone() {
+        core.spawn("the MQTT client", crate::mqtt::run(ctx.clone(), m));
+    }
+    core.spawn(
+        "the smart charging engine",
+        crate::smart::engine::run(ctx.clone(), ctx.clock.clone(), meter, ctx.smart.clone()),
+    );
+    core.spawn(
+        "the diagnostics upload listener",
+        crate::diagnostics::serve(
+            upload,
+            ctx.uploads.clone(),
+            cfg.gateway.data_dir.clone(),
+            ctx.journal.clone(),
+            cfg.diagnostics.max_bytes,
+            ctx.shutdown.clone(),
+        ),
+    );
+    core.spawn("the HTTP API", crate::api::serve(api, ctx));
+}
+
+/// The wss:// listener (Security Profiles 2 and 3), when configured.
+async fn spawn_tls_listener(core: &mut Core, ctx: &Ctx) -> Result<Option<SocketAddr>, StartError> {
+    let cfg = &ctx.cfg;
+    let Some(t) = &cfg.ocpp.tls else {
+        return Ok(None);
+    };
+    let server = crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+        .map_err(StartError::Tls)?;
+    let (listener, addr) = bind(t.listen, "ocpp.tls_listen").await?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    core.spawn(
+        "the wss:// OCPP listener",
+        server::serve(listener, ctx.clone(), Some(acceptor)),
+    );
+    log::info!(
+        "ocpp on wss://{addr}{}/{{id}} (security profiles 2 and 3)",
+        cfg.ocpp.path_prefix
+    );
+    Ok(Some(addr))
+}
+
+/// Security Profile 1 is for trusted networks only: said at start.
+fn warn_plain_chargers(cfg: &Config) {
     let plain: Vec<&str> = cfg
         .chargers
         .values()
@@ -198,57 +272,6 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             if cfg.ocpp.allow_unknown { ", and any unknown charger (allow_unknown_chargers)" } else { "" }
         );
     }
-    let meter = cfg.smart.meter.clone().map(|m| {
-        let (tx, rx) = watch::channel(crate::meter::MeterStatus::default());
-        core.spawn(
-            "the meter reader",
-            crate::meter::run(m, clock.clone(), tx, shutdown.clone()),
-        );
-        rx
-    });
-    if let Some(m) = cfg.mqtt.clone() {
-        core.spawn("the MQTT client", crate::mqtt::run(ctx.clone(), m));
-    }
-    core.spawn(
-        "the smart charging engine",
-        crate::smart::engine::run(ctx.clone(), clock.clone(), meter, smart),
-    );
-    core.spawn("the HTTP API", crate::api::serve(api, ctx));
-    core.spawn(
-        "the diagnostics upload listener",
-        crate::diagnostics::serve(
-            upload,
-            uploads,
-            cfg.gateway.data_dir.clone(),
-            journal.clone(),
-            cfg.diagnostics.max_bytes,
-            shutdown.clone(),
-        ),
-    );
-    match &cfg.upstream {
-        Some(u) => log::info!(
-            "ocpp on ws://{ocpp_addr}{}/{{id}}, cloud {}",
-            cfg.ocpp.path_prefix,
-            u.url
-        ),
-        None => log::info!(
-            "ocpp on ws://{ocpp_addr}{}/{{id}}, standalone (no [upstream])",
-            cfg.ocpp.path_prefix
-        ),
-    }
-    log::info!("api on http://{api_addr}");
-    Ok(Running {
-        ocpp_addr,
-        api_addr,
-        journal,
-        registry,
-        tls_addr,
-        clock,
-        live,
-        shutdown,
-        sessions,
-        core,
-    })
 }
 
 impl Running {

@@ -313,24 +313,7 @@ impl<S> SessionState<S> {
             self.to_local.insert(cloud, local);
         }
         let status = crate::ocpp::messages::AnswerFields::read(payload).status();
-        let evs = if f.direct {
-            let journaled =
-                self.proto == Protocol::Ocpp16 && event::journal_on_request(&entry.action);
-            match RawValue::from_string(entry.payload.clone()) {
-                Ok(p) if !journaled => {
-                    self.events_for(&entry.action, &p, Some(payload), Source::Cloud)
-                }
-                _ => Vec::new(),
-            }
-        } else {
-            vec![Event::Replayed {
-                action: entry.action.clone(),
-                queued_ms: entry.queued_ms,
-                local_transaction_id: entry.local_tx,
-                cloud_transaction_id: cloud_tx,
-                status: status.clone(),
-            }]
-        };
+        let evs = self.delivered_events(&entry, f.direct, payload, cloud_tx, status.clone());
         for event in evs {
             ops.push(Op::Event {
                 charger: Some(self.id.clone()),
@@ -388,6 +371,37 @@ impl<S> SessionState<S> {
             reply,
         });
         self.pump_down()
+    }
+
+    /// What to journal for an outbox entry the cloud answered: the
+    /// charger's call with the cloud's answer when it went directly, else
+    /// that it was replayed.
+    fn delivered_events(
+        &mut self,
+        entry: &Entry,
+        direct: bool,
+        payload: &RawValue,
+        cloud_tx: Option<i64>,
+        status: Option<String>,
+    ) -> Vec<Event> {
+        if direct {
+            let journaled =
+                self.proto == Protocol::Ocpp16 && event::journal_on_request(&entry.action);
+            match RawValue::from_string(entry.payload.clone()) {
+                Ok(p) if !journaled => {
+                    self.events_for(&entry.action, &p, Some(payload), Source::Cloud)
+                }
+                _ => Vec::new(),
+            }
+        } else {
+            vec![Event::Replayed {
+                action: entry.action.clone(),
+                queued_ms: entry.queued_ms,
+                local_transaction_id: entry.local_tx,
+                cloud_transaction_id: cloud_tx,
+                status,
+            }]
+        }
     }
 
     /// The cloud did not accept the id tag of a transaction the gateway let

@@ -234,8 +234,7 @@ impl Link {
             if done {
                 // The charger left and the mirror has everything: it sees
                 // the charger go.
-                if let Some(mut s) = ws.take() {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), s.close(None)).await;
+                if close(&mut ws).await {
                     self.journal(Event::MirrorDisconnect {
                         mirror: self.cfg.name.clone(),
                         reason: "charger disconnected".into(),
@@ -246,55 +245,26 @@ impl Link {
             // Connect when due (the feed waits in the channel meanwhile,
             // never the session).
             if ws.is_none() && Instant::now() >= retry_at {
-                let auth = self
-                    .cfg
-                    .password_for(&self.charger)
-                    .map(|p| basic_auth(&self.charger, p));
-                let offer = [self.proto];
-                let attempt = self
-                    .connector
-                    .connect(&self.charger, &offer, auth.as_deref());
-                let res = tokio::select! {
-                    r = attempt => Some(r),
-                    _ = self.ctx.shutdown.cancelled() => None,
-                };
-                match res {
+                match self.connect().await {
                     None => return,
-                    Some(Ok((s, p))) => {
+                    Some(Ok(s)) => {
                         backoff.reset();
-                        self.last_error = None;
-                        self.journal(Event::MirrorConnect {
-                            mirror: self.cfg.name.clone(),
-                            remote: self.connector.url_for(&self.charger),
-                            protocol: p.as_str().into(),
-                        });
                         ws = Some(s);
                         garbage = 0;
                     }
                     Some(Err(e)) => {
-                        self.link_down(e.to_string());
-                        retry_at = Instant::now() + backoff.next_delay();
+                        retry_at = self.link_failed(&mut backoff, e.to_string());
                     }
                 }
             }
             if let Some(s) = ws.as_mut() {
                 if let Err(e) = self.send_next(s).await {
                     ws = None;
-                    self.link_down(e);
-                    retry_at = Instant::now() + backoff.next_delay();
+                    retry_at = self.link_failed(&mut backoff, e);
                     continue;
                 }
             }
-            let timeout_at = self
-                .in_flight
-                .as_ref()
-                .map(|(_, _, sent)| *sent + self.ctx.call_timeout)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let wake = if ws.is_none() {
-                retry_at.min(timeout_at)
-            } else {
-                timeout_at
-            };
+            let wake = self.wake_at(ws.is_none().then_some(retry_at));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(m) => self.take(m, ws.is_some()),
@@ -302,51 +272,95 @@ impl Link {
                 },
                 frame = next(ws.as_mut()) => match frame {
                     Some(Ok(Message::Text(t))) => {
-                        if !self.on_frame(t.as_str(), &answers_tx, &mut mirror_call_busy) {
-                            garbage += 1;
-                            if garbage > 100 {
-                                // A mirror that only sends garbage is dropped for a while.
-                                if let Some(mut s) = ws.take() {
-                                    let _ = tokio::time::timeout(Duration::from_secs(2), s.close(None)).await;
-                                }
-                                self.link_down("the mirror sent more than 100 unreadable frames".into());
-                                retry_at = Instant::now() + backoff.next_delay();
-                            }
+                        let readable = self.on_frame(t.as_str(), &answers_tx, &mut mirror_call_busy);
+                        garbage += u32::from(!readable);
+                        if garbage > 100 {
+                            // A mirror that only sends garbage is dropped for a while.
+                            close(&mut ws).await;
+                            retry_at = self.link_failed(&mut backoff, "the mirror sent more than 100 unreadable frames".into());
                         }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        if let Some(mut s) = ws.take() {
-                            let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::close(&mut s)).await;
-                        }
-                        self.link_down("the mirror closed the connection".into());
-                        retry_at = Instant::now() + backoff.next_delay();
+                        close(&mut ws).await;
+                        retry_at = self.link_failed(&mut backoff, "the mirror closed the connection".into());
                     }
                     Some(Ok(_)) => {}
                 },
                 Some(answer) = answers_rx.recv() => {
                     mirror_call_busy = false;
-                    if let Some(s) = ws.as_mut() {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), s.send(Message::text(answer))).await;
-                    }
+                    send_answer(&mut ws, answer).await;
                 }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    if let Some((_, item, sent)) = &self.in_flight {
-                        if sent.elapsed() >= self.ctx.call_timeout {
-                            log::info!("mirror {}: {}: no answer to {} in time; going on", self.cfg.name, self.charger, item.action);
-                            let (_, item, _) = self.in_flight.take().expect("checked");
-                            self.delivered(&item);
-                        }
-                    }
-                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => self.on_timer(),
                 _ = self.ctx.shutdown.cancelled() => {
                     // What it has not got yet is kept for next time.
                     self.store_backlog();
-                    if let Some(mut s) = ws.take() {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), s.close(None)).await;
-                    }
+                    close(&mut ws).await;
                     return;
                 }
             }
+        }
+    }
+
+    /// The link failed: journaled (once per reason); returns when to
+    /// try again.
+    fn link_failed(&mut self, backoff: &mut crate::upstream::Backoff, why: String) -> Instant {
+        self.link_down(why);
+        Instant::now() + backoff.next_delay()
+    }
+
+    /// One attempt to open the mirror link, offering the charger's
+    /// protocol with the charger's (or the mirror's) credentials. `None`:
+    /// the gateway is shutting down.
+    async fn connect(&mut self) -> Option<Result<UpStream, crate::upstream::ConnectError>> {
+        let auth = self
+            .cfg
+            .password_for(&self.charger)
+            .map(|p| basic_auth(&self.charger, p));
+        let offer = [self.proto];
+        let attempt = self
+            .connector
+            .connect(&self.charger, &offer, auth.as_deref());
+        let res = tokio::select! {
+            r = attempt => r,
+            _ = self.ctx.shutdown.cancelled() => return None,
+        };
+        Some(res.map(|(s, p)| {
+            self.last_error = None;
+            self.journal(Event::MirrorConnect {
+                mirror: self.cfg.name.clone(),
+                remote: self.connector.url_for(&self.charger),
+                protocol: p.as_str().into(),
+            });
+            s
+        }))
+    }
+
+    /// When the loop wakes by itself: the entry in flight's timeout, or
+    /// the next connection attempt (`retry_at`, while the link is down).
+    fn wake_at(&self, retry_at: Option<Instant>) -> Instant {
+        let timeout_at = self
+            .in_flight
+            .as_ref()
+            .map(|(_, _, sent)| *sent + self.ctx.call_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        retry_at.map_or(timeout_at, |r| r.min(timeout_at))
+    }
+
+    /// The mirror did not answer the entry in flight in time: it is
+    /// counted as delivered and the feed goes on.
+    fn on_timer(&mut self) {
+        let Some((_, item, sent)) = &self.in_flight else {
+            return;
+        };
+        if sent.elapsed() >= self.ctx.call_timeout {
+            log::info!(
+                "mirror {}: {}: no answer to {} in time; going on",
+                self.cfg.name,
+                self.charger,
+                item.action
+            );
+            let (_, item, _) = self.in_flight.take().expect("checked");
+            self.delivered(&item);
         }
     }
 
@@ -532,33 +546,7 @@ impl Link {
         };
         match f {
             Frame::CallResult { id, payload } => {
-                if self.in_flight.as_ref().is_some_and(|(i, _, _)| *i == id) {
-                    let (_, item, _) = self.in_flight.take().expect("checked");
-                    if item.action == "StartTransaction" && self.proto == Protocol::Ocpp16 {
-                        let tx = serde_json::from_str::<Value>(payload.get())
-                            .ok()
-                            .and_then(|v| v["transactionId"].as_i64());
-                        let connector = serde_json::from_str::<Value>(&item.payload)
-                            .ok()
-                            .and_then(|v| v["connectorId"].as_u64())
-                            .unwrap_or(0) as u32;
-                        if let Some(m) = tx {
-                            match self
-                                .charger_started
-                                .get_mut(&connector)
-                                .and_then(VecDeque::pop_front)
-                            {
-                                Some(c) => self.map(c, m),
-                                None => self
-                                    .mirror_started
-                                    .entry(connector)
-                                    .or_default()
-                                    .push_back(m),
-                            }
-                        }
-                    }
-                    self.delivered(&item);
-                }
+                self.on_result(&id, &payload);
                 true
             }
             Frame::CallError { id, code, .. } => {
@@ -579,63 +567,105 @@ impl Link {
                 action,
                 payload,
             } => {
-                let request: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-                let part_of = format!("mirror:{}", self.cfg.name);
-                if !self.cfg.allow.contains(&action) {
-                    self.journal(Event::RemoteAction {
-                        action: crate::event::excerpt(&action, crate::event::FIELD_MAX),
-                        source: Source::Mirror,
-                        request: crate::event::redact(&action, &request),
-                        result: None,
-                        error: Some("refused: not in this mirror's allow list".into()),
-                        part_of: Some(part_of),
-                    });
-                    let _ = answers.try_send(frame::call_error(
-                        &id,
-                        "SecurityError",
-                        &format!("{action} is not allowed for this backend (read-only mirror)"),
-                    ));
-                    return true;
-                }
-                if *busy {
-                    let _ = answers.try_send(frame::call_error(
-                        &id,
-                        "GenericError",
-                        "one call at a time",
-                    ));
-                    return true;
-                }
-                *busy = true;
-                let (registry, charger, answers) = (
-                    self.ctx.registry.clone(),
-                    self.charger.clone(),
-                    answers.clone(),
-                );
-                let wait = self.ctx.call_timeout + Duration::from_secs(5);
-                tokio::spawn(async move {
-                    let out = registry
-                        .call_step(
-                            &charger,
-                            &action,
-                            request,
-                            Source::Mirror,
-                            Some(&part_of),
-                            wait,
-                        )
-                        .await;
-                    let text = match out {
-                        Some(CallOutcome::Result(v)) => frame::call_result(&id, &v),
-                        Some(CallOutcome::Error { code, description }) => {
-                            frame::call_error(&id, &code, &description)
-                        }
-                        Some(o) => frame::call_error(&id, "GenericError", &o.brief()),
-                        None => frame::call_error(&id, "GenericError", "charger not connected"),
-                    };
-                    let _ = answers.send(text).await;
-                });
+                self.on_call(id, action, &payload, answers, busy);
                 true
             }
         }
+    }
+
+    /// The mirror answered: the entry in flight is delivered; a 1.6
+    /// StartTransaction's answer gives the mirror's transaction id.
+    fn on_result(&mut self, id: &str, payload: &serde_json::value::RawValue) {
+        if self.in_flight.as_ref().is_none_or(|(i, _, _)| *i != id) {
+            return;
+        }
+        let (_, item, _) = self.in_flight.take().expect("checked");
+        if item.action == "StartTransaction" && self.proto == Protocol::Ocpp16 {
+            let tx = serde_json::from_str::<Value>(payload.get())
+                .ok()
+                .and_then(|v| v["transactionId"].as_i64());
+            let connector = serde_json::from_str::<Value>(&item.payload)
+                .ok()
+                .and_then(|v| v["connectorId"].as_u64())
+                .unwrap_or(0) as u32;
+            if let Some(m) = tx {
+                match self
+                    .charger_started
+                    .get_mut(&connector)
+                    .and_then(VecDeque::pop_front)
+                {
+                    Some(c) => self.map(c, m),
+                    None => self
+                        .mirror_started
+                        .entry(connector)
+                        .or_default()
+                        .push_back(m),
+                }
+            }
+        }
+        self.delivered(&item);
+    }
+
+    /// The mirror's own call to the charger: refused unless allowed, one
+    /// at a time, answered when the charger answers.
+    fn on_call(
+        &mut self,
+        id: String,
+        action: String,
+        payload: &serde_json::value::RawValue,
+        answers: &mpsc::Sender<String>,
+        busy: &mut bool,
+    ) {
+        let request: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+        let part_of = format!("mirror:{}", self.cfg.name);
+        if !self.cfg.allow.contains(&action) {
+            self.journal(Event::RemoteAction {
+                action: crate::event::excerpt(&action, crate::event::FIELD_MAX),
+                source: Source::Mirror,
+                request: crate::event::redact(&action, &request),
+                result: None,
+                error: Some("refused: not in this mirror's allow list".into()),
+                part_of: Some(part_of),
+            });
+            let _ = answers.try_send(frame::call_error(
+                &id,
+                "SecurityError",
+                &format!("{action} is not allowed for this backend (read-only mirror)"),
+            ));
+            return;
+        }
+        if *busy {
+            let _ = answers.try_send(frame::call_error(&id, "GenericError", "one call at a time"));
+            return;
+        }
+        *busy = true;
+        let (registry, charger, answers) = (
+            self.ctx.registry.clone(),
+            self.charger.clone(),
+            answers.clone(),
+        );
+        let wait = self.ctx.call_timeout + Duration::from_secs(5);
+        tokio::spawn(async move {
+            let out = registry
+                .call_step(
+                    &charger,
+                    &action,
+                    request,
+                    Source::Mirror,
+                    Some(&part_of),
+                    wait,
+                )
+                .await;
+            let text = match out {
+                Some(CallOutcome::Result(v)) => frame::call_result(&id, &v),
+                Some(CallOutcome::Error { code, description }) => {
+                    frame::call_error(&id, &code, &description)
+                }
+                Some(o) => frame::call_error(&id, "GenericError", &o.brief()),
+                None => frame::call_error(&id, "GenericError", "charger not connected"),
+            };
+            let _ = answers.send(text).await;
+        });
     }
 }
 
@@ -645,5 +675,21 @@ async fn next(
     match ws {
         Some(s) => s.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Close the mirror link, if open, within two seconds; whether it was.
+async fn close(ws: &mut Option<UpStream>) -> bool {
+    let Some(mut s) = ws.take() else {
+        return false;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::close(&mut s)).await;
+    true
+}
+
+/// The gateway's answer to a call of the mirror's, sent within five seconds.
+async fn send_answer(ws: &mut Option<UpStream>, answer: String) {
+    if let Some(s) = ws.as_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.send(Message::text(answer))).await;
     }
 }

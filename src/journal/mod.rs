@@ -25,8 +25,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::auth;
@@ -35,8 +34,10 @@ use crate::outbox;
 use crate::state::LiveState;
 
 pub mod history;
+mod start;
 mod writer;
 use history::History;
+use start::{migrate, rebuild, Found};
 use writer::{Reopen, Shared, Writer};
 
 /// Where history was kept before it moved to segment files; read once to
@@ -555,130 +556,6 @@ impl Journal {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    time_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    charger: Option<String>,
-    #[serde(flatten)]
-    event: Event,
-}
-
-pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<Record, JournalError> {
-    let s: Stored = serde_json::from_slice(bytes)?;
-    Ok(Record {
-        seq,
-        time_ms: s.time_ms,
-        charger: s.charger,
-        event: s.event,
-    })
-}
-
-/// What start found on disk.
-struct Found {
-    /// The live state: the state table plus the history after it.
-    pub state: LiveState,
-    /// The state table as stored (what the writer need not write again).
-    pub stored: std::collections::HashMap<String, crate::state::ChargerState>,
-    /// The last record folded into the stored state.
-    pub state_seq: u64,
-    /// Chargers the history after the stored state changed.
-    pub touched: std::collections::HashSet<String>,
-    pub min_local_tx: i64,
-    pub outbox_key: u64,
-    /// Bytes of the queued outbox entries.
-    pub queued_bytes: i64,
-}
-
-fn rebuild(db: &Database, history: &History) -> Result<Found, JournalError> {
-    let r = db.begin_read()?;
-    let meta = r.open_table(META)?;
-    let state_seq = meta.get("state_seq")?.map_or(0, |v| v.value()).max(0) as u64;
-    let mut state = LiveState {
-        last_seq: state_seq,
-        ..Default::default()
-    };
-    let mut stored = std::collections::HashMap::new();
-    for entry in r.open_table(STATE)?.iter()? {
-        let (k, v) = entry?;
-        match serde_json::from_slice::<crate::state::ChargerState>(v.value()) {
-            Ok(c) => {
-                stored.insert(k.value().to_string(), c.durable_part());
-                state.chargers.insert(k.value().to_string(), Arc::new(c));
-            }
-            Err(e) => log::warn!("stored state of {} unreadable, skipped: {e}", k.value()),
-        }
-    }
-    let mut touched = std::collections::HashSet::new();
-    let mut min_local_tx = meta.get("min_local_tx")?.map_or(0, |v| v.value());
-    for rec in history.after(state_seq)? {
-        min_local_tx = min_local_tx.min(writer::local_tx_of(&rec.event));
-        state.apply(&rec);
-        writer::touch(&mut touched, &state, &rec);
-    }
-    let outbox_key = meta.get("outbox_key")?.map_or(0, |v| v.value()).max(0) as u64;
-    let mut queued_bytes = 0;
-    for row in r.open_table(outbox::OUTBOX)?.iter()? {
-        queued_bytes += row?.1.value().len() as i64;
-    }
-    Ok(Found {
-        queued_bytes,
-        state,
-        stored,
-        state_seq,
-        touched,
-        min_local_tx,
-        outbox_key,
-    })
-}
-
-/// Move history kept in redb by earlier versions into segment files, and
-/// the state folded from it into the state table. Records already moved
-/// (a crash during the move) are not moved twice.
-fn migrate(db: &Database, history: &mut History) -> Result<bool, JournalError> {
-    let w = db.begin_write()?;
-    let mut state = LiveState::default();
-    let mut moved = 0u64;
-    {
-        let events = w.open_table(EVENTS)?;
-        if events.is_empty()? {
-            drop(events);
-            w.abort()?;
-            return Ok(false);
-        }
-        let done = history.last().0;
-        let mut batch = Vec::new();
-        for entry in events.iter()? {
-            let (k, v) = entry?;
-            let Ok(rec) = decode(k.value(), v.value()) else {
-                continue;
-            };
-            state.apply(&rec);
-            if rec.seq > done {
-                batch.push(rec);
-            }
-            if batch.len() >= MAX_BATCH {
-                history.append(&batch)?;
-                moved += batch.len() as u64;
-                batch.clear();
-            }
-        }
-        moved += batch.len() as u64;
-        history.append(&batch)?;
-        let mut table = w.open_table(STATE)?;
-        for (id, c) in &state.chargers {
-            table.insert(id.as_str(), serde_json::to_vec(c)?.as_slice())?;
-        }
-        w.open_table(META)?
-            .insert("state_seq", state.last_seq as i64)?;
-    }
-    w.delete_table(EVENTS)?;
-    w.delete_table(BY_CHARGER)?;
-    w.commit()?;
-    log::info!("journal: {moved} records moved from the database to segment files");
-    Ok(true)
-}
-
 /// Segment size: small enough that retention can free space in steps
 /// of a few percent of the limit, large enough to be few files.
 fn segment_bytes(max_bytes: u64) -> u64 {
@@ -973,7 +850,7 @@ mod tests {
                 let mut idx = w.open_table(BY_CHARGER).unwrap();
                 for seq in 1..=3u64 {
                     let ev = if seq == 2 { started(7) } else { connect() };
-                    let v = serde_json::to_vec(&Stored {
+                    let v = serde_json::to_vec(&start::Stored {
                         time_ms: 1_000 + seq as i64,
                         charger: Some("OLD".into()),
                         event: ev,

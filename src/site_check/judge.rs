@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::outbox::Stats;
 use crate::state::ChargerState;
 
+/// A charger's configuration keys and values, as it reported them.
+type Config = BTreeMap<String, String>;
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,7 +128,34 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
     let mut f = Vec::new();
     let id = g.id.as_str();
     let st = g.state.clone().unwrap_or_default();
-    // Links.
+    if !links(&mut f, g, s, &st) {
+        return f;
+    }
+    identity_and_clock(&mut f, id, &st);
+    errors(&mut f, g, id, &st);
+    // Configuration.
+    let cfg = match &g.config {
+        Ok(c) => c,
+        Err(why) => {
+            f.push(problem(
+                "config",
+                format!("its configuration could not be read ({why})"),
+                format!("chargegate action get-config {id}; if it does not answer, reboot it"),
+            ));
+            return f;
+        }
+    };
+    intervals_and_samples(&mut f, cfg, s, id);
+    smart_charging(&mut f, g, cfg, s, id);
+    authorization(&mut f, cfg);
+    let _ = now_ms;
+    f
+}
+
+/// The charger's links: to the gateway, the mirrors, the cloud. Whether
+/// it is connected (nothing more can be judged if not).
+fn links(f: &mut Vec<Finding>, g: &Gathered, s: &Settings, st: &ChargerState) -> bool {
+    let id = g.id.as_str();
     if !g.connected {
         let since = st
             .charger_link
@@ -137,7 +167,7 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             format!("not connected to the gateway{since}"),
             format!("check the charger's power and network, and that its central system URL is ws://GATEWAY:PORT/ocpp/{id}"),
         ));
-        return f;
+        return false;
     }
     let proto = st
         .charger_link
@@ -191,7 +221,11 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             ));
         }
     }
-    // Identity.
+    true
+}
+
+/// Who it says it is (BootNotification), and how far its clock is off.
+fn identity_and_clock(f: &mut Vec<Finding>, id: &str, st: &ChargerState) {
     match &st.boot {
         Some(b) => f.push(ok(
             "identity",
@@ -209,7 +243,6 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             format!("chargegate action trigger {id} --message BootNotification"),
         )),
     }
-    // Clock.
     match st.meter.clock_skew_s {
         Some(skew) if skew.abs() > 60 => f.push(problem(
             "clock",
@@ -233,7 +266,10 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             format!("chargegate action trigger {id} --message MeterValues, then check again"),
         )),
     }
-    // Connectors now and errors of the day.
+}
+
+/// Faulted connectors, error codes, protocol errors, dead letters.
+fn errors(f: &mut Vec<Finding>, g: &Gathered, id: &str, st: &ChargerState) {
     for (n, c) in &st.connectors {
         if c.status == "Faulted" {
             f.push(problem(
@@ -276,18 +312,10 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             ),
         ));
     }
-    // Configuration.
-    let cfg = match &g.config {
-        Ok(c) => c,
-        Err(why) => {
-            f.push(problem(
-                "config",
-                format!("its configuration could not be read ({why})"),
-                format!("chargegate action get-config {id}; if it does not answer, reboot it"),
-            ));
-            return f;
-        }
-    };
+}
+
+/// HeartbeatInterval, MeterValueSampleInterval, MeterValuesSampledData.
+fn intervals_and_samples(f: &mut Vec<Finding>, cfg: &Config, s: &Settings, id: &str) {
     let num = |k: &str| cfg.get(k).and_then(|v| v.trim().parse::<i64>().ok());
     match num("HeartbeatInterval") {
         Some(0) => f.push(warn(
@@ -349,7 +377,11 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             f.push(ok("meter values", format!("samples {data}")));
         }
     }
-    // Smart charging.
+}
+
+/// Whether it takes the gateway's charging profiles.
+fn smart_charging(f: &mut Vec<Finding>, g: &Gathered, cfg: &Config, s: &Settings, id: &str) {
+    let num = |k: &str| cfg.get(k).and_then(|v| v.trim().parse::<i64>().ok());
     let smart = s.smart_for(id);
     let flag = |what: String, todo: String| {
         if smart {
@@ -407,7 +439,10 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             format!("takes the gateway's profiles (unit {unit})"),
         ));
     }
-    // Authorization.
+}
+
+/// The local list and remote authorization settings, as reported.
+fn authorization(f: &mut Vec<Finding>, cfg: &Config) {
     let local_list = cfg
         .get("LocalAuthListEnabled")
         .map(|v| v.eq_ignore_ascii_case("true"));
@@ -429,8 +464,6 @@ pub fn charger(g: &Gathered, s: &Settings, now_ms: i64) -> Vec<Finding> {
             ),
         ));
     }
-    let _ = now_ms;
-    f
 }
 
 /// What the gateway knows about the site as a whole.

@@ -509,34 +509,7 @@ pub fn site(x: &SiteFacts) -> Vec<Finding> {
         Some(url) => f.push(ok("cloud", format!("{url}: every connected charger's link is up"))),
         None => f.push(ok("cloud", "standalone: no cloud configured, the gateway answers the chargers itself".into())),
     }
-    match (&x.fuse, &x.meter) {
-        (Some((fuse, margin)), Some(m)) => {
-            f.push(ok("load", format!("fuse {fuse} A per phase, margin {:.0} %", margin * 100.0)));
-            if !m.reachable {
-                f.push(problem(
-                    "meter",
-                    format!("the site meter does not answer ({}): every charger is held at the safe current", m.error.as_deref().unwrap_or("no reading")),
-                    "check the meter's address, cable and Modbus settings in [meter]".into(),
-                ));
-            } else if let Some(max) = m.max_phase_a {
-                if max + 2.0 < x.chargers_drawing_a {
-                    f.push(warn(
-                        "meter",
-                        format!("the meter reads {max:.1} A on its busiest phase, less than the {:.1} A the chargers report drawing: it may not measure the chargers' feed", x.chargers_drawing_a),
-                        "check where the meter's current transformers sit and its register map (model in [meter])".into(),
-                    ));
-                } else {
-                    f.push(ok("meter", format!("reachable, busiest phase {max:.1} A, chargers {:.1} A", x.chargers_drawing_a)));
-                }
-            }
-        }
-        (Some((fuse, _)), None) => f.push(problem(
-            "meter",
-            format!("[load] is set (fuse {fuse} A) but no [meter]: load management cannot see the site's load"),
-            "add a [meter] section for the site meter".into(),
-        )),
-        (None, _) => f.push(ok("load", "load management off (no [load] section)".into())),
-    }
+    load_and_meter(&mut f, x);
     for s in &x.schedules {
         f.push(ok("schedules", s.clone()));
     }
@@ -582,6 +555,38 @@ pub fn site(x: &SiteFacts) -> Vec<Finding> {
         )),
     }
     f
+}
+
+/// Load management and the site meter it reads.
+fn load_and_meter(f: &mut Vec<Finding>, x: &SiteFacts) {
+    match (&x.fuse, &x.meter) {
+        (Some((fuse, margin)), Some(m)) => {
+            f.push(ok("load", format!("fuse {fuse} A per phase, margin {:.0} %", margin * 100.0)));
+            if !m.reachable {
+                f.push(problem(
+                    "meter",
+                    format!("the site meter does not answer ({}): every charger is held at the safe current", m.error.as_deref().unwrap_or("no reading")),
+                    "check the meter's address, cable and Modbus settings in [meter]".into(),
+                ));
+            } else if let Some(max) = m.max_phase_a {
+                if max + 2.0 < x.chargers_drawing_a {
+                    f.push(warn(
+                        "meter",
+                        format!("the meter reads {max:.1} A on its busiest phase, less than the {:.1} A the chargers report drawing: it may not measure the chargers' feed", x.chargers_drawing_a),
+                        "check where the meter's current transformers sit and its register map (model in [meter])".into(),
+                    ));
+                } else {
+                    f.push(ok("meter", format!("reachable, busiest phase {max:.1} A, chargers {:.1} A", x.chargers_drawing_a)));
+                }
+            }
+        }
+        (Some((fuse, _)), None) => f.push(problem(
+            "meter",
+            format!("[load] is set (fuse {fuse} A) but no [meter]: load management cannot see the site's load"),
+            "add a [meter] section for the site meter".into(),
+        )),
+        (None, _) => f.push(ok("load", "load management off (no [load] section)".into())),
+    }
 }
 
 #[cfg(test)]

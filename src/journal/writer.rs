@@ -431,47 +431,7 @@ impl Writer {
             return Ok(()); // history only: redb untouched
         }
         let w = self.p.db.get()?.begin_write()?;
-        let queued_delta;
-        {
-            let mut ob = outbox::Tables {
-                outbox: w.open_table(outbox::OUTBOX)?,
-                dead: w.open_table(outbox::DEAD)?,
-                txmap: w.open_table(outbox::TXMAP)?,
-                delta: 0,
-            };
-            let mut au = auth::Tables {
-                cache: w.open_table(auth::CACHE)?,
-                list: w.open_table(auth::LIST)?,
-                version: w.open_table(auth::LIST_VERSION)?,
-            };
-            for s in staged {
-                match s {
-                    Staged::Op(Op::Auth(o)) => au.apply(o)?,
-                    Staged::Op(Op::Outbox(o)) => {
-                        ob.apply(o, &mut outbox_key, self.time)?;
-                    }
-                    Staged::Op(Op::Event { .. }) | Staged::Event(_) => {}
-                }
-            }
-            let mut table = w.open_table(STATE)?;
-            for (id, json, _) in &sw.rows {
-                table.insert(id.as_str(), json.as_slice())?;
-            }
-            for id in &sw.removed {
-                table.remove(id.as_str())?;
-            }
-            let mut meta = w.open_table(META)?;
-            if outbox_key != self.outbox_key {
-                meta.insert("outbox_key", outbox_key as i64)?;
-            }
-            if min_local_tx != self.min_local_tx {
-                meta.insert("min_local_tx", min_local_tx)?;
-            }
-            if let Some(seq) = sw.state_seq {
-                meta.insert("state_seq", seq as i64)?;
-            }
-            queued_delta = ob.delta;
-        }
+        let queued_delta = self.write_tables(&w, staged, &sw, &mut outbox_key, min_local_tx)?;
         w.commit()?;
         self.p
             .queued_bytes
@@ -491,6 +451,58 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// The redb side of a commit, in one write transaction: outbox and
+    /// authorization operations, the state rows that changed, and the
+    /// counters in `meta`. Returns the bytes the operations added to the
+    /// queue.
+    fn write_tables(
+        &self,
+        w: &redb::WriteTransaction,
+        staged: &[Staged],
+        sw: &StateWrite,
+        outbox_key: &mut u64,
+        min_local_tx: i64,
+    ) -> Result<i64, JournalError> {
+        let mut ob = outbox::Tables {
+            outbox: w.open_table(outbox::OUTBOX)?,
+            dead: w.open_table(outbox::DEAD)?,
+            txmap: w.open_table(outbox::TXMAP)?,
+            delta: 0,
+        };
+        let mut au = auth::Tables {
+            cache: w.open_table(auth::CACHE)?,
+            list: w.open_table(auth::LIST)?,
+            version: w.open_table(auth::LIST_VERSION)?,
+        };
+        for s in staged {
+            match s {
+                Staged::Op(Op::Auth(o)) => au.apply(o)?,
+                Staged::Op(Op::Outbox(o)) => {
+                    ob.apply(o, outbox_key, self.time)?;
+                }
+                Staged::Op(Op::Event { .. }) | Staged::Event(_) => {}
+            }
+        }
+        let mut table = w.open_table(STATE)?;
+        for (id, json, _) in &sw.rows {
+            table.insert(id.as_str(), json.as_slice())?;
+        }
+        for id in &sw.removed {
+            table.remove(id.as_str())?;
+        }
+        let mut meta = w.open_table(META)?;
+        if *outbox_key != self.outbox_key {
+            meta.insert("outbox_key", *outbox_key as i64)?;
+        }
+        if min_local_tx != self.min_local_tx {
+            meta.insert("min_local_tx", min_local_tx)?;
+        }
+        if let Some(seq) = sw.state_seq {
+            meta.insert("state_seq", seq as i64)?;
+        }
+        Ok(ob.delta)
     }
 
     /// Retention: the history within its budget (the limit less what the

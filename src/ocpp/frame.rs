@@ -142,27 +142,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
     }
     let bad = |detail: &str| err(Formation, Some(id.clone()), Some(mt), detail);
     match mt {
-        2 => {
-            if parts.len() != 4 {
-                return Err(bad("a CALL has 4 elements: [2, id, action, payload]"));
-            }
-            let action: String =
-                serde_json::from_str(parts[2].get()).map_err(|_| bad("action must be a string"))?;
-            if action.is_empty()
-                || action.len() > 64
-                || !action.chars().all(|c| c.is_ascii_alphanumeric())
-            {
-                return Err(bad("action must be a short alphanumeric name"));
-            }
-            if !parts[3].get().trim_start().starts_with('{') {
-                return Err(bad("payload must be a JSON object"));
-            }
-            Ok(Frame::Call {
-                id,
-                action,
-                payload: boxed(parts[3]),
-            })
-        }
+        2 => call_of(id, mt, &parts),
         3 => {
             if parts.len() != 3 {
                 return Err(bad("a CALLRESULT has 3 elements: [3, id, payload]"));
@@ -175,22 +155,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
                 payload: boxed(parts[2]),
             })
         }
-        4 => {
-            if parts.len() != 5 {
-                return Err(bad(
-                    "a CALLERROR has 5 elements: [4, id, code, description, details]",
-                ));
-            }
-            let code: String = serde_json::from_str(parts[2].get())
-                .map_err(|_| bad("error code must be a string"))?;
-            let description: String = serde_json::from_str(parts[3].get())
-                .map_err(|_| bad("error description must be a string"))?;
-            Ok(Frame::CallError {
-                id,
-                code,
-                description,
-            })
-        }
+        4 => call_error_of(id, mt, &parts),
         other => Err(err(
             UnknownMessageType,
             Some(id),
@@ -198,6 +163,61 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
             format!("unknown message type {other} (expected 2, 3 or 4)"),
         )),
     }
+}
+
+/// A CALL's action and payload, checked.
+fn call_of(id: String, mt: u64, parts: &[&RawValue]) -> Result<Frame, FrameError> {
+    let bad = |detail: &str| {
+        err(
+            FrameErrorKind::Formation,
+            Some(id.clone()),
+            Some(mt),
+            detail,
+        )
+    };
+    if parts.len() != 4 {
+        return Err(bad("a CALL has 4 elements: [2, id, action, payload]"));
+    }
+    let action: String =
+        serde_json::from_str(parts[2].get()).map_err(|_| bad("action must be a string"))?;
+    if action.is_empty() || action.len() > 64 || !action.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(bad("action must be a short alphanumeric name"));
+    }
+    if !parts[3].get().trim_start().starts_with('{') {
+        return Err(bad("payload must be a JSON object"));
+    }
+    Ok(Frame::Call {
+        id,
+        action,
+        payload: boxed(parts[3]),
+    })
+}
+
+/// A CALLERROR's code and description, checked.
+fn call_error_of(id: String, mt: u64, parts: &[&RawValue]) -> Result<Frame, FrameError> {
+    let bad = |detail: &str| {
+        err(
+            FrameErrorKind::Formation,
+            Some(id.clone()),
+            Some(mt),
+            detail,
+        )
+    };
+    if parts.len() != 5 {
+        return Err(bad(
+            "a CALLERROR has 5 elements: [4, id, code, description, details]",
+        ));
+    }
+    let code: String =
+        serde_json::from_str(parts[2].get()).map_err(|_| bad("error code must be a string"))?;
+    let description: String = serde_json::from_str(parts[3].get())
+        .map_err(|_| bad("error description must be a string"))?;
+    Ok(Frame::CallError {
+        id,
+        code,
+        description,
+    })
 }
 
 fn boxed(v: &RawValue) -> Box<RawValue> {

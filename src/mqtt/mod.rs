@@ -289,8 +289,19 @@ impl Mqtt {
             self.discovered.remove(&id);
             self.clear_discovery(&id);
         }
+        self.publish_gateway(&cfg, connected.len(), &smart);
+    }
+
+    /// The gateway's own state, the meter's reading and the gateway's
+    /// discovery configs.
+    fn publish_gateway(
+        &mut self,
+        cfg: &crate::config::Config,
+        connected: usize,
+        smart: &crate::smart::status::SmartStatus,
+    ) {
         let gateway = json!({
-            "chargers_connected": connected.len(),
+            "chargers_connected": connected,
             "load": if smart.load.is_empty() { "off" } else { smart.load.as_str() },
             "available_a": smart.available_a,
         });

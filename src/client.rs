@@ -121,62 +121,7 @@ pub fn format_status(s: &Status) -> String {
         );
         return out;
     }
-    let rows: Vec<[String; 7]> = s
-        .chargers
-        .iter()
-        .map(|c| {
-            let st = &c.state;
-            let link = |up: bool, since: Option<i64>| {
-                if since.is_none() {
-                    "-".to_string()
-                } else if up {
-                    format!("up {}", ago(since, now))
-                } else {
-                    format!("down {}", ago(since, now))
-                }
-            };
-            let connectors = st
-                .connectors
-                .iter()
-                .map(|(n, c)| format!("{n}:{}", c.status))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let tx = st
-                .transactions
-                .values()
-                .map(|t| format!("{}@{}", t.name(), t.connector))
-                .collect::<Vec<_>>()
-                .join(" ");
-            [
-                st.id.clone(),
-                link(c.connected && st.charger_link.up, st.charger_link.since_ms),
-                {
-                    let mut cloud = if s.upstream.is_some() {
-                        link(st.cloud_link.up, st.cloud_link.since_ms)
-                    } else {
-                        "standalone".into()
-                    };
-                    // Second backends after the cloud: "; ha up".
-                    for (name, l) in &st.mirrors {
-                        cloud.push_str(&format!("; {name} {}", if l.up { "up" } else { "down" }));
-                    }
-                    cloud
-                },
-                if connectors.is_empty() {
-                    "-".into()
-                } else {
-                    connectors
-                },
-                if tx.is_empty() { "-".into() } else { tx },
-                match (c.outbox.depth, c.outbox.dead_letters) {
-                    (0, 0) => "-".into(),
-                    (d, 0) => format!("{d} (oldest {})", ago(c.outbox.oldest_ms, now)),
-                    (d, x) => format!("{d}, {x} DEAD"),
-                },
-                ago(st.last_event_ms, now),
-            ]
-        })
-        .collect();
+    let rows: Vec<[String; 7]> = s.chargers.iter().map(|c| status_row(s, c, now)).collect();
     let header = [
         "CHARGER",
         "CHARGER LINK",
@@ -206,6 +151,60 @@ pub fn format_status(s: &Status) -> String {
     }
     out.push_str(&format_smart(s));
     out
+}
+
+/// One charger's row of the status table.
+fn status_row(s: &Status, c: &crate::api::ChargerView, now: i64) -> [String; 7] {
+    let st = &c.state;
+    let link = |up: bool, since: Option<i64>| {
+        if since.is_none() {
+            "-".to_string()
+        } else if up {
+            format!("up {}", ago(since, now))
+        } else {
+            format!("down {}", ago(since, now))
+        }
+    };
+    let connectors = st
+        .connectors
+        .iter()
+        .map(|(n, c)| format!("{n}:{}", c.status))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tx = st
+        .transactions
+        .values()
+        .map(|t| format!("{}@{}", t.name(), t.connector))
+        .collect::<Vec<_>>()
+        .join(" ");
+    [
+        st.id.clone(),
+        link(c.connected && st.charger_link.up, st.charger_link.since_ms),
+        {
+            let mut cloud = if s.upstream.is_some() {
+                link(st.cloud_link.up, st.cloud_link.since_ms)
+            } else {
+                "standalone".into()
+            };
+            // Second backends after the cloud: "; ha up".
+            for (name, l) in &st.mirrors {
+                cloud.push_str(&format!("; {name} {}", if l.up { "up" } else { "down" }));
+            }
+            cloud
+        },
+        if connectors.is_empty() {
+            "-".into()
+        } else {
+            connectors
+        },
+        if tx.is_empty() { "-".into() } else { tx },
+        match (c.outbox.depth, c.outbox.dead_letters) {
+            (0, 0) => "-".into(),
+            (d, 0) => format!("{d} (oldest {})", ago(c.outbox.oldest_ms, now)),
+            (d, x) => format!("{d}, {x} DEAD"),
+        },
+        ago(st.last_event_ms, now),
+    ]
 }
 
 /// The smart-charging part of the status: the meter, load management and

@@ -26,8 +26,10 @@ use crate::ocpp::frame::{self, Frame};
 
 mod procs;
 mod replay;
+mod report;
 mod wear;
 use procs::*;
+use report::*;
 
 /// Benchmark settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -319,82 +321,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 /// every architecture the gateway runs on.
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// Print one N's figures: pooled percentiles over all rounds, the ratios
-/// to direct, and the spread of the per-round p99 ratios (how much to trust
-/// the pooled one on a noisy machine).
-fn print_row(n: usize, per_charger: usize, idle_rss: u64, paths: &mut [Path3]) {
-    let msgs = (n * per_charger) as f64;
-    for x in paths.iter_mut() {
-        x.samples.sort_unstable();
-    }
-    let direct_p99 = paths[0].p(0.99).as_secs_f64();
-    let cells: Vec<(String, String)> = paths
-        .iter()
-        .map(|x| {
-            let (p50, p99) = (x.p(0.50), x.p(0.99));
-            (
-                format!("{} / {}", ms(p50), ms(p99)),
-                format!("{:.2}x", p99.as_secs_f64() / direct_p99),
-            )
-        })
-        .collect();
-    let cell = |i: usize| cells.get(i).cloned().unwrap_or(("-".into(), "-".into()));
-    let ngx = paths
-        .iter()
-        .position(|x| x.name == "nginx")
-        .unwrap_or(usize::MAX);
-    let nginx_rss = paths
-        .iter()
-        .find(|x| x.name == "nginx")
-        .map_or("-".into(), |x| format!("{} KB", x.rss_kb));
-    println!(
-        "{n:>6} | {:>22} | {:>22} | {:>22} | {:>9} {:>9} | {:>7} KB {:>10} | {:>12.0}",
-        cell(0).0,
-        cell(1).0,
-        cell(ngx).0,
-        cell(1).1,
-        cell(ngx).1,
-        paths[1].rss_kb,
-        nginx_rss,
-        msgs / paths[1].wall.as_secs_f64(),
-    );
-    for x in paths.iter().skip(1) {
-        let mut ratios: Vec<f64> = x
-            .round_p99
-            .iter()
-            .zip(&paths[0].round_p99)
-            .map(|(a, d)| a.as_secs_f64() / d.as_secs_f64())
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        // The latency a relay adds, in absolute terms: what an operator
-        // weighs against the tens of ms of a real internet round trip.
-        let added = |q: f64| (x.p(q).as_secs_f64() - paths[0].p(q).as_secs_f64()) * 1e6;
-        println!(
-            "{:>6}   {:<10} p99/direct per round: median {:.2}x (range {:.2}x-{:.2}x over {} rounds); adds {:+.0} us at p50, {:+.0} us at p99; CPU {:.1} us/msg, {:.2}% of a core idle",
-            "",
-            x.name,
-            ratios[ratios.len() / 2],
-            ratios[0],
-            ratios[ratios.len() - 1],
-            ratios.len(),
-            added(0.50),
-            added(0.99),
-            x.cpu_ticks as f64 / TICKS_PER_SEC * 1e6 / msgs,
-            x.idle_ticks as f64 / TICKS_PER_SEC / IDLE_WINDOW.as_secs_f64() * 100.0,
-        );
-    }
-    println!(
-        "{:>6}   chargegate RSS per charger above idle: {:.1} KB (target: 25 MB + 64 KB per charger = {} KB at N={n})",
-        "",
-        (paths[1].rss_kb.saturating_sub(idle_rss)) as f64 / n as f64,
-        25 * 1024 + 64 * n
-    );
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
-}
-
 /// Durable journal appends per second: `tasks` concurrent writers.
 async fn journal_rate(dir: &Path, events: usize, tasks: usize) -> anyhow::Result<f64> {
     let j = Journal::open(JournalConfig {
@@ -433,6 +359,95 @@ async fn journal_rate(dir: &Path, events: usize, tasks: usize) -> anyhow::Result
     Ok(rate)
 }
 
+/// `--wear`: bytes written per event, against the baseline binary.
+async fn run_wear(args: &BenchArgs, dir: &Path, sink: std::net::SocketAddr) -> anyhow::Result<()> {
+    let secs = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("--{what}: expected seconds above 0 (got {s})"))
+    };
+    let w = wear::WearArgs {
+        chargers: args.wear_chargers.max(1),
+        interval: secs(args.wear_interval_secs, "wear-interval-secs")?,
+        window: secs(args.wear_secs, "wear-secs")?,
+    };
+    let exe = std::env::current_exe()?;
+    wear::run(&exe, args.baseline.as_deref(), dir, sink, w).await
+}
+
+/// The rounds over every path, taking turns, then what the connected
+/// chargers cost when quiet; the connections are closed after.
+async fn measure(paths: &mut [Path3], args: &BenchArgs) -> anyhow::Result<()> {
+    let m = args.messages;
+    for r in 0..args.rounds.max(1) {
+        // The paths take turns going first, so none always runs on a
+        // machine still busy with another's load.
+        for k in 0..paths.len() {
+            let i = (r + k) % paths.len();
+            let path = &mut paths[i];
+            let cpu0 = path.cpu_now();
+            let conns = std::mem::take(&mut path.conns);
+            let (conns, mut rtts, wall) = round(conns, &path.txs, m, 1 + r * m, args.rate).await?;
+            path.cpu_ticks += path.cpu_now().saturating_sub(cpu0);
+            path.rss_kb = path.rss_kb.max(path.pids.iter().map(|&p| rss_kb(p)).sum());
+            path.wall += wall;
+            rtts.sort_unstable();
+            path.round_p99.push(pct(&rtts, 0.99));
+            path.samples.extend(rtts);
+            path.conns = conns;
+        }
+    }
+    // What N connected, quiet chargers cost: timers and keepalive only.
+    let before: Vec<u64> = paths.iter().map(Path3::cpu_now).collect();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    for (path, b) in paths.iter_mut().zip(before) {
+        path.idle_ticks = path.cpu_now().saturating_sub(b);
+    }
+    for path in paths.iter_mut() {
+        for mut ws in std::mem::take(&mut path.conns) {
+            let _ = ws.close(None).await;
+        }
+    }
+    Ok(())
+}
+
+/// A gateway the same run compares against: the previous binary
+/// (`--baseline`), and one with a slow mirror (`--mirror-delay-ms`).
+type Other = Option<(tokio::process::Child, String)>;
+
+/// Start the other gateways the arguments ask for.
+async fn start_others(
+    args: &BenchArgs,
+    exe: &Path,
+    dir: &Path,
+    sink: std::net::SocketAddr,
+) -> anyhow::Result<(Other, Other)> {
+    let baseline = match &args.baseline {
+        Some(bin) => {
+            let (child, url, _) =
+                start_gateway(bin, dir, "baseline", sink, args.gateway_threads).await?;
+            Some((child, url))
+        }
+        None => None,
+    };
+    let mirrored = match args.mirror_delay_ms {
+        Some(ms) => {
+            let slow = sink_answering_after(Duration::from_millis(ms)).await?;
+            let extra = format!("[[mirror]]\nname = \"slow\"\nurl = \"ws://{slow}/ocpp\"\n");
+            let (child, url, _) =
+                start_gateway_with(exe, dir, "mirrored", sink, args.gateway_threads, &extra)
+                    .await?;
+            println!(
+                "cg+mirror: a gateway with a [[mirror]] whose CSMS answers each call after {ms} ms"
+            );
+            Some((child, url))
+        }
+        None => None,
+    };
+    Ok((baseline, mirrored))
+}
+
 /// Run the benchmark and print its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
@@ -450,46 +465,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return r;
     }
     if args.wear {
-        let secs = |s: f64, what: &str| {
-            Duration::try_from_secs_f64(s)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .with_context(|| format!("--{what}: expected seconds above 0 (got {s})"))
-        };
-        let w = wear::WearArgs {
-            chargers: args.wear_chargers.max(1),
-            interval: secs(args.wear_interval_secs, "wear-interval-secs")?,
-            window: secs(args.wear_secs, "wear-secs")?,
-        };
-        let exe = std::env::current_exe()?;
-        let r = wear::run(&exe, args.baseline.as_deref(), &dir, sink, w).await;
+        let r = run_wear(&args, &dir, sink).await;
         let _ = std::fs::remove_dir_all(&dir);
         return r;
     }
     let exe = std::env::current_exe()?;
     let (gw, gw_url, _) = start_gateway(&exe, &dir, "data", sink, args.gateway_threads).await?;
-    let baseline = match &args.baseline {
-        Some(bin) => {
-            let (child, url, _) =
-                start_gateway(bin, &dir, "baseline", sink, args.gateway_threads).await?;
-            Some((child, url))
-        }
-        None => None,
-    };
-    let mirrored = match args.mirror_delay_ms {
-        Some(ms) => {
-            let slow = sink_answering_after(Duration::from_millis(ms)).await?;
-            let extra = format!("[[mirror]]\nname = \"slow\"\nurl = \"ws://{slow}/ocpp\"\n");
-            let (child, url, _) =
-                start_gateway_with(&exe, &dir, "mirrored", sink, args.gateway_threads, &extra)
-                    .await?;
-            println!(
-                "cg+mirror: a gateway with a [[mirror]] whose CSMS answers each call after {ms} ms"
-            );
-            Some((child, url))
-        }
-        None => None,
-    };
+    let (baseline, mirrored) = start_others(&args, &exe, &dir, sink).await?;
     let gw_pid = gw.id().context("gateway pid")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kb(gw_pid);
@@ -506,27 +488,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         Some(start_nginx(&dir, sink)?)
     };
-    let load = if args.rate > 0.0 {
-        format!("paced at {} heartbeats/s in all", args.rate)
-    } else {
-        "flood: each charger sends again as soon as it is answered".into()
-    };
-    println!(
-        "chargegate bench: {} rounds of {} messages per charger ({:?} mix; {load}), sink CSMS on {sink}; gateway idle RSS {} KB",
-        args.rounds, args.messages, args.mix, idle_rss
-    );
-    println!(
-        "{:>6} | {:>22} | {:>22} | {:>22} | {:>9} {:>9} | {:>10} {:>10} | {:>12}",
-        "N",
-        "direct p50/p99",
-        "chargegate p50/p99",
-        "nginx p50/p99",
-        "cg/dir",
-        "ngx/dir",
-        "cg RSS",
-        "ngx RSS",
-        "cg msg/s"
-    );
+    print_header(&args, sink, idle_rss);
     for &n in &args.chargers {
         let mix = args.mix;
         let mut paths = vec![
@@ -546,36 +508,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             paths.push(Path3::open("cg+mirror", url, n, mix, pids).await?);
         }
         let m = args.messages;
-        for r in 0..args.rounds.max(1) {
-            // The paths take turns going first, so none always runs on a
-            // machine still busy with another's load.
-            for k in 0..paths.len() {
-                let i = (r + k) % paths.len();
-                let path = &mut paths[i];
-                let cpu0 = path.cpu_now();
-                let conns = std::mem::take(&mut path.conns);
-                let (conns, mut rtts, wall) =
-                    round(conns, &path.txs, m, 1 + r * m, args.rate).await?;
-                path.cpu_ticks += path.cpu_now().saturating_sub(cpu0);
-                path.rss_kb = path.rss_kb.max(path.pids.iter().map(|&p| rss_kb(p)).sum());
-                path.wall += wall;
-                rtts.sort_unstable();
-                path.round_p99.push(pct(&rtts, 0.99));
-                path.samples.extend(rtts);
-                path.conns = conns;
-            }
-        }
-        // What N connected, quiet chargers cost: timers and keepalive only.
-        let before: Vec<u64> = paths.iter().map(Path3::cpu_now).collect();
-        tokio::time::sleep(IDLE_WINDOW).await;
-        for (path, b) in paths.iter_mut().zip(before) {
-            path.idle_ticks = path.cpu_now().saturating_sub(b);
-        }
-        for path in &mut paths {
-            for mut ws in std::mem::take(&mut path.conns) {
-                let _ = ws.close(None).await;
-            }
-        }
+        measure(&mut paths, &args).await?;
         print_row(n, m * args.rounds.max(1), idle_rss, &mut paths);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

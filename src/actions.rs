@@ -262,22 +262,7 @@ fn to_call_201(
             "Reset",
             json!({"type": if req.hard { "Immediate" } else { "OnIdle" }}),
         ),
-        "start" => {
-            let tag = req.id_tag.as_deref().unwrap_or(default_id_tag);
-            if tag.is_empty() || tag.len() > 36 {
-                return Err(Refusal::BadRequest(
-                    "id token must be 1 to 36 characters".into(),
-                ));
-            }
-            // remoteStartId lets the charger's TransactionEvent name this
-            // request; seconds of the day are unique enough for staff.
-            let remote_start_id = jiff::Timestamp::now().as_second().rem_euclid(86_400 * 365);
-            (
-                "RequestStartTransaction",
-                json!({"evseId": evse(1), "remoteStartId": remote_start_id,
-                       "idToken": {"idToken": tag, "type": "Central"}}),
-            )
-        }
+        "start" => start_201(req, default_id_tag)?,
         "stop" => {
             let c = evse(1);
             let tx = state
@@ -310,28 +295,7 @@ fn to_call_201(
             }
             ("TriggerMessage", p)
         }
-        "get-config" => {
-            let keys: Vec<&str> = match &req.key {
-                Some(k) => vec![k.as_str()],
-                // The basics, as "Run a check" reads them.
-                None => BASICS_201.to_vec(),
-            };
-            let data = keys
-                .into_iter()
-                .map(component_variable)
-                .collect::<Result<Vec<_>, _>>()?;
-            ("GetVariables", json!({"getVariableData": data}))
-        }
-        "change-config" => {
-            let (Some(key), Some(value)) = (&req.key, &req.value) else {
-                return Err(Refusal::BadRequest(
-                    "change-config needs a key and a value".into(),
-                ));
-            };
-            let mut d = component_variable(key)?;
-            d["attributeValue"] = value.as_str().into();
-            ("SetVariables", json!({"setVariableData": [d]}))
-        }
+        "get-config" | "change-config" => variables_201(name, req)?,
         "diagnostics" => {
             return Err(Refusal::BadRequest(
                 "diagnostics: not available for OCPP 2.0.1 chargers yet (GetLog)".into(),
@@ -339,6 +303,50 @@ fn to_call_201(
         }
         other => return Err(Refusal::UnknownAction(other.to_string())),
     })
+}
+
+/// `start` for a 2.0.1 charger: RequestStartTransaction.
+fn start_201(req: &ActionRequest, default_id_tag: &str) -> Result<(&'static str, Value), Refusal> {
+    let evse = req.connector.unwrap_or(1);
+    let tag = req.id_tag.as_deref().unwrap_or(default_id_tag);
+    if tag.is_empty() || tag.len() > 36 {
+        return Err(Refusal::BadRequest(
+            "id token must be 1 to 36 characters".into(),
+        ));
+    }
+    // remoteStartId lets the charger's TransactionEvent name this
+    // request; seconds of the day are unique enough for staff.
+    let remote_start_id = jiff::Timestamp::now().as_second().rem_euclid(86_400 * 365);
+    Ok((
+        "RequestStartTransaction",
+        json!({"evseId": evse, "remoteStartId": remote_start_id,
+               "idToken": {"idToken": tag, "type": "Central"}}),
+    ))
+}
+
+/// `get-config` and `change-config` for a 2.0.1 charger: GetVariables,
+/// SetVariables.
+fn variables_201(name: &str, req: &ActionRequest) -> Result<(&'static str, Value), Refusal> {
+    if name == "get-config" {
+        let keys: Vec<&str> = match &req.key {
+            Some(k) => vec![k.as_str()],
+            // The basics, as "Run a check" reads them.
+            None => BASICS_201.to_vec(),
+        };
+        let data = keys
+            .into_iter()
+            .map(component_variable)
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(("GetVariables", json!({"getVariableData": data})));
+    }
+    let (Some(key), Some(value)) = (&req.key, &req.value) else {
+        return Err(Refusal::BadRequest(
+            "change-config needs a key and a value".into(),
+        ));
+    };
+    let mut d = component_variable(key)?;
+    d["attributeValue"] = value.as_str().into();
+    Ok(("SetVariables", json!({"setVariableData": [d]})))
 }
 
 /// The 2.0.1 variables `get-config` reads when no key is named.

@@ -302,18 +302,24 @@ fn transaction_event(
         _ => {}
     }
     if out.is_empty() {
-        out.push(Event::ChargerCall {
-            action: "TransactionEvent".into(),
-            status: Some(format!(
-                "{} {} seqNo {}",
-                excerpt(&t.event_type, FIELD_MAX),
-                excerpt(&t.trigger_reason, FIELD_MAX),
-                t.seq_no
-            )),
-            answered_by,
-        });
+        out.push(progress(&t, answered_by));
     }
     out
+}
+
+/// A TransactionEvent that starts, stops, meters and changes nothing the
+/// log shows otherwise: what it was, and its seqNo.
+fn progress(t: &crate::ocpp::v201::TransactionEvent, answered_by: Source) -> Event {
+    Event::ChargerCall {
+        action: "TransactionEvent".into(),
+        status: Some(format!(
+            "{} {} seqNo {}",
+            excerpt(&t.event_type, FIELD_MAX),
+            excerpt(&t.trigger_reason, FIELD_MAX),
+            t.seq_no
+        )),
+        answered_by,
+    }
 }
 
 /// How far the charger's clock is ahead of the gateway's (`now`, when the

@@ -115,56 +115,12 @@ impl Adapter {
             .cloned()
             .unwrap_or_else(|| json!(crate::clock::now_rfc3339()));
         match action {
-            "BootNotification" => {
-                let mut station = json!({
-                    "vendorName": p["chargePointVendor"],
-                    "model": p["chargePointModel"],
-                });
-                for (from, to) in [
-                    ("firmwareVersion", "firmwareVersion"),
-                    ("chargePointSerialNumber", "serialNumber"),
-                ] {
-                    if let Some(v) = p.get(from) {
-                        station[to] = v.clone();
-                    }
-                }
-                vec![(
-                    action.into(),
-                    json!({"reason": "PowerUp", "chargingStation": station}),
-                )]
-            }
+            "BootNotification" => vec![(action.into(), boot_201(p))],
             "Authorize" => vec![(
                 action.into(),
                 json!({"idToken": {"idToken": p["idTag"], "type": "ISO14443"}}),
             )],
-            "StatusNotification" => {
-                let status = p["status"].as_str().unwrap_or("Available");
-                let evse = p["connectorId"].as_u64().unwrap_or(1);
-                match (status, self.running) {
-                    ("Charging" | "SuspendedEV" | "SuspendedEVSE", Some(tx)) => {
-                        vec![self.tx_event(
-                            "Updated",
-                            "ChargingStateChanged",
-                            tx,
-                            &now,
-                            json!({"chargingState": status}),
-                        )]
-                    }
-                    _ => {
-                        let connector_status = match status {
-                            "Available" => "Available",
-                            "Faulted" => "Faulted",
-                            "Unavailable" => "Unavailable",
-                            "Reserved" => "Reserved",
-                            _ => "Occupied",
-                        };
-                        vec![(
-                            action.into(),
-                            json!({"timestamp": now, "connectorStatus": connector_status, "evseId": evse, "connectorId": 1}),
-                        )]
-                    }
-                }
-            }
+            "StatusNotification" => vec![self.status_201(p, &now)],
             "StartTransaction" => {
                 self.next_tx += 1;
                 let tx = self.next_tx;
@@ -207,6 +163,35 @@ impl Adapter {
                 vec![ended]
             }
             other => vec![(other.to_string(), p.clone())],
+        }
+    }
+
+    /// A 1.6 StatusNotification restated: a charging state change of the
+    /// running transaction, or the EVSE connector's status.
+    fn status_201(&mut self, p: &Value, now: &Value) -> (String, Value) {
+        let status = p["status"].as_str().unwrap_or("Available");
+        let evse = p["connectorId"].as_u64().unwrap_or(1);
+        match (status, self.running) {
+            ("Charging" | "SuspendedEV" | "SuspendedEVSE", Some(tx)) => self.tx_event(
+                "Updated",
+                "ChargingStateChanged",
+                tx,
+                now,
+                json!({"chargingState": status}),
+            ),
+            _ => {
+                let connector_status = match status {
+                    "Available" => "Available",
+                    "Faulted" => "Faulted",
+                    "Unavailable" => "Unavailable",
+                    "Reserved" => "Reserved",
+                    _ => "Occupied",
+                };
+                (
+                    "StatusNotification".into(),
+                    json!({"timestamp": now, "connectorStatus": connector_status, "evseId": evse, "connectorId": 1}),
+                )
+            }
         }
     }
 
@@ -255,30 +240,7 @@ impl Adapter {
                 "ChangeAvailability",
                 json!({"connectorId": r["evse"]["id"].as_u64().unwrap_or(0), "type": r["operationalStatus"]}),
             ),
-            "SetChargingProfile" => {
-                let cp = &r["chargingProfile"];
-                let purpose = match cp["chargingProfilePurpose"].as_str() {
-                    Some("ChargingStationMaxProfile") => "ChargePointMaxProfile",
-                    Some(other) => other,
-                    None => "",
-                };
-                let mut p = json!({
-                    "chargingProfileId": cp["id"],
-                    "stackLevel": cp["stackLevel"],
-                    "chargingProfilePurpose": purpose,
-                    "chargingProfileKind": cp["chargingProfileKind"],
-                    "chargingSchedule": cp["chargingSchedule"][0],
-                });
-                for k in ["recurrencyKind", "validFrom", "validTo"] {
-                    if let Some(v) = cp.get(k) {
-                        p[k] = v.clone();
-                    }
-                }
-                Incoming::As(
-                    "SetChargingProfile",
-                    json!({"connectorId": r["evseId"], "csChargingProfiles": p}),
-                )
-            }
+            "SetChargingProfile" => set_charging_profile_16(r),
             "ClearChargingProfile" => {
                 let mut p = json!({});
                 if let Some(id) = r.get("chargingProfileId") {
@@ -286,51 +248,7 @@ impl Adapter {
                 }
                 Incoming::As("ClearChargingProfile", p)
             }
-            "GetVariables" => {
-                let value = |c: &str, v: &str| -> Option<String> {
-                    let key = match (c, v) {
-                        ("OCPPCommCtrlr", "HeartbeatInterval") => "HeartbeatInterval",
-                        ("SampledDataCtrlr", "TxUpdatedInterval") => "MeterValueSampleInterval",
-                        ("SampledDataCtrlr", "TxUpdatedMeasurands") => "MeterValuesSampledData",
-                        ("LocalAuthListCtrlr", "Enabled") => "LocalAuthListEnabled",
-                        ("AuthCtrlr", "AuthorizeRemoteStart") => "AuthorizeRemoteTxRequests",
-                        ("SmartChargingCtrlr", "Enabled") => {
-                            let profiles = config
-                                .iter()
-                                .find(|(k, _)| k == "SupportedFeatureProfiles")?;
-                            return Some(profiles.1.contains("SmartCharging").to_string());
-                        }
-                        ("ClockCtrlr", "DateTime") => return Some(crate::clock::now_rfc3339()),
-                        _ => return None,
-                    };
-                    config
-                        .iter()
-                        .find(|(k, _)| k == key)
-                        .map(|(_, v)| v.clone())
-                };
-                let results: Vec<Value> = r["getVariableData"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|d| {
-                        let (c, v) = (
-                            d["component"]["name"].as_str().unwrap_or(""),
-                            d["variable"]["name"].as_str().unwrap_or(""),
-                        );
-                        let mut out =
-                            json!({"component": d["component"], "variable": d["variable"]});
-                        match value(c, v) {
-                            Some(x) => {
-                                out["attributeStatus"] = "Accepted".into();
-                                out["attributeValue"] = x.into();
-                            }
-                            None => out["attributeStatus"] = "UnknownVariable".into(),
-                        }
-                        out
-                    })
-                    .collect();
-                Incoming::Answer(json!({"getVariableResult": results}))
-            }
+            "GetVariables" => get_variables(r, config),
             "SetVariables" => {
                 let results: Vec<Value> = r["setVariableData"]
                     .as_array()
@@ -359,4 +277,94 @@ impl Adapter {
             _ => json!({"status": a["status"]}),
         }
     }
+}
+
+/// A 2.0.1 SetChargingProfile restated as the 1.6 call the simulator's
+/// logic follows.
+fn set_charging_profile_16(r: &Value) -> Incoming {
+    let cp = &r["chargingProfile"];
+    let purpose = match cp["chargingProfilePurpose"].as_str() {
+        Some("ChargingStationMaxProfile") => "ChargePointMaxProfile",
+        Some(other) => other,
+        None => "",
+    };
+    let mut p = json!({
+        "chargingProfileId": cp["id"],
+        "stackLevel": cp["stackLevel"],
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": cp["chargingProfileKind"],
+        "chargingSchedule": cp["chargingSchedule"][0],
+    });
+    for k in ["recurrencyKind", "validFrom", "validTo"] {
+        if let Some(v) = cp.get(k) {
+            p[k] = v.clone();
+        }
+    }
+    Incoming::As(
+        "SetChargingProfile",
+        json!({"connectorId": r["evseId"], "csChargingProfiles": p}),
+    )
+}
+
+/// GetVariables answered from the simulator's 1.6 configuration keys.
+fn get_variables(r: &Value, config: &[(String, String)]) -> Incoming {
+    let value = |c: &str, v: &str| -> Option<String> {
+        let key = match (c, v) {
+            ("OCPPCommCtrlr", "HeartbeatInterval") => "HeartbeatInterval",
+            ("SampledDataCtrlr", "TxUpdatedInterval") => "MeterValueSampleInterval",
+            ("SampledDataCtrlr", "TxUpdatedMeasurands") => "MeterValuesSampledData",
+            ("LocalAuthListCtrlr", "Enabled") => "LocalAuthListEnabled",
+            ("AuthCtrlr", "AuthorizeRemoteStart") => "AuthorizeRemoteTxRequests",
+            ("SmartChargingCtrlr", "Enabled") => {
+                let profiles = config
+                    .iter()
+                    .find(|(k, _)| k == "SupportedFeatureProfiles")?;
+                return Some(profiles.1.contains("SmartCharging").to_string());
+            }
+            ("ClockCtrlr", "DateTime") => return Some(crate::clock::now_rfc3339()),
+            _ => return None,
+        };
+        config
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let results: Vec<Value> = r["getVariableData"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let (c, v) = (
+                d["component"]["name"].as_str().unwrap_or(""),
+                d["variable"]["name"].as_str().unwrap_or(""),
+            );
+            let mut out = json!({"component": d["component"], "variable": d["variable"]});
+            match value(c, v) {
+                Some(x) => {
+                    out["attributeStatus"] = "Accepted".into();
+                    out["attributeValue"] = x.into();
+                }
+                None => out["attributeStatus"] = "UnknownVariable".into(),
+            }
+            out
+        })
+        .collect();
+    Incoming::Answer(json!({"getVariableResult": results}))
+}
+
+/// A 1.6 BootNotification restated as 2.0.1's.
+fn boot_201(p: &Value) -> Value {
+    let mut station = json!({
+        "vendorName": p["chargePointVendor"],
+        "model": p["chargePointModel"],
+    });
+    for (from, to) in [
+        ("firmwareVersion", "firmwareVersion"),
+        ("chargePointSerialNumber", "serialNumber"),
+    ] {
+        if let Some(v) = p.get(from) {
+            station[to] = v.clone();
+        }
+    }
+    json!({"reason": "PowerUp", "chargingStation": station})
 }

@@ -19,32 +19,7 @@ impl SimCharger {
                     return Ok(());
                 };
                 stats.results.fetch_add(1, Ordering::Relaxed);
-                let mut v: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
-                if let Some(a) = &self.v201 {
-                    v = a.answer_in(&action, &v);
-                }
-                match action.as_str() {
-                    "BootNotification" if v["status"] == "Accepted" => {
-                        self.booted = true;
-                        self.status("Available");
-                    }
-                    "BootNotification" => self.queue(
-                        "BootNotification",
-                        json!({"chargePointVendor": "ChargeGate", "chargePointModel": "Simulator"}),
-                    ),
-                    "StartTransaction" => {
-                        self.transaction = v["transactionId"].as_i64();
-                        if v["idTagInfo"]["status"] == "Accepted" {
-                            self.charging = true;
-                            self.meter_sent = 0;
-                            stats.sessions.fetch_add(1, Ordering::Relaxed);
-                            self.status("Charging");
-                        } else {
-                            self.stop("DeAuthorized");
-                        }
-                    }
-                    _ => {}
-                }
+                self.on_answer(&action, payload.get(), stats);
             }
             Frame::CallError { id, .. } => {
                 if self.in_flight.take_if(|(i, _)| *i == id).is_some() {
@@ -90,6 +65,36 @@ impl SimCharger {
             }
         }
         Ok(())
+    }
+
+    /// The gateway answered one of the simulator's calls.
+    fn on_answer(&mut self, action: &str, payload: &str, stats: &SimStats) {
+        let mut v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+        if let Some(a) = &self.v201 {
+            v = a.answer_in(action, &v);
+        }
+        match action {
+            "BootNotification" if v["status"] == "Accepted" => {
+                self.booted = true;
+                self.status("Available");
+            }
+            "BootNotification" => self.queue(
+                "BootNotification",
+                json!({"chargePointVendor": "ChargeGate", "chargePointModel": "Simulator"}),
+            ),
+            "StartTransaction" => {
+                self.transaction = v["transactionId"].as_i64();
+                if v["idTagInfo"]["status"] == "Accepted" {
+                    self.charging = true;
+                    self.meter_sent = 0;
+                    stats.sessions.fetch_add(1, Ordering::Relaxed);
+                    self.status("Charging");
+                } else {
+                    self.stop("DeAuthorized");
+                }
+            }
+            _ => {}
+        }
     }
 
     fn answer(&mut self, action: &str, req: &Value, opts: &SimOptions) -> Option<Value> {

@@ -4,6 +4,7 @@
 //! charger's local authorization list (kept from the cloud's SendLocalList).
 //! Tables, write operations and the lookup order: local list, then cache.
 
+use crate::ocpp::Action;
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -137,10 +138,13 @@ pub(crate) fn lookup(
 /// `idTagInfo` for the request's `idTag`, or 2.0.1's `idTokenInfo` for
 /// its `idToken` (Authorize, TransactionEvent). One cache for both: a
 /// card's id is the same whichever protocol its charger speaks.
-pub fn cache_update(action: &str, request: &str, answer: &str) -> Option<Op> {
+pub fn cache_update(action: &Action, request: &str, answer: &str) -> Option<Op> {
     if !matches!(
         action,
-        "Authorize" | "StartTransaction" | "StopTransaction" | "TransactionEvent"
+        Action::Authorize
+            | Action::StartTransaction
+            | Action::StopTransaction
+            | Action::TransactionEvent
     ) {
         return None;
     }
@@ -203,7 +207,7 @@ mod tests {
     #[test]
     fn cache_updates_come_from_id_tag_info() {
         let op = cache_update(
-            "Authorize",
+            &Action::Authorize,
             r#"{"idTag":"T1"}"#,
             r#"{"idTagInfo":{"status":"Blocked"}}"#,
         )
@@ -212,15 +216,15 @@ mod tests {
             matches!(op, Op::Cache { id_tag, info } if id_tag == "T1" && info.status == "Blocked")
         );
         assert!(cache_update(
-            "StopTransaction",
+            &Action::StopTransaction,
             r#"{"transactionId":1}"#,
             r#"{"idTagInfo":{"status":"Accepted"}}"#
         )
         .is_none());
-        assert!(cache_update("Heartbeat", "{}", "{}").is_none());
+        assert!(cache_update(&Action::Heartbeat, "{}", "{}").is_none());
         // 2.0.1: the token's id, and its cache expiry.
         let op = cache_update(
-            "TransactionEvent",
+            &Action::TransactionEvent,
             r#"{"eventType":"Started","idToken":{"idToken":"T2","type":"ISO14443"}}"#,
             r#"{"idTokenInfo":{"status":"Invalid","cacheExpiryDateTime":"2030-01-01T00:00:00Z"}}"#,
         )
@@ -230,7 +234,7 @@ mod tests {
             "{op:?}"
         );
         assert!(cache_update(
-            "TransactionEvent",
+            &Action::TransactionEvent,
             r#"{"eventType":"Updated"}"#,
             r#"{"idTokenInfo":{"status":"Accepted"}}"#
         )

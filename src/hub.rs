@@ -118,14 +118,14 @@ pub enum Command {
     /// journal `event` with it (a force-stopped transaction's
     /// StopTransaction). Replies once it is stored.
     Enqueue {
-        action: String,
+        action: crate::ocpp::Action,
         payload: Value,
         event: Event,
         reply: oneshot::Sender<bool>,
     },
     /// Send a call of the gateway's own to the charger.
     Call {
-        action: String,
+        action: crate::ocpp::Action,
         payload: Value,
         source: Source,
         /// The larger action this call is a step of (a force stop).

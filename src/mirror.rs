@@ -28,7 +28,7 @@ use crate::event::Event;
 use crate::hub::{Ctx, MirrorFeed, MirrorHub, MirrorMsg as Msg, Registry};
 use crate::journal::{Journal, Op};
 
-use crate::ocpp::Protocol;
+use crate::ocpp::{Action, Protocol};
 use crate::upstream::{basic_auth, Connector, UpStream, UpstreamError};
 
 mod frames;
@@ -142,7 +142,7 @@ impl MirrorHub for Mirrors {
 /// One queued message for the mirror.
 #[derive(Debug, Clone)]
 struct Item {
-    action: String,
+    action: crate::ocpp::Action,
     payload: String,
     /// Its outbox key, once written to the backlog.
     stored: Option<u64>,
@@ -418,7 +418,7 @@ impl Link {
                     self.drop_one();
                 }
                 self.queue.push_back(Item {
-                    action,
+                    action: action.into(),
                     payload,
                     stored: None,
                 });
@@ -522,7 +522,7 @@ impl Link {
     /// the mirror's own (1.6 MeterValues and StopTransaction).
     fn rewrite(&self, item: &Item) -> String {
         if self.proto != Protocol::Ocpp16
-            || !matches!(item.action.as_str(), "MeterValues" | "StopTransaction")
+            || !matches!(item.action, Action::MeterValues | Action::StopTransaction)
         {
             return item.payload.clone();
         }

@@ -8,6 +8,8 @@
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::ocpp::Action;
+
 /// (charger, key) → JSON `Entry`, in arrival order.
 pub(crate) const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
 /// (charger, key) → JSON `DeadLetter`.
@@ -18,7 +20,7 @@ pub(crate) const TXMAP: TableDefinition<(&str, i64), i64> = TableDefinition::new
 /// One queued message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    pub action: String,
+    pub action: crate::ocpp::Action,
     /// The charger's payload, exactly as it sent it.
     pub payload: String,
     /// When the charger sent it (ms since the epoch).
@@ -206,21 +208,28 @@ pub(crate) fn load_map(
 }
 
 /// Whether a charger message belongs in the outbox (1.6's three
-/// transaction messages, 2.0.1's TransactionEvent).
-pub fn is_transaction_message(action: &str, payload: &str) -> bool {
-    match action {
-        "StartTransaction" | "StopTransaction" | "TransactionEvent" => true,
-        "MeterValues" => serde_json::from_str::<serde_json::Value>(payload)
-            .is_ok_and(|v| v.get("transactionId").is_some_and(|t| !t.is_null())),
-        _ => false,
+/// transaction messages, 2.0.1's TransactionEvent). Only a MeterValues
+/// payload is read, and only for whether it names a transaction.
+pub fn is_transaction_message(action: &Action, payload: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Tx {
+        #[serde(rename = "transactionId", default)]
+        transaction_id: Option<serde::de::IgnoredAny>,
     }
+    action.is_transaction_message().unwrap_or_else(|| {
+        serde_json::from_str::<Tx>(payload).is_ok_and(|t| t.transaction_id.is_some())
+    })
 }
 
 /// Rewrite the transaction id of an outgoing message through `map`
 /// (local → cloud). Returns `None` when nothing needs to change, so the
 /// original bytes go out untouched.
-pub fn rewrite_up(action: &str, payload: &str, map: impl Fn(i64) -> Option<i64>) -> Option<String> {
-    if !matches!(action, "StopTransaction" | "MeterValues") {
+pub fn rewrite_up(
+    action: &Action,
+    payload: &str,
+    map: impl Fn(i64) -> Option<i64>,
+) -> Option<String> {
+    if !matches!(action, Action::StopTransaction | Action::MeterValues) {
         return None;
     }
     let mut v: serde_json::Value = serde_json::from_str(payload).ok()?;
@@ -233,8 +242,8 @@ pub fn rewrite_up(action: &str, payload: &str, map: impl Fn(i64) -> Option<i64>)
 /// A 2.0.1 TransactionEvent the gateway answered, as replayed to the
 /// cloud: with `offline: true` (2.0.1 E04: the event happened while the
 /// CSMS could not answer it). `None`: send the original bytes.
-pub fn mark_offline(action: &str, payload: &str) -> Option<String> {
-    if action != "TransactionEvent" {
+pub fn mark_offline(action: &Action, payload: &str) -> Option<String> {
+    if *action != Action::TransactionEvent {
         return None;
     }
     let mut v: serde_json::Value = serde_json::from_str(payload).ok()?;
@@ -250,14 +259,14 @@ pub fn mark_offline(action: &str, payload: &str) -> Option<String> {
 /// (RemoteStopTransaction, SetChargingProfile's TxProfile) through `map`
 /// (cloud → local). `None`: send the original bytes.
 pub fn rewrite_down(
-    action: &str,
+    action: &Action,
     payload: &str,
     map: impl Fn(i64) -> Option<i64>,
 ) -> Option<String> {
     let mut v: serde_json::Value = serde_json::from_str(payload).ok()?;
     let slot = match action {
-        "RemoteStopTransaction" => v.get_mut("transactionId")?,
-        "SetChargingProfile" => v.get_mut("csChargingProfiles")?.get_mut("transactionId")?,
+        Action::RemoteStopTransaction => v.get_mut("transactionId")?,
+        Action::SetChargingProfile => v.get_mut("csChargingProfiles")?.get_mut("transactionId")?,
         _ => return None,
     };
     let local = map(slot.as_i64()?)?;
@@ -273,34 +282,34 @@ mod tests {
     fn replayed_201_transaction_events_are_marked_offline() {
         let ev = r#"{"eventType":"Updated","seqNo":3,"transactionInfo":{"transactionId":"t"}}"#;
         let out: serde_json::Value =
-            serde_json::from_str(&mark_offline("TransactionEvent", ev).unwrap()).unwrap();
+            serde_json::from_str(&mark_offline(&Action::TransactionEvent, ev).unwrap()).unwrap();
         assert_eq!(out["offline"], true);
         assert_eq!(out["seqNo"], 3, "the rest as the charger sent it");
         let already = r#"{"offline":true,"seqNo":3}"#;
-        assert_eq!(mark_offline("TransactionEvent", already), None);
-        assert_eq!(mark_offline("StopTransaction", ev), None);
-        assert!(is_transaction_message("TransactionEvent", ev));
+        assert_eq!(mark_offline(&Action::TransactionEvent, already), None);
+        assert_eq!(mark_offline(&Action::StopTransaction, ev), None);
+        assert!(is_transaction_message(&Action::TransactionEvent, ev));
     }
 
     #[test]
     fn transaction_messages_are_recognised() {
-        assert!(is_transaction_message("StartTransaction", "{}"));
+        assert!(is_transaction_message(&Action::StartTransaction, "{}"));
         assert!(is_transaction_message(
-            "MeterValues",
+            &Action::MeterValues,
             r#"{"connectorId":1,"transactionId":-3,"meterValue":[]}"#
         ));
         assert!(!is_transaction_message(
-            "MeterValues",
+            &Action::MeterValues,
             r#"{"connectorId":1,"meterValue":[]}"#
         ));
-        assert!(!is_transaction_message("Heartbeat", "{}"));
+        assert!(!is_transaction_message(&Action::Heartbeat, "{}"));
     }
 
     #[test]
     fn ids_are_rewritten_both_ways_and_only_when_mapped() {
         let up = |l: i64| (l == -1).then_some(4242);
         let out = rewrite_up(
-            "StopTransaction",
+            &Action::StopTransaction,
             r#"{"transactionId":-1,"meterStop":5,"timestamp":"t"}"#,
             up,
         )
@@ -310,17 +319,28 @@ mod tests {
             (v["transactionId"].as_i64(), v["meterStop"].as_i64()),
             (Some(4242), Some(5))
         );
-        assert!(rewrite_up("StopTransaction", r#"{"transactionId":7}"#, up).is_none());
-        assert!(rewrite_up("StartTransaction", r#"{"transactionId":-1}"#, up).is_none());
+        assert!(rewrite_up(&Action::StopTransaction, r#"{"transactionId":7}"#, up).is_none());
+        assert!(rewrite_up(&Action::StartTransaction, r#"{"transactionId":-1}"#, up).is_none());
 
         let down = |c: i64| (c == 4242).then_some(-1);
-        let out = rewrite_down("RemoteStopTransaction", r#"{"transactionId":4242}"#, down).unwrap();
+        let out = rewrite_down(
+            &Action::RemoteStopTransaction,
+            r#"{"transactionId":4242}"#,
+            down,
+        )
+        .unwrap();
         assert_eq!(out, r#"{"transactionId":-1}"#);
         let p = r#"{"connectorId":1,"csChargingProfiles":{"chargingProfileId":1,"transactionId":4242,"stackLevel":0}}"#;
         let out: serde_json::Value =
-            serde_json::from_str(&rewrite_down("SetChargingProfile", p, down).unwrap()).unwrap();
+            serde_json::from_str(&rewrite_down(&Action::SetChargingProfile, p, down).unwrap())
+                .unwrap();
         assert_eq!(out["csChargingProfiles"]["transactionId"], -1);
-        assert!(rewrite_down("RemoteStopTransaction", r#"{"transactionId":99}"#, down).is_none());
-        assert!(rewrite_down("Reset", r#"{"type":"Soft"}"#, down).is_none());
+        assert!(rewrite_down(
+            &Action::RemoteStopTransaction,
+            r#"{"transactionId":99}"#,
+            down
+        )
+        .is_none());
+        assert!(rewrite_down(&Action::Reset, r#"{"type":"Soft"}"#, down).is_none());
     }
 }

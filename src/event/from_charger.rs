@@ -337,6 +337,7 @@ fn clock_skew<'a>(
 
 /// Whether a charger CALL is journaled as soon as it arrives (its answer
 /// carries nothing worth keeping) rather than when it is answered.
-pub fn journal_on_request(action: &str) -> bool {
-    matches!(action, "StatusNotification" | "MeterValues")
+pub fn journal_on_request(action: &crate::ocpp::Action) -> bool {
+    use crate::ocpp::Action;
+    matches!(action, Action::StatusNotification | Action::MeterValues)
 }

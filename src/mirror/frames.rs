@@ -61,7 +61,7 @@ impl Link {
             return;
         }
         let (_, item, _) = self.in_flight.take().expect("checked");
-        if item.action == "StartTransaction" && self.proto == Protocol::Ocpp16 {
+        if item.action == crate::ocpp::Action::StartTransaction && self.proto == Protocol::Ocpp16 {
             let tx = serde_json::from_str::<Value>(payload.get())
                 .ok()
                 .and_then(|v| v["transactionId"].as_i64());
@@ -92,14 +92,14 @@ impl Link {
     fn on_call(
         &mut self,
         id: String,
-        action: String,
+        action: crate::ocpp::Action,
         payload: &serde_json::value::RawValue,
         answers: &mpsc::Sender<String>,
         busy: &mut bool,
     ) {
         let request: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
         let part_of = format!("mirror:{}", self.cfg.name);
-        if !self.cfg.allow.contains(&action) {
+        if !self.cfg.allow.iter().any(|a| action == a.as_str()) {
             self.journal(Event::RemoteAction {
                 action: crate::event::excerpt(&action, crate::event::FIELD_MAX),
                 source: Source::Mirror,

@@ -19,7 +19,7 @@ pub enum Frame {
     /// `[2, id, action, payload]`
     Call {
         id: String,
-        action: String,
+        action: super::Action,
         payload: Box<RawValue>,
     },
     /// `[3, id, payload]`
@@ -189,7 +189,7 @@ fn call_of(id: String, mt: u64, parts: &[&RawValue]) -> Result<Frame, FrameError
     }
     Ok(Frame::Call {
         id,
-        action,
+        action: super::Action::parse(&action),
         payload: boxed(parts[3]),
     })
 }

@@ -1,8 +1,9 @@
 //! OCPP protocol code, pure and unit-tested without sockets: OCPP-J framing
-//! (`frame`), the OCPP 1.6 payloads the gateway reads (`messages`), the
+//! (`frame`), the actions it reads or writes (`action`), the OCPP 1.6 payloads the gateway reads (`messages`), the
 //! 2.0.1 ones it journals (`v201`) and the answers it gives as a local
 //! controller (`local`).
 
+pub mod action;
 pub mod frame;
 pub mod local;
 pub mod messages;
@@ -10,6 +11,8 @@ pub mod schema;
 pub mod v201;
 
 use serde::{Deserialize, Serialize};
+
+pub use self::action::Action;
 
 /// The WebSocket subprotocol a charger speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use super::state::SessionState;
 use crate::event::{Event, Link, Source};
 use crate::journal::{JournalError, Op};
 use crate::ocpp::frame;
-use crate::ocpp::{local, Protocol};
+use crate::ocpp::{local, Action as OcppAction, Protocol};
 
 impl<S> SessionState<S> {
     /// The gateway answers a charger's CALL itself, after the event that
@@ -19,7 +19,7 @@ impl<S> SessionState<S> {
     pub(super) fn answer_locally(
         &mut self,
         id: &str,
-        action: &str,
+        action: &OcppAction,
         payload: &RawValue,
         queue: Queue,
     ) {
@@ -50,7 +50,7 @@ impl<S> SessionState<S> {
                         event,
                     })
                     .collect();
-                let local_tx = if action == "StartTransaction" {
+                let local_tx = if *action == OcppAction::StartTransaction {
                     ans["transactionId"].as_i64()
                 } else {
                     None
@@ -61,7 +61,7 @@ impl<S> SessionState<S> {
                 }
                 let then = Then::LocalAnswer {
                     id: id.to_string(),
-                    action: action.to_string(),
+                    action: action.clone(),
                     payload: payload.get().to_string(),
                     reply: frame::call_result(id, &ans),
                     queued,

@@ -11,7 +11,7 @@ use super::inout::{Action, CloudMsg, End, PendingDown, Queued};
 use super::state::{SessionState, MAX_QUEUED_DOWN};
 use crate::event::{self, Event, Link, Source};
 use crate::ocpp::frame::{self, Frame};
-use crate::ocpp::Protocol;
+use crate::ocpp::{Action as OcppAction, Protocol};
 
 impl<S> SessionState<S> {
     pub(super) fn on_cloud_msg(&mut self, msg: CloudMsg) -> Result<(), End> {
@@ -64,7 +64,7 @@ impl<S> SessionState<S> {
     }
 
     /// A call of the cloud's for the charger: queued for its turn.
-    fn on_cloud_call(&mut self, text: &str, id: String, action: String, payload: &RawValue) {
+    fn on_cloud_call(&mut self, text: &str, id: String, action: OcppAction, payload: &RawValue) {
         if self.queue_down.len() + self.pending_down.len() >= MAX_QUEUED_DOWN {
             // A cloud that sends faster than the charger answers must not
             // grow the gateway's memory without bound.

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::event::{Event, Source};
 use crate::hub::{CallOutcome, Command};
 use crate::journal::{JournalError, Op};
-use crate::ocpp::Protocol;
+use crate::ocpp::{Action as OcppAction, Protocol};
 use crate::outbox::{self, Entry};
 use crate::upstream::{Backoff, ConnectError};
 
@@ -147,7 +147,7 @@ pub enum Then {
     /// A local answer: sent once its record is stored, else a CALLERROR.
     LocalAnswer {
         id: String,
-        action: String,
+        action: OcppAction,
         payload: String,
         reply: String,
         queued: Option<outbox::Op>,
@@ -181,14 +181,14 @@ pub enum CloudLink<S> {
 
 /// A charger's call relayed to the cloud, waiting for its answer.
 pub struct PendingUp {
-    pub action: String,
+    pub action: OcppAction,
     pub payload: Box<RawValue>,
     pub sent: Instant,
 }
 
 /// A call relayed or sent to the charger, waiting for its answer.
 pub struct PendingDown {
-    pub action: String,
+    pub action: OcppAction,
     pub request: Value,
     pub source: Source,
     /// The larger action this call is a step of.
@@ -203,11 +203,11 @@ pub enum Queued {
     Cloud {
         text: String,
         id: String,
-        action: String,
+        action: OcppAction,
         request: Value,
     },
     Local {
-        action: String,
+        action: OcppAction,
         payload: Value,
         source: Source,
         part_of: Option<String>,

@@ -406,7 +406,7 @@ impl Io {
         {
             for m in &mut self.mirrors {
                 m.send(crate::hub::MirrorMsg::Call {
-                    action: action.clone(),
+                    action: action.to_string(),
                     payload: payload.get().to_string(),
                 });
             }

@@ -16,7 +16,7 @@ use super::inout::{Action, InFlight, Queue, Queued, Then};
 use super::state::SessionState;
 use crate::event::{self, Event, Source};
 use crate::journal::{JournalError, Op};
-use crate::ocpp::{frame, Protocol};
+use crate::ocpp::{frame, Action as OcppAction, Protocol};
 use crate::outbox::{self, Entry};
 
 impl<S> SessionState<S> {
@@ -110,7 +110,7 @@ impl<S> SessionState<S> {
     pub(super) fn on_transaction_call(
         &mut self,
         id: String,
-        action: String,
+        action: OcppAction,
         payload: Box<RawValue>,
     ) {
         let direct = self.cloud_up() && self.outbox.is_empty() && !self.upstream_busy();
@@ -138,7 +138,7 @@ impl<S> SessionState<S> {
     /// Queue a message the gateway writes on the charger's behalf.
     pub(super) fn enqueue(
         &mut self,
-        action: String,
+        action: OcppAction,
         payload: Value,
         event: Event,
         reply: tokio::sync::oneshot::Sender<bool>,
@@ -217,7 +217,7 @@ impl<S> SessionState<S> {
     /// The StopTransaction of a transaction the gateway stopped because the
     /// cloud refused its id tag carries reason DeAuthorized.
     fn mark_deauthorized(&self, entry: &Entry, payload: String) -> String {
-        if entry.action != "StopTransaction" || self.deauthorized.is_empty() {
+        if entry.action != OcppAction::StopTransaction || self.deauthorized.is_empty() {
             return payload;
         }
         let Ok(mut v) = serde_json::from_str::<Value>(&entry.payload) else {
@@ -261,7 +261,7 @@ impl<S> SessionState<S> {
                 .ok()
                 .and_then(|v| v["transactionId"].as_i64())
                 .filter(|t| *t < 0);
-            if entry.action != "StartTransaction"
+            if entry.action != OcppAction::StartTransaction
                 && local.is_some_and(|l| !self.to_cloud.contains_key(&l))
             {
                 // Its StartTransaction never reached the cloud (dead letter):
@@ -334,13 +334,13 @@ impl<S> SessionState<S> {
             ops,
             then: Then::Replayed,
         });
-        match (entry.action.as_str(), status) {
-            ("StartTransaction", Some(s)) if s != "Accepted" => {
+        match (&entry.action, status) {
+            (OcppAction::StartTransaction, Some(s)) if s != "Accepted" => {
                 if let Some(local) = entry.local_tx {
                     self.deauthorize(local, &s);
                 }
             }
-            ("TransactionEvent", Some(s)) if s != "Accepted" => {
+            (OcppAction::TransactionEvent, Some(s)) if s != "Accepted" => {
                 self.deauthorize_201(&entry.payload, &s)
             }
             _ => {}
@@ -364,7 +364,7 @@ impl<S> SessionState<S> {
         log::warn!(charger_id = self.id.as_str(); "{}: the cloud answered {status} for offline transaction {tx}: stopping it", self.id);
         let (reply, _) = tokio::sync::oneshot::channel();
         self.queue_down.push_back(Queued::Local {
-            action: "RequestStopTransaction".into(),
+            action: OcppAction::RequestStopTransaction,
             payload: serde_json::json!({ "transactionId": tx }),
             source: Source::Gateway,
             part_of: None,
@@ -395,7 +395,7 @@ impl<S> SessionState<S> {
             }
         } else {
             vec![Event::Replayed {
-                action: entry.action.clone(),
+                action: entry.action.to_string(),
                 queued_ms: entry.queued_ms,
                 local_transaction_id: entry.local_tx,
                 cloud_transaction_id: cloud_tx,
@@ -417,7 +417,7 @@ impl<S> SessionState<S> {
         // Nobody waits for this answer: the receiver is dropped.
         let (reply, _) = tokio::sync::oneshot::channel();
         self.queue_down.push_back(Queued::Local {
-            action: "RemoteStopTransaction".into(),
+            action: OcppAction::RemoteStopTransaction,
             payload: serde_json::json!({ "transactionId": local }),
             source: Source::Gateway,
             part_of: None,
@@ -477,7 +477,7 @@ impl<S> SessionState<S> {
                 Op::Event {
                     charger: Some(self.id.clone()),
                     event: Event::ReplayRetry {
-                        action: entry.action.clone(),
+                        action: entry.action.to_string(),
                         attempt: attempts,
                         error,
                     },
@@ -501,7 +501,7 @@ impl<S> SessionState<S> {
         self.outbox_retry_at = None;
         log::warn!(charger_id = self.id.as_str(); "{}: {} moved to dead letters: {error}", self.id, entry.action);
         let ev = Event::DeadLetter {
-            action: entry.action.clone(),
+            action: entry.action.to_string(),
             queued_ms: entry.queued_ms,
             error: error.clone(),
         };
@@ -547,7 +547,7 @@ impl<S> SessionState<S> {
     pub(super) fn rewrite_for_charger(
         &self,
         id: &str,
-        action: &str,
+        action: &OcppAction,
         request: &Value,
     ) -> Option<String> {
         if self.to_local.is_empty() {

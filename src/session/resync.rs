@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::inout::ResyncInFlight;
 use super::state::SessionState;
 use crate::event::Event;
-use crate::ocpp::frame;
+use crate::ocpp::{frame, Action};
 
 /// The connector a StatusNotification is about: 1.6's `connectorId`, or
 /// 2.0.1's EVSE and connector together (one key per pair).
@@ -25,17 +25,17 @@ fn connector(payload: &str) -> Option<u64> {
 
 impl<S> SessionState<S> {
     /// The gateway answered `action` itself: remember what the cloud missed.
-    pub(super) fn note_missed(&mut self, action: &str, payload: &str) {
+    pub(super) fn note_missed(&mut self, action: &Action, payload: &str) {
         if !self.uses_outbox() {
             return;
         }
         match action {
-            "BootNotification" => {
+            Action::BootNotification => {
                 // A reboot: statuses from before it are stale.
                 self.resync.boot = Some(payload.to_string());
                 self.resync.statuses.clear();
             }
-            "StatusNotification" => {
+            Action::StatusNotification => {
                 if let Some(c) = connector(payload) {
                     self.resync.statuses.insert(c, payload.to_string());
                 }
@@ -45,13 +45,13 @@ impl<S> SessionState<S> {
     }
 
     /// The charger's own message reached the cloud: nothing older to resend.
-    pub(super) fn note_delivered(&mut self, action: &str, payload: &str) {
+    pub(super) fn note_delivered(&mut self, action: &Action, payload: &str) {
         match action {
-            "BootNotification" => {
+            Action::BootNotification => {
                 self.resync.boot = None;
                 self.resync.statuses.clear();
             }
-            "StatusNotification" => {
+            Action::StatusNotification => {
                 if let Some(c) = connector(payload) {
                     self.resync.statuses.remove(&c);
                 }

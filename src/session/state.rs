@@ -448,8 +448,8 @@ impl<S> SessionState<S> {
             return;
         };
         self.journal_remote_action(&p, &outcome);
-        if let (Source::Cloud, "SendLocalList", CallOutcome::Result(r)) =
-            (p.source, p.action.as_str(), &outcome)
+        if let (Source::Cloud, crate::ocpp::Action::SendLocalList, CallOutcome::Result(r)) =
+            (p.source, &p.action, &outcome)
         {
             if r["status"] == "Accepted" {
                 // The charger took the list: the gateway answers from it too.
@@ -472,7 +472,12 @@ impl<S> SessionState<S> {
     }
 
     /// Keep the id tag status from the cloud's answer (authorization cache).
-    pub(super) fn remember_tags(&mut self, action: &str, request: &str, answer: &str) {
+    pub(super) fn remember_tags(
+        &mut self,
+        action: &crate::ocpp::Action,
+        request: &str,
+        answer: &str,
+    ) {
         if let Some(op) = crate::auth::cache_update(action, request, answer) {
             self.out.push(Action::Commit {
                 ops: vec![Op::Auth(op)],
@@ -497,7 +502,7 @@ impl<S> SessionState<S> {
             ),
         };
         self.journal(Event::RemoteAction {
-            action: p.action.clone(),
+            action: p.action.to_string(),
             source: p.source,
             request: crate::event::redact(&p.action, &p.request),
             result,

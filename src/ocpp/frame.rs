@@ -140,7 +140,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
             format!("message id longer than {MAX_ID_LEN} characters"),
         ));
     }
-    let bad = |detail: &str| err(Formation, Some(id.clone()), Some(mt), detail);
+    let bad = |detail: &str| malformed(&id, mt, detail);
     match mt {
         2 => call_of(id, mt, &parts),
         3 => {
@@ -165,16 +165,19 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
     }
 }
 
+/// A frame of type `mt` with message id `id` that is malformed.
+fn malformed(id: &str, mt: u64, detail: &str) -> FrameError {
+    err(
+        FrameErrorKind::Formation,
+        Some(id.to_string()),
+        Some(mt),
+        detail,
+    )
+}
+
 /// A CALL's action and payload, checked.
 fn call_of(id: String, mt: u64, parts: &[&RawValue]) -> Result<Frame, FrameError> {
-    let bad = |detail: &str| {
-        err(
-            FrameErrorKind::Formation,
-            Some(id.clone()),
-            Some(mt),
-            detail,
-        )
-    };
+    let bad = |detail: &str| malformed(&id, mt, detail);
     if parts.len() != 4 {
         return Err(bad("a CALL has 4 elements: [2, id, action, payload]"));
     }
@@ -196,14 +199,7 @@ fn call_of(id: String, mt: u64, parts: &[&RawValue]) -> Result<Frame, FrameError
 
 /// A CALLERROR's code and description, checked.
 fn call_error_of(id: String, mt: u64, parts: &[&RawValue]) -> Result<Frame, FrameError> {
-    let bad = |detail: &str| {
-        err(
-            FrameErrorKind::Formation,
-            Some(id.clone()),
-            Some(mt),
-            detail,
-        )
-    };
+    let bad = |detail: &str| malformed(&id, mt, detail);
     if parts.len() != 5 {
         return Err(bad(
             "a CALLERROR has 5 elements: [4, id, code, description, details]",

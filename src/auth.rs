@@ -148,9 +148,12 @@ pub fn cache_update(action: &Action, request: &str, answer: &str) -> Option<Op> 
     ) {
         return None;
     }
-    let req: Value = serde_json::from_str(request).ok()?;
+    // The answer first: it is small, and without tag info the request
+    // need not be read at all.
     let ans: Value = serde_json::from_str(answer).ok()?;
-    let (id_tag, info) = tag_and_info(&req).map(|(tag, _)| tag).zip(info_of(&ans))?;
+    let info = info_of(&ans)?;
+    let req: Value = serde_json::from_str(request).ok()?;
+    let (id_tag, _) = tag_and_info(&req)?;
     Some(Op::Cache { id_tag, info })
 }
 

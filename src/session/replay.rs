@@ -191,10 +191,15 @@ impl<S> SessionState<S> {
         let Some((_, entry)) = self.outbox.iter().find(|(k, _)| *k == key).cloned() else {
             return;
         };
-        let payload = outbox::rewrite_up(&entry.action, &entry.payload, |l| {
-            self.to_cloud.get(&l).copied()
-        })
-        .unwrap_or(entry.payload.clone());
+        // Ids are rewritten only once the gateway has handed out its own.
+        let rewritten = (!self.to_cloud.is_empty())
+            .then(|| {
+                outbox::rewrite_up(&entry.action, &entry.payload, |l| {
+                    self.to_cloud.get(&l).copied()
+                })
+            })
+            .flatten();
+        let payload = rewritten.unwrap_or(entry.payload.clone());
         let payload = self.mark_deauthorized(&entry, payload);
         let direct = charger_id.is_some();
         // 2.0.1: a TransactionEvent the gateway answered reaches the cloud

@@ -4,6 +4,7 @@
 //! connector errors, outbox) into a report that says plainly what looks
 //! wrong. `findings` is pure, so the judgement is unit-tested.
 
+use crate::ocpp::messages::ChargePointStatus;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -61,12 +62,13 @@ pub fn findings(
         f.push("no BootNotification seen: vendor, model and firmware unknown".into());
     }
     for (n, c) in &s.connectors {
-        if c.status == "Faulted" || c.error_code != "NoError" {
+        let status = ChargePointStatus::parse(&c.status);
+        if status == Some(ChargePointStatus::Faulted) || c.error_code != "NoError" {
             f.push(format!(
                 "connector {n} is {} with error {}",
                 c.status, c.error_code
             ));
-        } else if c.status == "Unavailable" {
+        } else if status == Some(ChargePointStatus::Unavailable) {
             f.push(format!("connector {n} is Unavailable"));
         }
     }

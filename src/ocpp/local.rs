@@ -106,7 +106,7 @@ pub fn answer(
         "Heartbeat" => Ok(json!({ "currentTime": now })),
         "StatusNotification" => {
             let s: messages::StatusNotification = decode(payload).map_err(bad_payload)?;
-            if !messages::STATUSES.contains(&s.status.as_str()) {
+            if messages::ChargePointStatus::parse(&s.status).is_none() {
                 return Err(LocalError {
                     code: "PropertyConstraintViolation",
                     description: format!("unknown connector status {:?}", s.status),

@@ -32,18 +32,68 @@ pub struct StatusNotification {
     pub vendor_error_code: Option<String>,
 }
 
-/// The connector statuses of OCPP 1.6 §7.7.
-pub const STATUSES: &[&str] = &[
-    "Available",
-    "Preparing",
-    "Charging",
-    "SuspendedEVSE",
-    "SuspendedEV",
-    "Finishing",
-    "Reserved",
-    "Unavailable",
-    "Faulted",
-];
+/// A connector status (OCPP 1.6 §7.7 ChargePointStatus; 2.0.1's
+/// connector statuses and charging states map onto the same words where
+/// the journal writes them). The journal keeps the text a charger sent;
+/// the gateway's decisions read it through this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargePointStatus {
+    Available,
+    Preparing,
+    Charging,
+    SuspendedEVSE,
+    SuspendedEV,
+    Finishing,
+    Reserved,
+    Unavailable,
+    Faulted,
+}
+
+impl ChargePointStatus {
+    /// Every 1.6 status, in the spec's order.
+    pub const ALL: [ChargePointStatus; 9] = [
+        ChargePointStatus::Available,
+        ChargePointStatus::Preparing,
+        ChargePointStatus::Charging,
+        ChargePointStatus::SuspendedEVSE,
+        ChargePointStatus::SuspendedEV,
+        ChargePointStatus::Finishing,
+        ChargePointStatus::Reserved,
+        ChargePointStatus::Unavailable,
+        ChargePointStatus::Faulted,
+    ];
+
+    /// The status a text names, if it is one of OCPP 1.6's.
+    pub fn parse(s: &str) -> Option<ChargePointStatus> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Its name in OCPP.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChargePointStatus::Available => "Available",
+            ChargePointStatus::Preparing => "Preparing",
+            ChargePointStatus::Charging => "Charging",
+            ChargePointStatus::SuspendedEVSE => "SuspendedEVSE",
+            ChargePointStatus::SuspendedEV => "SuspendedEV",
+            ChargePointStatus::Finishing => "Finishing",
+            ChargePointStatus::Reserved => "Reserved",
+            ChargePointStatus::Unavailable => "Unavailable",
+            ChargePointStatus::Faulted => "Faulted",
+        }
+    }
+}
+
+/// The connector statuses of OCPP 1.6 §7.7, as text.
+pub const STATUSES: [&str; 9] = {
+    let mut out = [""; 9];
+    let mut i = 0;
+    while i < 9 {
+        out[i] = ChargePointStatus::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
 
 /// `Authorize.req`
 #[derive(Debug, Deserialize)]
@@ -221,6 +271,20 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn connector_statuses_are_the_specs_nine() {
+        for st in ChargePointStatus::ALL {
+            assert_eq!(ChargePointStatus::parse(st.as_str()), Some(st));
+        }
+        assert_eq!(STATUSES[3], "SuspendedEVSE");
+        assert_eq!(ChargePointStatus::parse("Sleeping"), None);
+        assert_eq!(
+            ChargePointStatus::parse("charging"),
+            None,
+            "names are case-sensitive"
+        );
     }
 
     #[test]

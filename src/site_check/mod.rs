@@ -308,8 +308,10 @@ fn recent(ctx: &Ctx, id: &str) -> Recent {
                     r.error_codes.insert(error_code.clone());
                 }
                 if let Some((suspended, charging)) = r.paused.as_mut() {
-                    *suspended |= status == "SuspendedEVSE";
-                    *charging |= status == "Charging";
+                    use crate::ocpp::messages::ChargePointStatus as S;
+                    let status = S::parse(status);
+                    *suspended |= status == Some(S::SuspendedEVSE);
+                    *charging |= status == Some(S::Charging);
                 }
             }
             Event::ProtocolError { .. } => r.protocol_errors += 1,

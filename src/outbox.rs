@@ -221,6 +221,13 @@ pub fn is_transaction_message(action: &Action, payload: &str) -> bool {
     })
 }
 
+/// Whether a queued entry goes to the cloud over a link speaking `proto`:
+/// TransactionEvents over 2.0.1, 1.6's transaction messages over 1.6 (a
+/// charger offering both may connect in either).
+pub fn belongs_to(entry: &Entry, proto: crate::ocpp::Protocol) -> bool {
+    (entry.action == Action::TransactionEvent) == (proto == crate::ocpp::Protocol::Ocpp201)
+}
+
 /// Rewrite the transaction id of an outgoing message through `map`
 /// (local → cloud). Returns `None` when nothing needs to change, so the
 /// original bytes go out untouched.
@@ -277,6 +284,22 @@ pub fn rewrite_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_entries_wait_for_a_session_in_their_protocol() {
+        use crate::ocpp::Protocol::*;
+        let entry = |action: Action| Entry {
+            action,
+            payload: "{}".into(),
+            queued_ms: 0,
+            attempts: 0,
+            local_tx: None,
+        };
+        assert!(belongs_to(&entry(Action::TransactionEvent), Ocpp201));
+        assert!(!belongs_to(&entry(Action::TransactionEvent), Ocpp16));
+        assert!(belongs_to(&entry(Action::StopTransaction), Ocpp16));
+        assert!(!belongs_to(&entry(Action::StartTransaction), Ocpp201));
+    }
 
     #[test]
     fn replayed_201_transaction_events_are_marked_offline() {

@@ -145,9 +145,11 @@ pub async fn run(
     if setup.cloud_url.is_some() {
         // What a previous session (or run) left queued for this charger
         // (for 2.0.1 too: a switch from `hold` to `disconnect` still
-        // delivers what was queued).
+        // delivers what was queued), in the protocol it speaks now: what a
+        // charger queued in the other version waits for a session in it.
         match (ctx.journal.outbox(&acc.id), ctx.journal.tx_map(&acc.id)) {
-            (Ok(q), Ok(map)) => {
+            (Ok(mut q), Ok(map)) => {
+                q.retain(|(_, e)| crate::outbox::belongs_to(e, acc.proto));
                 setup.outbox = q;
                 setup.tx_map = map;
             }

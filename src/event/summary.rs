@@ -6,10 +6,30 @@ use super::Event;
 impl Event {
     /// A one-line description for people (the CLI's log view).
     pub fn summary(&self) -> String {
-        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         match self {
-            Event::GatewayStarted { version } => format!("version {version}"),
-            Event::GatewayStopping => String::new(),
+            Event::Connect { .. }
+            | Event::Disconnect { .. }
+            | Event::Refused { .. }
+            | Event::MirrorConnect { .. }
+            | Event::MirrorDisconnect { .. } => self.link_summary(),
+            Event::BootNotification { .. }
+            | Event::StatusNotification { .. }
+            | Event::Authorize { .. }
+            | Event::ChargerCall { .. } => self.charger_summary(),
+            Event::StartTransaction { .. }
+            | Event::StopTransaction { .. }
+            | Event::MeterValues { .. } => self.transaction_summary(),
+            Event::RemoteAction { .. }
+            | Event::Replayed { .. }
+            | Event::ReplayRetry { .. }
+            | Event::DeadLetter { .. } => self.action_summary(),
+            _ => self.gateway_summary(),
+        }
+    }
+
+    /// The links: connects, disconnects, refusals, mirrors.
+    fn link_summary(&self) -> String {
+        match self {
             Event::Connect {
                 link,
                 remote,
@@ -46,6 +66,14 @@ impl Event {
             Event::MirrorDisconnect { mirror, reason } => {
                 format!("mirror {mirror} link down: {reason}")
             }
+            _ => String::new(),
+        }
+    }
+
+    /// A charger's own messages.
+    fn charger_summary(&self) -> String {
+        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        match self {
             Event::BootNotification {
                 vendor,
                 model,
@@ -79,6 +107,19 @@ impl Event {
                 status,
                 answered_by,
             } => format!("{id_tag} → {} by {answered_by}", opt(status)),
+            Event::ChargerCall {
+                action,
+                status,
+                answered_by,
+            } => format!("{action} → {} by {answered_by}", opt(status)),
+            _ => String::new(),
+        }
+    }
+
+    /// Transactions and their meter readings.
+    fn transaction_summary(&self) -> String {
+        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        match self {
             Event::StartTransaction {
                 connector,
                 id_tag,
@@ -134,11 +175,13 @@ impl Event {
                     f(current_a, " A")
                 )
             }
-            Event::ChargerCall {
-                action,
-                status,
-                answered_by,
-            } => format!("{action} → {} by {answered_by}", opt(status)),
+            _ => String::new(),
+        }
+    }
+
+    /// Remote actions, and the outbox's replays and dead letters.
+    fn action_summary(&self) -> String {
+        match self {
             Event::RemoteAction {
                 action,
                 source,
@@ -197,6 +240,15 @@ impl Event {
                 error,
             } => format!("{action} refused by the cloud (attempt {attempt}): {error}"),
             Event::DeadLetter { action, error, .. } => format!("{action} given up: {error}"),
+            _ => String::new(),
+        }
+    }
+
+    /// What the gateway did or saw: remote actions, replays, storage, limits.
+    fn gateway_summary(&self) -> String {
+        match self {
+            Event::GatewayStarted { version } => format!("version {version}"),
+            Event::GatewayStopping => String::new(),
             Event::DiagnosticsUploaded { file, bytes } => format!("{file} ({bytes} bytes)"),
             Event::StorageAlarm {
                 error,
@@ -234,6 +286,7 @@ impl Event {
                 format!("site meter lost ({error}); every charger falls back to {fallback_a} A")
             }
             Event::MeterRestored { detail } => format!("site meter back: {detail}"),
+            _ => String::new(),
         }
     }
 }

@@ -33,6 +33,12 @@ pub fn for_charger_call_at(
         return None; // the most frequent message: not even its answer is read
     }
     let fields = answer.map(AnswerFields::read).unwrap_or_default();
+    if matches!(
+        action,
+        "StartTransaction" | "StopTransaction" | "MeterValues"
+    ) {
+        return transaction_call(action, payload, &fields, answered_by, now);
+    }
     Some(match action {
         "BootNotification" => {
             let b: messages::BootNotification = decode(payload).ok()?;
@@ -64,6 +70,24 @@ pub fn for_charger_call_at(
                 answered_by,
             }
         }
+        other => Event::ChargerCall {
+            action: other.to_string(),
+            status: fields.status(),
+            answered_by,
+        },
+    })
+}
+
+/// A 1.6 transaction message (StartTransaction, StopTransaction,
+/// MeterValues) as the journal reads it.
+fn transaction_call(
+    action: &str,
+    payload: &RawValue,
+    fields: &AnswerFields,
+    answered_by: Source,
+    now: Option<jiff::Timestamp>,
+) -> Option<Event> {
+    Some(match action {
         "StartTransaction" => {
             let s: messages::StartTransaction = decode(payload).ok()?;
             Event::StartTransaction {
@@ -102,11 +126,7 @@ pub fn for_charger_call_at(
                 clock_skew_s: clock_skew(m.meter_value.iter().map(|v| v.timestamp.as_str()), now),
             }
         }
-        other => Event::ChargerCall {
-            action: other.to_string(),
-            status: fields.status(),
-            answered_by,
-        },
+        _ => return None,
     })
 }
 

@@ -262,7 +262,7 @@ impl Link {
             if let Some(s) = ws.as_mut() {
                 if let Err(e) = self.send_next(s).await {
                     ws = None;
-                    retry_at = self.link_failed(&mut backoff, e);
+                    retry_at = self.link_failed(&mut backoff, e.to_string());
                     continue;
                 }
             }
@@ -491,7 +491,7 @@ impl Link {
     }
 
     /// Send the next queued message when none is out.
-    async fn send_next(&mut self, ws: &mut UpStream) -> Result<(), String> {
+    async fn send_next(&mut self, ws: &mut UpStream) -> Result<(), WriteError> {
         if self.in_flight.is_some() {
             return Ok(());
         }
@@ -509,11 +509,11 @@ impl Link {
             }
             Ok(Err(e)) => {
                 self.queue.push_front(item);
-                Err(format!("write failed: {e}"))
+                Err(WriteError::Failed(e))
             }
             Err(_) => {
                 self.queue.push_front(item);
-                Err("write timed out".into())
+                Err(WriteError::TimedOut)
             }
         }
     }
@@ -565,4 +565,13 @@ async fn send_answer(ws: &mut Option<UpStream>, answer: String) {
     if let Some(s) = ws.as_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(5), s.send(Message::text(answer))).await;
     }
+}
+
+/// Why a message could not be written to the mirror.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("write failed: {0}")]
+    Failed(tokio_tungstenite::tungstenite::Error),
+    #[error("write timed out")]
+    TimedOut,
 }

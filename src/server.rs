@@ -405,13 +405,12 @@ async fn read_upgrade(
 }
 
 /// Send the 101 Switching Protocols response.
-async fn write_upgrade(stream: &mut ChargerStream, resp: &Response) -> Result<(), String> {
+async fn write_upgrade(stream: &mut ChargerStream, resp: &Response) -> std::io::Result<()> {
     let mut head = Vec::new();
-    write_response(&mut head, resp).map_err(|e| e.to_string())?;
+    write_response(&mut head, resp).map_err(std::io::Error::other)?;
     tokio::time::timeout(CLOUD_WAIT, stream.write_all(&head))
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Log and journal a refusal when its once-a-minute report is due

@@ -11,8 +11,9 @@ impl SimCharger {
         text: &str,
         opts: &SimOptions,
         stats: &SimStats,
-    ) -> Result<(), String> {
-        let frame = frame::parse(text).map_err(|e| format!("gateway sent a bad frame: {e}"))?;
+    ) -> anyhow::Result<()> {
+        let frame =
+            frame::parse(text).map_err(|e| anyhow::anyhow!("gateway sent a bad frame: {e}"))?;
         match frame {
             Frame::CallResult { id, payload } => {
                 let Some((_, action)) = self.in_flight.take_if(|(i, _)| *i == id) else {
@@ -58,10 +59,7 @@ impl SimCharger {
                         &format!("simulator does not implement {action}"),
                     ),
                 };
-                self.ws
-                    .send(Message::text(reply))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.ws.send(Message::text(reply)).await?;
             }
         }
         Ok(())

@@ -240,23 +240,18 @@ const ELECTRICAL: crate::smart::profile::Electrical = crate::smart::profile::Ele
 };
 
 impl SimCharger {
-    async fn connect(id: &str, opts: &SimOptions) -> Result<SimCharger, String> {
+    async fn connect(id: &str, opts: &SimOptions) -> anyhow::Result<SimCharger> {
         let url = format!("{}/{}", opts.url.trim_end_matches('/'), id);
-        let mut req = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| e.to_string())?;
+        let mut req = url.as_str().into_client_request()?;
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(opts.ocpp.as_str()),
         );
         if let Some(pw) = &opts.password {
-            let v = HeaderValue::from_str(&basic_auth(id, pw)).map_err(|e| e.to_string())?;
+            let v = HeaderValue::from_str(&basic_auth(id, pw))?;
             req.headers_mut().insert("Authorization", v);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
         Ok(SimCharger {
             id: id.to_string(),
             ws,
@@ -408,7 +403,7 @@ impl SimCharger {
         p
     }
 
-    async fn send_next(&mut self, stats: &SimStats) -> Result<(), String> {
+    async fn send_next(&mut self, stats: &SimStats) -> anyhow::Result<()> {
         if self.in_flight.is_some() {
             return Ok(());
         }
@@ -437,8 +432,7 @@ impl SimCharger {
             };
             self.ws
                 .send(Message::text(frame::call(&id, &wire, &payload)))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             stats.calls_sent.fetch_add(1, Ordering::Relaxed);
             self.in_flight = Some((id, action));
         }
@@ -462,7 +456,7 @@ impl SimCharger {
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         if let Err(e) = self.on_text(t.as_str(), opts, stats).await {
-                            return e;
+                            return format!("{e:#}");
                         }
                     }
                     Some(Ok(Message::Close(f))) => return format!("closed by the gateway: {f:?}"),

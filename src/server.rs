@@ -231,11 +231,10 @@ pub async fn serve(listener: TcpListener, ctx: Ctx, tls: Option<tokio_rustls::Tl
                         Err(why) => {
                             // Closed before the handshake costs anything.
                             drop(stream);
-                            if let Some(repeated) = ctx.conns.report_refusal(addr.ip(), &why.to_string(), None, std::time::Instant::now()) {
-                                log::warn!("refused {addr}: {why} (reported once a minute per address)");
-                                let ev = Event::Refused { reason: why.to_string(), remote: addr.to_string(), repeated: (repeated > 0).then_some(repeated) };
-                                ctx.journal.record(None, ev).await;
-                            }
+                            let why = why.to_string();
+                            let reported = ctx.conns.report_refusal(addr.ip(), &why, None, std::time::Instant::now());
+                            let logged = format!("{why} (reported once a minute per address)");
+                            journal_refusal_as(&ctx, addr, logged, why, None, reported).await;
                         }
                     }
                 }

@@ -107,13 +107,11 @@ pub(super) fn read_upstream(u: &Table, r: &mut Reader) -> Option<UpstreamConfig>
         },
     };
     let ca_file = r.pem_file(u, "upstream", "ca_file");
-    let connect_timeout =
-        Duration::from_secs(r.int(Some(u), "upstream", "connect_timeout_secs", 10, 1, 300) as u64);
+    let connect_timeout = r.secs(Some(u), "upstream", "connect_timeout_secs", 10, 1, 300);
     let backoff_min = Duration::from_millis(
         (r.int(Some(u), "upstream", "backoff_min_secs", 1, 0, 3600) * 1000).max(100) as u64,
     );
-    let backoff_max =
-        Duration::from_secs(r.int(Some(u), "upstream", "backoff_max_secs", 60, 1, 86_400) as u64);
+    let backoff_max = r.secs(Some(u), "upstream", "backoff_max_secs", 60, 1, 86_400);
     Some(UpstreamConfig {
         url,
         ca_file,

@@ -182,7 +182,7 @@ pub(super) fn read(root: &Table, r: &mut Reader, upstream: Option<&str>) -> Vec<
         };
         let ca_file = r.pem_file(t, &section, "ca_file");
         let secs = |r: &mut Reader, key: &str, default: i64, max: i64| {
-            Duration::from_secs(r.int(Some(t), &section, key, default, 0, max) as u64)
+            r.secs(Some(t), &section, key, default, 0, max)
         };
         let link = UpstreamConfig {
             url,

@@ -112,7 +112,7 @@ pub(super) fn read(m: &Table, gateway_id: &str, r: &mut Reader) -> Option<MqttCo
         password,
         tls,
         ca_file,
-        keepalive: Duration::from_secs(r.int(Some(m), "mqtt", "keepalive_secs", 30, 5, 3600) as u64),
+        keepalive: r.secs(Some(m), "mqtt", "keepalive_secs", 30, 5, 3600),
         prefix,
         discovery: r.boolean(Some(m), "mqtt", "discovery", true),
         discovery_prefix,

@@ -175,6 +175,19 @@ impl Reader<'_> {
         }
     }
 
+    /// An integer of seconds, as a duration.
+    pub(super) fn secs(
+        &mut self,
+        t: Option<&Table>,
+        section: &str,
+        key: &str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> std::time::Duration {
+        std::time::Duration::from_secs(self.int(t, section, key, default, min, max) as u64)
+    }
+
     pub(super) fn boolean(
         &mut self,
         t: Option<&Table>,

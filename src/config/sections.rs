@@ -126,10 +126,7 @@ pub(super) fn read_ocpp(root: &Table, r: &mut Reader, has_upstream: bool) -> Ocp
     while path_prefix.ends_with('/') {
         path_prefix.pop();
     }
-    let secs = |r: &mut Reader, key, default, min, max| {
-        Duration::from_secs(r.int(o, "ocpp", key, default, min, max) as u64)
-    };
-    let call_timeout = secs(r, "call_timeout_secs", 30, 1, 3600);
+    let call_timeout = r.secs(o, "ocpp", "call_timeout_secs", 30, 1, 3600);
     // 0 turns a limit off.
     let unlimited = |n: i64| if n == 0 { usize::MAX } else { n as usize };
     OcppSection {
@@ -137,10 +134,10 @@ pub(super) fn read_ocpp(root: &Table, r: &mut Reader, has_upstream: bool) -> Ocp
         path_prefix,
         allow_unknown: r.boolean(o, "ocpp", "allow_unknown_chargers", false),
         max_message_size: r.int(o, "ocpp", "max_message_size", 65_536, 1024, 16 << 20) as usize,
-        ping_interval: secs(r, "ping_interval_secs", 60, 0, 86_400),
+        ping_interval: r.secs(o, "ocpp", "ping_interval_secs", 60, 0, 86_400),
         call_timeout,
         answer_timeout: read_answer_timeout(root, r, call_timeout, has_upstream),
-        handshake_timeout: secs(r, "handshake_timeout_secs", 10, 1, 300),
+        handshake_timeout: r.secs(o, "ocpp", "handshake_timeout_secs", 10, 1, 300),
         max_connections: unlimited(r.int(o, "ocpp", "max_connections", 4096, 0, 1_000_000)),
         max_connections_per_ip: unlimited(r.int(
             o,
@@ -172,9 +169,7 @@ fn read_answer_timeout(
         up.is_some_and(|u| u.contains_key("answer_timeout_secs")),
         o.is_some_and(|t| t.contains_key("call_timeout_secs")) && has_upstream,
     ) {
-        (true, _) => {
-            Duration::from_secs(r.int(up, "upstream", "answer_timeout_secs", 30, 1, 3600) as u64)
-        }
+        (true, _) => r.secs(up, "upstream", "answer_timeout_secs", 30, 1, 3600),
         (false, true) => {
             r.warnings.push(Problem {
                 key: "ocpp.call_timeout_secs".into(),

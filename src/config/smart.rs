@@ -136,18 +136,6 @@ fn float(
     }
 }
 
-fn secs(
-    r: &mut Reader,
-    t: Option<&Table>,
-    section: &str,
-    key: &str,
-    default: i64,
-    min: i64,
-    max: i64,
-) -> Duration {
-    Duration::from_secs(r.int(t, section, key, default, min, max) as u64)
-}
-
 pub(super) fn read(root: &Table, r: &mut Reader) -> Smart {
     let site = r.table(root, "site");
     if let Some(s) = site {
@@ -195,10 +183,10 @@ pub(super) fn read(root: &Table, r: &mut Reader) -> Smart {
         stack_level: r.int(s, "smart", "stack_level", 8, 0, 98) as u32,
         profile_id: r.int(s, "smart", "profile_id", 870_001, 1, i32::MAX as i64 - 1),
         purpose,
-        lease: secs(r, s, "smart", "lease_secs", 300, 30, 86_400),
+        lease: r.secs(s, "smart", "lease_secs", 300, 30, 86_400),
         hysteresis: float(r, s, "smart", "hysteresis_a", 1.0, 0.1, 32.0),
-        min_interval: secs(r, s, "smart", "min_interval_secs", 30, 0, 3600),
-        turn: secs(r, s, "smart", "turn_secs", 900, 60, 86_400),
+        min_interval: r.secs(s, "smart", "min_interval_secs", 30, 0, 3600),
+        turn: r.secs(s, "smart", "turn_secs", 900, 60, 86_400),
     };
 
     let l = r.table(root, "load");
@@ -218,7 +206,7 @@ pub(super) fn read(root: &Table, r: &mut Reader) -> Smart {
             fuse: float(r, Some(l), "load", "fuse_a", 63.0, 6.0, 10_000.0),
             margin: float(r, Some(l), "load", "margin_a", 2.0, 0.0, 1_000.0),
             safe_current: float(r, Some(l), "load", "safe_current_a", 6.0, 0.0, 1_000.0),
-            meter_timeout: secs(r, Some(l), "load", "meter_timeout_secs", 30, 2, 3600),
+            meter_timeout: r.secs(Some(l), "load", "meter_timeout_secs", 30, 2, 3600),
         }
     });
 

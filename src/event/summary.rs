@@ -72,7 +72,6 @@ impl Event {
 
     /// A charger's own messages.
     fn charger_summary(&self) -> String {
-        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         match self {
             Event::BootNotification {
                 vendor,
@@ -118,7 +117,6 @@ impl Event {
 
     /// Transactions and their meter readings.
     fn transaction_summary(&self) -> String {
-        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         match self {
             Event::StartTransaction {
                 connector,
@@ -306,4 +304,9 @@ fn tx_name(id: &Option<i64>, reference: &Option<String>) -> String {
         (None, Some(r)) => r.clone(),
         (None, None) => "-".into(),
     }
+}
+
+/// An optional field as the log shows it: `-` when absent.
+fn opt(o: &Option<String>) -> String {
+    o.clone().unwrap_or_else(|| "-".into())
 }
